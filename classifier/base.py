@@ -1,0 +1,43 @@
+"""The classifier interface: one method returning a score in [0, 1], and a registry by name."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from classifier.features import Features
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """score() is the estimated probability that the local model fails where the API model succeeds."""
+
+    def score(self, features: Features) -> float: ...
+
+
+def _heuristic() -> Classifier:
+    from classifier.heuristic import HeuristicClassifier
+
+    return HeuristicClassifier()
+
+
+REGISTRY: dict[str, Callable[[], Classifier]] = {"heuristic": _heuristic}
+
+
+def load_classifier(name: str) -> Classifier:
+    """A registered name, or a user's own `module:attribute` (a class or a factory taking no arguments)."""
+    if name in REGISTRY:
+        return REGISTRY[name]()
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown classifier {name!r}; use one of {known} or 'module:attribute'")
+    try:
+        factory = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot load classifier {name!r}: {exc}") from None
+    instance = factory()
+    if not isinstance(instance, Classifier):
+        raise ValueError(f"classifier {name!r} has no score(features) method")
+    return instance

@@ -1,0 +1,65 @@
+"""What a classifier may look at, extracted once per request from the parsed body."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Scoring looks at the end of long prompts only: the question usually sits there, and it bounds the
+# cost of an 8k-token prompt.
+MAX_SCORED_CHARS = 8_000
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    text: str  # the last user turn (or completion prompt), cut to MAX_SCORED_CHARS from the end
+    total_chars: int  # every text part of every message
+    turns: int  # user turns
+    has_tools: bool
+    response_format: str  # "text", "json_object" or "json_schema"
+    max_tokens: int | None
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(
+            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def extract_features(request: Mapping[str, Any]) -> Features:
+    """Works for chat requests (`messages`) and completion requests (`prompt`)."""
+    total = 0
+    turns = 0
+    last_user = ""
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            text = _content_text(message.get("content"))
+            total += len(text)
+            if message.get("role") == "user":
+                turns += 1
+                last_user = text
+    else:
+        prompt = request.get("prompt")
+        if isinstance(prompt, list):
+            prompt = "\n".join(p for p in prompt if isinstance(p, str))
+        if isinstance(prompt, str):
+            last_user, total, turns = prompt, len(prompt), 1
+    response_format = request.get("response_format")
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
+    return Features(
+        text=last_user[-MAX_SCORED_CHARS:],
+        total_chars=total,
+        turns=turns,
+        has_tools=bool(request.get("tools") or request.get("functions")),
+        response_format=kind if kind in ("json_object", "json_schema") else "text",
+        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+    )

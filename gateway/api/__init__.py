@@ -1,0 +1,1 @@
+"""Thin route handlers. The work happens in inbound, routing, runtime and relay."""

@@ -1,0 +1,44 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.state import GatewayState
+from providers.base import UpstreamError
+
+READY_TIMEOUT_SECONDS = 3.0
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when every backend answers its model list. 503 names the ones that do not."""
+    state: GatewayState = request.app.state.gateway
+    providers = state.runtime.providers
+
+    async def probe(name: str) -> tuple[str, str]:
+        try:
+            await asyncio.wait_for(providers[name].list_models(), READY_TIMEOUT_SECONDS)
+        except UpstreamError as exc:
+            return name, exc.message
+        except TimeoutError:
+            return name, "timed out"
+        return name, "ok"
+
+    results = dict(await asyncio.gather(*(probe(n) for n in providers)))
+    ready = all(v == "ok" for v in results.values())
+    body = orjson.dumps({"status": "ready" if ready else "not ready", "backends": results})
+    return Response(body, status_code=200 if ready else 503, media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

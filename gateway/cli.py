@@ -1,0 +1,94 @@
+"""The `crossover` command: serve, check."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from gateway.config import ConfigError, Settings, embedded_default, load
+
+
+def _settings(path: str | None) -> Settings:
+    return embedded_default() if path is None else load(path)
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        settings = load(args.config)
+    except ConfigError as exc:
+        print(f"crossover: invalid config: {exc}", file=sys.stderr)
+        return 2
+    routers = ", ".join(settings.routers) or "none"
+    print(f"{args.config}: ok ({len(settings.backends)} backends; router models: {routers})")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        settings = _settings(args.config)  # fail before forking workers, with the key path
+    except ConfigError as exc:
+        print(f"crossover: invalid config: {exc}", file=sys.stderr)
+        return 2
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Workers share metrics through files; this must be set before prometheus_client is imported
+        # in the worker processes, which are spawned fresh and inherit the environment.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crossover-metrics-")
+    if args.config is not None:
+        os.environ["CROSSOVER_CONFIG"] = str(Path(args.config).resolve())
+    else:
+        os.environ.pop("CROSSOVER_CONFIG", None)
+    import uvicorn
+
+    del settings
+    uvicorn.run(
+        "gateway.cli:app_from_env",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=args.access_log,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def app_from_env() -> object:
+    """The factory each uvicorn worker calls: the config path travels in CROSSOVER_CONFIG."""
+    from gateway.app import create_app
+
+    path = os.environ.get("CROSSOVER_CONFIG")
+    loader = (lambda: load(path)) if path else None
+    return create_app(_settings(path), loader=loader)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="crossover", description="OpenAI-compatible routing gateway.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="YAML config file (default: the embedded default, see README)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=4000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
+    serve.set_defaults(run=_serve)
+    check = commands.add_parser("check", help="validate a config file without serving")
+    check.add_argument("config")
+    check.set_defaults(run=_check)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

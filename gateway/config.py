@@ -1,0 +1,295 @@
+"""Configuration: YAML → strict models (step 1) → runtime settings with secrets resolved (step 2).
+
+Every problem is reported with its key path, e.g. `routers.auto.threshold: ...`, and start-up stops.
+Secrets are never written in the file: `api_key: ${OPENAI_API_KEY}` names an environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(ValueError):
+    """The config cannot be used; the message names every offending key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PriceSpec(_Strict):
+    usd_per_million_input_tokens: Annotated[float, Field(ge=0)] = 0.0
+    usd_per_million_cached_input_tokens: Annotated[float, Field(ge=0)] | None = None
+    usd_per_million_output_tokens: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ModelSpec(_Strict):
+    name: Annotated[str, Field(min_length=1)]
+    upstream: str | None = None  # the backend's own name, when it differs from what clients send
+    price: PriceSpec = PriceSpec()
+
+
+class TimeoutSpec(_Strict):
+    connect: Annotated[float, Field(gt=0)] = 5.0
+    read: Annotated[float, Field(gt=0)] = 600.0  # longest silence between two bytes of an answer
+
+
+class BackendSpec(_Strict):
+    kind: Literal["openai_compatible"]
+    base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
+    api_key: str | None = None
+    models: list[ModelSpec] = []
+    discover_models: bool = False  # also serve whatever the backend's GET /models lists
+    timeout: TimeoutSpec = TimeoutSpec()
+    max_connections: Annotated[int, Field(ge=1)] = 256
+    headers: dict[str, str] = {}
+
+
+class RouterSpec(_Strict):
+    classifier: str = "heuristic"
+    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    local: str  # "backend" or "backend/model"
+    api: str
+    fallback: bool = True  # on a retryable failure of one target, try the other
+
+
+class ServerSpec(_Strict):
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    api_keys: list[str] = []  # env references; empty means no client authentication
+    watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
+
+
+class ConfigFile(_Strict):
+    server: ServerSpec = ServerSpec()
+    backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
+    routers: dict[str, RouterSpec] = {}
+
+
+# ---- step 2: runtime settings ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input: float = 0.0  # USD per token
+    cached_input: float = 0.0
+    output: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelEntry:
+    name: str
+    upstream: str
+    price: Price
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    name: str
+    kind: str
+    base_url: str
+    api_key: str | None
+    models: tuple[ModelEntry, ...]
+    discover_models: bool
+    connect_timeout: float
+    read_timeout: float
+    max_connections: int
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    backend: str
+    model: str | None  # None: the backend's first model (discovered if need be)
+
+
+@dataclass(frozen=True, slots=True)
+class Router:
+    name: str
+    classifier: str
+    threshold: float
+    local: Target
+    api: Target
+    fallback: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    backends: Mapping[str, Backend]
+    routers: Mapping[str, Router]
+    max_body_bytes: int
+    api_keys: frozenset[str]
+    watch_config: bool
+    source: Path | None  # the file it came from; None for the embedded default
+
+
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
+
+
+def _resolve(value: str, path: str, env: Mapping[str, str]) -> str:
+    match = _ENV_REF.match(value)
+    if not match:
+        return value
+    name, default = match.group(1), match.group(2)
+    if name in env:
+        return env[name]
+    if default is not None:
+        return default
+    raise ConfigError(f"{path}: environment variable {name} is not set")
+
+
+def _secret(value: str, path: str, env: Mapping[str, str]) -> str:
+    if not _ENV_REF.match(value):
+        raise ConfigError(
+            f"{path}: secrets are not written in the file; use an environment reference like ${{NAME}}"
+        )
+    return _resolve(value, path, env)
+
+
+def _target(spec: str, path: str, backends: Mapping[str, Backend]) -> Target:
+    backend, _, model = spec.partition("/")
+    if backend not in backends:
+        known = ", ".join(sorted(backends))
+        raise ConfigError(f"{path}: {spec!r} names no backend (backends: {known})")
+    entry = backends[backend]
+    if model and not entry.discover_models and model not in {m.name for m in entry.models}:
+        raise ConfigError(f"{path}: backend {backend!r} declares no model {model!r}")
+    if not model and not entry.models and not entry.discover_models:
+        raise ConfigError(f"{path}: backend {backend!r} has no models; name one or set discover_models")
+    return Target(backend, model or None)
+
+
+def _per_token(usd_per_million: float | None) -> float:
+    return 0.0 if usd_per_million is None else usd_per_million / 1_000_000
+
+
+def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) -> Settings:
+    backends: dict[str, Backend] = {}
+    for name, b in spec.backends.items():
+        if "/" in name:
+            raise ConfigError(f"backends.{name}: a backend name cannot contain '/'")
+        path = f"backends.{name}"
+        models = tuple(
+            ModelEntry(
+                m.name,
+                m.upstream or m.name,
+                Price(
+                    _per_token(m.price.usd_per_million_input_tokens),
+                    _per_token(
+                        m.price.usd_per_million_cached_input_tokens
+                        if m.price.usd_per_million_cached_input_tokens is not None
+                        else m.price.usd_per_million_input_tokens
+                    ),
+                    _per_token(m.price.usd_per_million_output_tokens),
+                ),
+            )
+            for m in b.models
+        )
+        backends[name] = Backend(
+            name=name,
+            kind=b.kind,
+            base_url=_resolve(b.base_url, f"{path}.base_url", env).rstrip("/"),
+            api_key=_secret(b.api_key, f"{path}.api_key", env) or None if b.api_key else None,
+            models=models,
+            discover_models=b.discover_models,
+            connect_timeout=b.timeout.connect,
+            read_timeout=b.timeout.read,
+            max_connections=b.max_connections,
+            headers=dict(b.headers),
+        )
+    routers: dict[str, Router] = {}
+    for name, r in spec.routers.items():
+        path = f"routers.{name}"
+        try:
+            from classifier import load_classifier
+
+            load_classifier(r.classifier)
+        except ValueError as exc:
+            raise ConfigError(f"{path}.classifier: {exc}") from None
+        routers[name] = Router(
+            name=name,
+            classifier=r.classifier,
+            threshold=r.threshold,
+            local=_target(r.local, f"{path}.local", backends),
+            api=_target(r.api, f"{path}.api", backends),
+            fallback=r.fallback,
+        )
+    keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
+    return Settings(
+        backends=backends,
+        routers=routers,
+        max_body_bytes=spec.server.max_body_bytes,
+        api_keys=frozenset(k for k in keys if k),
+        watch_config=spec.server.watch_config,
+        source=source,
+    )
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def parse(data: Any) -> ConfigFile:
+    if not isinstance(data, dict):
+        raise ConfigError("(top level): the config must be a mapping")
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            problems.append(
+                f"{_key_path(loc)}: {err['msg']}".replace("Extra inputs are not permitted", "unknown key")
+            )
+        raise ConfigError("; ".join(problems)) from None
+
+
+def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return build(parse(data), os.environ if env is None else env, source=path)
+
+
+def embedded_default(env: Mapping[str, str] | None = None) -> Settings:
+    """What `crossover serve` runs without a file: a local vLLM, OpenAI, and the router model `auto`."""
+    env = os.environ if env is None else env
+    local_model = env.get("CROSSOVER_LOCAL_MODEL")
+    api_model = env.get("CROSSOVER_API_MODEL", "gpt-4o")
+    spec = ConfigFile.model_validate(
+        {
+            "backends": {
+                "local": {
+                    "kind": "openai_compatible",
+                    "base_url": "${CROSSOVER_LOCAL_BASE_URL:-http://127.0.0.1:8000/v1}",
+                    "models": [{"name": local_model}] if local_model else [],
+                    "discover_models": not local_model,
+                },
+                "openai": {
+                    "kind": "openai_compatible",
+                    "base_url": "${OPENAI_BASE_URL:-https://api.openai.com/v1}",
+                    "api_key": "${OPENAI_API_KEY:-}",
+                    "models": [{"name": api_model}],
+                },
+            },
+            "routers": {"auto": {"local": "local", "api": f"openai/{api_model}"}},
+            "server": {"watch_config": False},
+        }
+    )
+    return build(spec, env)

@@ -1,0 +1,148 @@
+"""Reading and checking the client's body: only the fields the gateway acts on are checked here;
+everything else is forwarded as it came, and the backend judges it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from gateway.errors import InvalidRequest, PayloadTooLarge
+
+_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TYPE_NAMES = {
+    str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+    list: "an array", dict: "an object", type(None): "null",
+}  # fmt: skip
+
+
+async def read_json(request: Request, limit: int) -> dict[str, Any]:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "utf-8" in str(exc).lower():
+            raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_encoding") from None
+        raise InvalidRequest(
+            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than this gateway accepts ({limit} bytes).", code="request_too_large"
+    )
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), "an unsupported value")
+
+
+def _missing(param: str) -> InvalidRequest:
+    return InvalidRequest(
+        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+    )
+
+
+def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
+    return InvalidRequest(
+        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+def _check(body: dict[str, Any], param: str, kinds: tuple[type, ...], expected: str) -> None:
+    value = body.get(param)
+    # bool is an int subclass in Python; JSON keeps them apart, so must we.
+    if param in body and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+        raise _wrong_type(param, expected, value)
+
+
+def _check_common(body: dict[str, Any]) -> None:
+    if "model" not in body:
+        raise _missing("model")
+    _check(body, "model", (str,), "a string")
+    if not body["model"]:
+        raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+    _check(body, "stream", (bool,), "a boolean")
+    _check(body, "stream_options", (dict, type(None)), "an object")
+    options = body.get("stream_options")
+    if (
+        isinstance(options, dict)
+        and "include_usage" in options
+        and not isinstance(options["include_usage"], bool)
+    ):
+        raise _wrong_type("stream_options.include_usage", "a boolean", options["include_usage"])
+    for name in ("max_tokens", "max_completion_tokens", "n"):
+        _check(body, name, (int, type(None)), "an integer")
+        value = body.get(name)
+        if isinstance(value, int) and value < 1:
+            raise InvalidRequest(
+                f"Invalid '{name}': integer below minimum value. "
+                f"Expected a value >= 1, but got {value} instead.",
+                param=name,
+                code="integer_below_min_value",
+            )
+    for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
+        _check(body, name, (int, float, type(None)), "a number")
+
+
+def validate_chat(body: dict[str, Any]) -> None:
+    _check_common(body)
+    if "messages" not in body:
+        raise _missing("messages")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise _wrong_type("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest(
+            "Invalid 'messages': empty array. "
+            "Expected an array with minimum length 1, but got an empty array instead.",
+            param="messages",
+            code="empty_array",
+        )
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _wrong_type(where, "an object", message)
+        role = message.get("role")
+        if role is None:
+            raise _missing(f"{where}.role")
+        if role not in _ROLES:
+            raise InvalidRequest(
+                f"Invalid value for '{where}.role': {role!r}. Supported values are: "
+                "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise _wrong_type(f"{where}.content", "one of a string or array of objects", content)
+    _check(body, "tools", (list, type(None)), "an array")
+    _check(body, "response_format", (dict, type(None)), "an object")
+
+
+def validate_completion(body: dict[str, Any]) -> None:
+    _check_common(body)
+    if "prompt" not in body:
+        raise _missing("prompt")
+    prompt = body["prompt"]
+    if not isinstance(prompt, str | list):
+        raise _wrong_type("prompt", "a string or an array", prompt)

@@ -1,0 +1,92 @@
+"""Every Prometheus metric the gateway exports, declared once, with bounded labels.
+
+Labels only ever carry names from the config (router, backend, model) or small fixed sets
+(route, reason, status class, token kind): never a user-supplied string.
+With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
+`crossover serve`) aggregates the workers' values; see `render`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# LLM requests span three orders of magnitude: tens of ms for a cached short answer, minutes for a long one.
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
+# Gateway overhead is meant to be well under a millisecond.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
+CLASSIFIER_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "crossover_requests", "Requests answered, by route and outcome.",
+            ["route", "backend", "model", "status_class"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "crossover_routing_decisions", "Routing decisions of router models.",
+            ["router", "route", "reason"], registry=r,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "crossover_fallbacks", "Requests moved to another backend after a retryable failure.",
+            ["from_backend", "to_backend"], registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "crossover_request_duration_seconds", "Whole request time as the client saw it.",
+            ["route", "backend", "stream"], buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.ttft = Histogram(
+            "crossover_time_to_first_token_seconds", "Time to the first streamed content chunk.",
+            ["route", "backend"], buckets=TTFT_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.overhead = Histogram(
+            "crossover_gateway_overhead_seconds", "Time spent in the gateway, not waiting on the upstream.",
+            ["route", "stream"], buckets=OVERHEAD_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "crossover_tokens", "Tokens by kind: input (cached included), cached, output.",
+            ["route", "backend", "model", "kind"], registry=r,
+        )  # fmt: skip
+        self.cost = Counter(
+            "crossover_cost_usd", "Cost in US dollars from the configured prices.",
+            ["route", "backend", "model"], registry=r,
+        )  # fmt: skip
+        self.score = Histogram(
+            "crossover_classifier_score", "Complexity scores of routed requests.",
+            ["router"], buckets=SCORE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.classifier_seconds = Histogram(
+            "crossover_classifier_duration_seconds", "Time to extract features and score a request.",
+            ["router"], buckets=CLASSIFIER_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "crossover_upstream_errors", "Failed upstream calls, by backend and error code.",
+            ["backend", "code"], registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "crossover_in_flight_requests", "Requests being served now.",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.config_reloads = Counter(
+            "crossover_config_reloads", "Config reload attempts, by result.", ["result"], registry=r,
+        )  # fmt: skip
+
+    def render(self) -> bytes:
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
+        return generate_latest(self.registry)

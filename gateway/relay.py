@@ -1,0 +1,147 @@
+"""Answers back to the client: whole bodies, or SSE relayed event by event with usage captured.
+
+An `Exchange` follows one request from arrival to its last byte and records it in the metrics.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field
+
+import anyio
+import orjson
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.accounting import Usage, cost_usd, usage_from
+from gateway.errors import error_body
+from gateway.metrics import Metrics
+from gateway.routing import Decision
+from gateway.runtime import Resolved
+from providers.base import EventStream, UpstreamError
+from providers.sse import encode
+
+# The first chunk that carries generated text or a tool call marks time to first token.
+_HAS_TOKEN = re.compile(rb'"(?:content|text)":"[^"]|"tool_calls":\[')
+
+
+@dataclass(slots=True)
+class Exchange:
+    metrics: Metrics
+    decision: Decision
+    resolved: Resolved
+    stream: bool
+    started: float
+    upstream_seconds: float = 0.0
+    first_token_at: float | None = None
+    usage: Usage | None = None
+    status_class: str = "2xx"
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+    def overhead(self, now: float) -> float:
+        return max(now - self.started - self.upstream_seconds, 0.0)
+
+    def finish(self) -> None:
+        now = time.perf_counter()
+        m, route = self.metrics, self.decision.route
+        backend, model = self.resolved.backend.name, self.resolved.model.name
+        stream = "true" if self.stream else "false"
+        m.requests.labels(route, backend, model, self.status_class).inc()
+        m.latency.labels(route, backend, stream).observe(now - self.started)
+        m.overhead.labels(route, stream).observe(self.overhead(now))
+        if self.first_token_at is not None:
+            m.ttft.labels(route, backend).observe(self.first_token_at - self.started)
+        if self.usage is not None:
+            u = self.usage
+            m.tokens.labels(route, backend, model, "input").inc(u.input)
+            m.tokens.labels(route, backend, model, "output").inc(u.output)
+            if u.cached:
+                m.tokens.labels(route, backend, model, "cached").inc(u.cached)
+            m.cost.labels(route, backend, model).inc(cost_usd(u, self.resolved.model.price))
+
+
+async def relay_events(
+    events: EventStream, exchange: Exchange, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """Forward each upstream event as it arrives. The gateway always asks upstream for usage; the
+    usage-only chunk is dropped when the client did not ask for it, as OpenAI would not send it."""
+    iterator = events.__aiter__()
+    try:
+        while True:
+            waited = time.perf_counter()
+            try:
+                data = await iterator.__anext__()
+            except StopAsyncIteration:
+                break
+            finally:
+                exchange.upstream_seconds += time.perf_counter() - waited
+            if exchange.first_token_at is None and _HAS_TOKEN.search(data):
+                exchange.first_token_at = time.perf_counter()
+            if b'"usage":{' in data or b'"usage": {' in data:
+                chunk = orjson.loads(data)
+                exchange.usage = usage_from(chunk)
+                if not include_usage:
+                    if not chunk.get("choices"):
+                        continue
+                    del chunk["usage"]
+                    data = orjson.dumps(chunk)
+            yield encode(data)
+        yield b"data: [DONE]\n\n"
+    except UpstreamError as exc:
+        # Headers are gone already: the error travels as an event, which the OpenAI SDK raises.
+        exchange.status_class = "5xx"
+        exchange.metrics.upstream_errors.labels(exchange.resolved.backend.name, exc.code or exc.type).inc()
+        yield encode(error_body(exc.message, exc.type, exc.param, exc.code))
+    finally:
+        await events.aclose()
+
+
+class EventStreamResponse(Response):
+    """An SSE response that stops the moment the client goes away.
+
+    It listens for `http.disconnect` while streaming, so an abandoned request is cancelled even
+    while the upstream is silent (a long prefill), and the upstream connection is dropped at once.
+    """
+
+    def __init__(
+        self,
+        body: AsyncGenerator[bytes, None],
+        headers: dict[str, str],
+        on_close: Callable[[bool], Awaitable[None]],
+    ) -> None:
+        # Deliberately not Response.__init__: the body is a generator and the headers are sent in __call__.
+        self.status_code = 200
+        self.events = body
+        self.extra_headers = headers
+        self.on_close = on_close  # called once, however the stream ends, with True if disconnected
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+        ]
+        raw_headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
+        disconnected = False
+        try:
+            async with aclosing(self.events) as body, anyio.create_task_group() as group:
+
+                async def watch() -> None:
+                    nonlocal disconnected
+                    while (await receive())["type"] != "http.disconnect":
+                        pass
+                    disconnected = True
+                    group.cancel_scope.cancel()
+
+                group.start_soon(watch)
+                await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+                async for chunk in body:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        except OSError:
+            disconnected = True  # the client went away while we were writing
+        finally:
+            await self.on_close(disconnected)

@@ -1,0 +1,131 @@
+"""The live objects built from Settings: providers, classifiers and the model catalogue.
+
+A config reload builds a new Runtime and swaps it in; requests already running keep the one they
+started with, which is closed once the last of them finishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+from classifier import Classifier, load_classifier
+from gateway.config import Backend, ModelEntry, Price, Settings, Target
+from gateway.errors import ModelNotFound
+from providers.base import Provider, UpstreamError
+from providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
+
+log = logging.getLogger("crossover")
+
+# How long a failed model discovery is trusted before asking the backend again.
+DISCOVERY_RETRY_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """A target made concrete: which provider to call, and with which model names."""
+
+    provider: Provider
+    backend: Backend
+    model: ModelEntry
+
+
+def build_provider(backend: Backend) -> Provider:
+    # One kind today; issue #3 adds `anthropic` beside it.
+    return OpenAICompatProvider(
+        OpenAICompatConfig(
+            name=backend.name,
+            base_url=backend.base_url,
+            api_key=backend.api_key,
+            connect_timeout=backend.connect_timeout,
+            read_timeout=backend.read_timeout,
+            max_connections=backend.max_connections,
+            headers=backend.headers,
+        )
+    )
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.providers: dict[str, Provider] = {
+            name: build_provider(b) for name, b in settings.backends.items()
+        }
+        self.classifiers: dict[str, Classifier] = {
+            name: load_classifier(r.classifier) for name, r in settings.routers.items()
+        }
+        self._models: dict[str, list[ModelEntry]] = {
+            name: list(b.models) for name, b in settings.backends.items()
+        }
+        self._discovered_at: dict[str, float] = {}
+        self._discovery_locks = {name: asyncio.Lock() for name in settings.backends}
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        """Discover models where asked; a backend that is down now is asked again on demand."""
+        await asyncio.gather(
+            *(self._discover(name) for name, b in self.settings.backends.items() if b.discover_models)
+        )
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self.providers.values()))
+
+    async def _discover(self, backend: str) -> None:
+        async with self._discovery_locks[backend]:
+            last = self._discovered_at.get(backend)
+            if last is not None and time.monotonic() - last < DISCOVERY_RETRY_SECONDS:
+                return
+            self._discovered_at[backend] = time.monotonic()
+            try:
+                names = await self.providers[backend].list_models()
+            except UpstreamError as exc:
+                log.warning("model discovery on backend %r failed: %s", backend, exc.message)
+                return
+            known = {m.name for m in self._models[backend]}
+            self._models[backend].extend(ModelEntry(n, n, Price()) for n in names if n not in known)
+
+    def models(self) -> list[tuple[str, ModelEntry]]:
+        return [(backend, m) for backend, entries in self._models.items() for m in entries]
+
+    def _find(self, backend: str, model: str | None) -> ModelEntry | None:
+        for entry in self._models[backend]:
+            if model is None or entry.name == model:
+                return entry
+        return None
+
+    async def resolve(self, target: Target) -> Resolved:
+        entry = self._find(target.backend, target.model)
+        if entry is None and self.settings.backends[target.backend].discover_models:
+            await self._discover(target.backend)
+            entry = self._find(target.backend, target.model)
+        if entry is None:
+            raise UpstreamError(
+                503,
+                f"backend '{target.backend}' has no model available yet (is it running?)",
+                type="service_unavailable",
+                code="backend_unavailable",
+                retry_after=DISCOVERY_RETRY_SECONDS,
+                retryable=True,
+            )
+        return Resolved(self.providers[target.backend], self.settings.backends[target.backend], entry)
+
+    async def target_for_model(self, name: str) -> Target:
+        """A concrete model, as `model` or `backend/model`."""
+        for _ in range(2):
+            backend, sep, model = name.partition("/")
+            if sep and backend in self._models and self._find(backend, model) is not None:
+                return Target(backend, model)
+            for backend, entries in self._models.items():
+                if any(e.name == name for e in entries):
+                    return Target(backend, name)
+            discoverable = [n for n, b in self.settings.backends.items() if b.discover_models]
+            if not discoverable:
+                break
+            await asyncio.gather(*(self._discover(n) for n in discoverable))
+        raise ModelNotFound(
+            f"The model '{name}' does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )

@@ -1,0 +1,65 @@
+"""What the app holds between requests: the metrics, and the current Runtime, swapped on reload."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.config import ConfigError, Settings
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime
+
+log = logging.getLogger("crossover")
+
+
+class GatewayState:
+    def __init__(self, runtime: Runtime, metrics: Metrics, loader: Callable[[], Settings] | None) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self._loader = loader  # re-reads the config file; None for the embedded default
+        self._retired: set[Runtime] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def acquire(self) -> Runtime:
+        """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.
+        Every acquire is paired with one `release`."""
+        runtime = self.runtime
+        runtime.in_flight += 1
+        self.metrics.in_flight.inc()
+        return runtime
+
+    def release(self, runtime: Runtime) -> None:
+        runtime.in_flight -= 1
+        self.metrics.in_flight.dec()
+        if runtime.in_flight == 0 and runtime in self._retired:
+            self._retired.discard(runtime)
+            task = asyncio.create_task(runtime.close())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def reload(self) -> bool:
+        """Build a runtime from the file again. A bad file is logged and the old one keeps serving."""
+        if self._loader is None:
+            return False
+        try:
+            new = Runtime(self._loader())
+            await new.start()
+        except (ConfigError, ValueError) as exc:
+            log.error("config reload rejected, still serving the previous config: %s", exc)
+            self.metrics.config_reloads.labels("rejected").inc()
+            return False
+        old, self.runtime = self.runtime, new
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded")
+        if old.in_flight == 0:
+            await old.close()
+        else:
+            self._retired.add(old)  # closed by the last request that still holds it
+        return True
+
+    async def close(self) -> None:
+        await self.runtime.close()
+        for runtime in self._retired:
+            await runtime.close()
+        self._retired.clear()

@@ -1,0 +1,1 @@
+"""Backends: one module per kind, translation kept apart from transport. Never imports `gateway`."""

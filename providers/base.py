@@ -1,0 +1,71 @@
+"""The small protocol every backend kind implements, and the one error it raises."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+class UpstreamError(Exception):
+    """A backend call failed. `status` and `type` are what the client should be shown.
+
+    Built only from normalised upstream data: the upstream body is never echoed raw,
+    so a key the backend might reflect back cannot reach the client.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "upstream_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_after: float | None = None,
+        retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_after = retry_after
+        # True where another backend may well succeed: connection failures, 5xx, 429.
+        self.retryable = retryable
+
+
+@dataclass(slots=True)
+class Completion:
+    """A whole (non-streamed) upstream answer, already parsed."""
+
+    body: dict[str, Any]
+    raw: bytes  # the same answer as bytes, forwarded as-is unless the gateway must change it
+    upstream_seconds: float
+
+
+class EventStream(Protocol):
+    """An open upstream stream: yields each SSE `data` payload (without `data: `) as it arrives.
+
+    The terminating `[DONE]` is consumed, not yielded. `aclose` drops the connection, which is
+    how a disconnecting client cancels generation upstream.
+    """
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Provider(Protocol):
+    name: str
+
+    async def complete(self, path: str, body: dict[str, Any]) -> Completion: ...
+
+    async def stream(self, path: str, body: dict[str, Any]) -> EventStream:
+        """Open the stream; raises UpstreamError before the first event if the backend refuses."""
+        ...
+
+    async def list_models(self) -> list[str]: ...
+
+    async def close(self) -> None: ...

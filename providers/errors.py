@@ -1,0 +1,140 @@
+"""Upstream failures, normalised once at the transport boundary into UpstreamError."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from time import time
+
+import aiohttp
+import orjson
+
+from providers.base import UpstreamError
+
+_KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove anything that looks like a provider key: ours verbatim, and sk-… shapes."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEY_LIKE.sub("[redacted]", text)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """OpenAI sends `retry-after-ms` and `retry-after`; the latter may be seconds or an HTTP date."""
+    millis = headers.get("retry-after-ms")
+    if millis:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _upstream_fields(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """(message, type, param, code) from OpenAI's error shape, vLLM's older flat shape, or Anthropic's."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None, None, None, None
+    if not isinstance(body, dict):
+        return None, None, None, None
+    err = body.get("error", body)
+    if isinstance(err, str):
+        return err, None, None, None
+    if not isinstance(err, dict):
+        return None, None, None, None
+
+    def text(key: str) -> str | None:
+        value = err.get(key)
+        return None if value is None else str(value)
+
+    return text("message"), text("type"), text("param"), text("code")
+
+
+def error_from_response(
+    backend: str, status: int, headers: Mapping[str, str], raw: bytes, secrets: Iterable[str] = ()
+) -> UpstreamError:
+    message, type_, param, code = _upstream_fields(raw)
+    retry_after = retry_after_seconds(headers)
+    if message:
+        message = redact(message, secrets)
+    if status in (401, 403):
+        # The client's own credentials were fine; the gateway's were not. Never echo the upstream
+        # text here: OpenAI's 401 message quotes part of the key.
+        return UpstreamError(
+            502,
+            f"backend '{backend}' rejected the gateway's credentials (HTTP {status})",
+            code="upstream_auth_failed",
+            retryable=True,
+        )
+    if status == 429:
+        return UpstreamError(
+            429,
+            message or f"backend '{backend}' is rate limiting requests",
+            type="rate_limit_error" if type_ in (None, "error") else type_,
+            code=code or "rate_limit_exceeded",
+            retry_after=retry_after,
+            retryable=True,
+        )
+    if status in (503, 529):
+        return UpstreamError(
+            503,
+            f"backend '{backend}' is overloaded" + (f": {message}" if message else ""),
+            type="service_unavailable",
+            code="backend_overloaded",
+            retry_after=retry_after if retry_after is not None else 1.0,
+            retryable=True,
+        )
+    if status in (408, 504):
+        return UpstreamError(
+            504, f"backend '{backend}' timed out", type="timeout", code="upstream_timeout", retryable=True
+        )
+    if status >= 500:
+        return UpstreamError(
+            502,
+            f"backend '{backend}' failed (HTTP {status})" + (f": {message}" if message else ""),
+            code="upstream_error",
+            retryable=True,
+        )
+    # 4xx: the request itself was refused upstream; the client should see why.
+    return UpstreamError(
+        400 if status == 422 else status,
+        message or f"backend '{backend}' refused the request (HTTP {status})",
+        type="invalid_request_error" if type_ in (None, "BadRequestError", "error") else type_,
+        code=code if code and not code.isdigit() else None,
+        param=param,
+    )
+
+
+def error_from_transport(backend: str, exc: BaseException) -> UpstreamError:
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return UpstreamError(
+            504, f"backend '{backend}' timed out", type="timeout", code="upstream_timeout", retryable=True
+        )
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamError(
+            503,
+            f"backend '{backend}' is unreachable",
+            type="service_unavailable",
+            code="backend_unreachable",
+            retry_after=1.0,
+            retryable=True,
+        )
+    return UpstreamError(
+        502, f"backend '{backend}' closed the connection unexpectedly", code="upstream_error", retryable=True
+    )
