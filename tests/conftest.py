@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.servers import Server, start_gateway, start_openai_sim, start_vllm
+
+SIM_KEY = "sk-sim-0123456789abcdefSECRET"
+
+
+@pytest.fixture(scope="session")
+def tmp_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def openai_sim(tmp_session: Path) -> Iterator[Server]:
+    server = start_openai_sim(tmp_session, SIM_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm(tmp_session: Path) -> Iterator[Server]:
+    server = start_vllm(tmp_session)
+    yield server
+    server.stop()
+
+
+def base_config(vllm_url: str, sim_url: str) -> dict[str, Any]:
+    return {
+        "backends": {
+            "local": {"kind": "openai_compatible", "base_url": vllm_url + "/v1", "discover_models": True},
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": sim_url + "/v1",
+                "api_key": "${SIM_OPENAI_KEY}",
+                "models": [
+                    {
+                        "name": "gpt-4o",
+                        "price": {
+                            "usd_per_million_input_tokens": 2.5,
+                            "usd_per_million_cached_input_tokens": 1.25,
+                            "usd_per_million_output_tokens": 10.0,
+                        },
+                    },
+                    {"name": "gpt-4o-mini"},
+                ],
+            },
+        },
+        "routers": {"auto": {"local": "local", "api": "openai/gpt-4o", "threshold": 0.5}},
+    }
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_session: Path, vllm: Server, openai_sim: Server) -> Iterator[Server]:
+    """The shared gateway: local = the real vLLM, api = the OpenAI simulator."""
+    server = start_gateway(
+        tmp_session, base_config(vllm.url, openai_sim.url), env={"SIM_OPENAI_KEY": SIM_KEY}
+    )
+    yield server
+    server.stop()

@@ -1,0 +1,359 @@
+"""An OpenAI API simulator: the real paths, bearer auth, SSE framing with `data: [DONE]`, OpenAI's
+error bodies and statuses, and `retry-after` on 429.
+
+Answers are deterministic: the assistant repeats the last user message ("echo: ..."), calls the
+first tool when tools are offered, and returns a JSON object when `response_format` asks for one.
+
+Faults are scripted through `POST /_sim/faults` (a list, consumed one per request): each is
+{"status": 429|500|503|..., "retry_after": seconds} or {"delay": seconds} or {"cut_after": n}
+(stream n chunks, then drop the connection). `GET /_sim/requests` returns the bodies received.
+
+    python -m tests.simulators.openai_sim --port 9100 --key sk-sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODELS = ("gpt-4o", "gpt-4o-mini")
+
+
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _mask(key: str) -> str:
+    # OpenAI's 401 quotes part of the key it was given; a gateway must not pass this on.
+    return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else key
+
+
+class Simulator:
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.faults: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+
+    def app(self) -> Starlette:
+        return Starlette(
+            routes=[
+                Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/models", self.models, methods=["GET"]),
+                Route("/_sim/faults", self.set_faults, methods=["POST"]),
+                Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
+            ]
+        )
+
+    async def set_faults(self, request: Request) -> Response:
+        self.faults = list(await request.json())
+        return JSONResponse({"ok": True})
+
+    async def get_requests(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.requests.clear()
+        return JSONResponse(self.requests)
+
+    def _auth(self, request: Request) -> Response | None:
+        header = request.headers.get("authorization", "")
+        if not header.startswith("Bearer "):
+            return _error(
+                401,
+                "You didn't provide an API key. You need to provide your API key in an "
+                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error",
+                None,
+            )
+        given = header[7:]
+        if given != self.key:
+            return _error(
+                401,
+                f"Incorrect API key provided: {_mask(given)}. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "invalid_request_error",
+                "invalid_api_key",
+            )
+        return None
+
+    async def models(self, request: Request) -> Response:
+        if (denied := self._auth(request)) is not None:
+            return denied
+        data = [{"id": m, "object": "model", "created": 1715367049, "owned_by": "system"} for m in MODELS]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _prelude(
+        self, request: Request
+    ) -> tuple[dict[str, Any] | None, Response | None, dict[str, Any]]:
+        if (denied := self._auth(request)) is not None:
+            return None, denied, {}
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return (
+                None,
+                _error(
+                    400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+                ),
+                {},
+            )
+        self.requests.append(body)
+        fault = self.faults.pop(0) if self.faults else {}
+        if "delay" in fault:
+            await asyncio.sleep(fault["delay"])
+        status = fault.get("status")
+        if status == 429:
+            return (
+                None,
+                _error(
+                    429,
+                    "Rate limit reached for gpt-4o in organization org-sim on requests per "
+                    "min (RPM): Limit 3, Used 3, Requested 1.",
+                    "requests",
+                    "rate_limit_exceeded",
+                    headers={
+                        "retry-after": str(fault.get("retry_after", 2)),
+                        "x-ratelimit-remaining-requests": "0",
+                    },
+                ),
+                {},
+            )
+        if status is not None:
+            messages = {
+                500: "The server had an error while processing your request. Sorry about that!",
+                503: "The engine is currently overloaded, please try again later.",
+            }
+            return None, _error(status, messages.get(status, "error"), "server_error", None), {}
+        model = body.get("model")
+        if model not in MODELS:
+            return (
+                None,
+                _error(
+                    404,
+                    f"The model `{model}` does not exist or you do not have access to it.",
+                    "invalid_request_error",
+                    "model_not_found",
+                ),
+                {},
+            )
+        return body, None, fault
+
+    async def chat(self, request: Request) -> Response:
+        body, refused, fault = await self._prelude(request)
+        if body is None:
+            assert refused is not None
+            return refused
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(
+                400,
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                "messages",
+            )
+        last = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
+        content = last.get("content")
+        text = (
+            content
+            if isinstance(content, str)
+            else " ".join(p.get("text", "") for p in content or [] if isinstance(p, dict))
+        )
+        prompt_tokens = sum(len(str(m.get("content", "")).split()) + 4 for m in messages)
+        tools = body.get("tools") or []
+        format_ = (body.get("response_format") or {}).get("type")
+        tool_call = None
+        answer: str | None
+        if tools and body.get("tool_choice") != "none" and messages[-1].get("role") != "tool":
+            name = tools[0]["function"]["name"]
+            tool_call = {
+                "id": "call_" + uuid.uuid4().hex[:24],
+                "type": "function",
+                "function": {"name": name, "arguments": json.dumps({"query": text})},
+            }
+            answer = None
+        elif format_ in ("json_object", "json_schema"):
+            answer = json.dumps({"answer": text})
+        else:
+            answer = "echo: " + text
+        pieces = answer.split(" ") if answer else []
+        completion_tokens = len(pieces) + (5 if tool_call else 0)
+        usage = {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        }
+        finish = "tool_calls" if tool_call else "stop"
+        ident, created = "chatcmpl-" + uuid.uuid4().hex[:29], int(time.time())
+        headers = {
+            "x-request-id": "req_" + uuid.uuid4().hex,
+            "openai-processing-ms": "12",
+            "openai-version": "2020-10-01",
+        }
+        if not body.get("stream"):
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": answer,
+                "refusal": None,
+                "annotations": [],
+            }
+            if tool_call:
+                message["tool_calls"] = [tool_call]
+            return JSONResponse(
+                {
+                    "id": ident,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": body["model"] + "-2024-08-06",
+                    "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+                    "usage": usage,
+                    "service_tier": "default",
+                    "system_fingerprint": "fp_sim",
+                },
+                headers=headers,
+            )
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+        return StreamingResponse(
+            self._chat_stream(
+                ident,
+                created,
+                body["model"] + "-2024-08-06",
+                pieces,
+                tool_call,
+                finish,
+                usage if include_usage else None,
+                fault.get("cut_after"),
+            ),
+            media_type="text/event-stream; charset=utf-8",
+            headers=headers,
+        )
+
+    async def _chat_stream(
+        self,
+        ident: str,
+        created: int,
+        model: str,
+        pieces: list[str],
+        tool_call: dict[str, Any] | None,
+        finish: str,
+        usage: dict[str, Any] | None,
+        cut_after: int | None,
+    ) -> AsyncIterator[bytes]:
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            c: dict[str, Any] = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_sim",
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            }
+            if usage is not None:
+                c["usage"] = None
+            return b"data: " + json.dumps(c).encode() + b"\n\n"
+
+        frames = [chunk({"role": "assistant", "content": "" if tool_call is None else None, "refusal": None})]
+        for i, piece in enumerate(pieces):
+            frames.append(chunk({"content": piece if i == 0 else " " + piece}))
+        if tool_call is not None:
+            fn = tool_call["function"]
+            frames.append(
+                chunk(
+                    {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": tool_call["id"],
+                                "type": "function",
+                                "function": {"name": fn["name"], "arguments": ""},
+                            }
+                        ]
+                    }
+                )
+            )
+            args = fn["arguments"]
+            for i in range(0, len(args), 7):
+                frames.append(
+                    chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 7]}}]})
+                )
+        frames.append(chunk({}, finish))
+        if usage is not None:
+            final = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "service_tier": "default",
+                "system_fingerprint": "fp_sim",
+                "choices": [],
+                "usage": usage,
+            }
+            frames.append(b"data: " + json.dumps(final).encode() + b"\n\n")
+        frames.append(b"data: [DONE]\n\n")
+        for n, frame in enumerate(frames):
+            if cut_after is not None and n >= cut_after:
+                raise ConnectionResetError("simulated upstream failure")  # uvicorn drops the connection
+            yield frame
+            await asyncio.sleep(0)
+
+    async def completions(self, request: Request) -> Response:
+        body, refused, _ = await self._prelude(request)
+        if body is None:
+            assert refused is not None
+            return refused
+        prompt = body.get("prompt")
+        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt or []))
+        usage = {
+            "prompt_tokens": len(text.split()),
+            "completion_tokens": 2,
+            "total_tokens": len(text.split()) + 2,
+        }
+        return JSONResponse(
+            {
+                "id": "cmpl-" + uuid.uuid4().hex[:29],
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "system_fingerprint": "fp_sim",
+                "choices": [{"text": " echo", "index": 0, "logprobs": None, "finish_reason": "length"}],
+                "usage": usage,
+            }
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--key", default="sk-sim")
+    args = parser.parse_args()
+    uvicorn.run(Simulator(args.key).app(), host="127.0.0.1", port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
