@@ -1,0 +1,253 @@
+"""Bad input gets OpenAI's error shape, the right status and the offending parameter, and the
+gateway keeps serving. Raw HTTP, so that nothing a client library does hides the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import SIM_KEY
+from tests.openai_schema import assert_valid
+from tests.servers import Server, start_gateway
+
+GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator[Server]:
+    config = {
+        "server": {"max_body_bytes": 4096},
+        "backends": {
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": openai_sim.url + "/v1",
+                "api_key": "${SIM_OPENAI_KEY}",
+                "models": [{"name": "gpt-4o"}],
+            },
+            "down": {
+                "kind": "openai_compatible",
+                "base_url": "http://127.0.0.1:9/v1",  # discard port: nothing listens
+                "models": [{"name": "down-model"}],
+                "timeout": {"connect": 1},
+            },
+        },
+        "routers": {"auto": {"local": "down", "api": "openai", "fallback": False}},
+    }
+    server = start_gateway(tmp_path_factory.mktemp("bad"), config, env={"SIM_OPENAI_KEY": SIM_KEY})
+    yield server
+    server.stop()
+
+
+def post(gw: Server, content: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:
+    headers = {"content-type": "application/json", **(headers or {})}
+    return httpx.post(gw.url + "/v1/chat/completions", content=content, headers=headers, timeout=10)
+
+
+def check_error(
+    response: httpx.Response, status: int, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body: dict[str, Any] = response.json()
+    assert_valid("ErrorResponse", body)
+    assert "Traceback" not in response.text
+    if param is not None:
+        assert body["error"]["param"] == param
+    if code is not None:
+        assert body["error"]["code"] == code
+    return body
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ('{"model": "gpt-4o", "messages": [', None, "invalid_json"),
+        ("[1, 2]", None, "invalid_json"),
+        ("", None, "invalid_json"),
+        ('{"messages": [{"role": "user", "content": "hi"}]}', "model", "missing_required_parameter"),
+        ('{"model": "gpt-4o"}', "messages", "missing_required_parameter"),
+        ('{"model": 42, "messages": []}', "model", "invalid_type"),
+        ('{"model": "gpt-4o", "messages": "hi"}', "messages", "invalid_type"),
+        ('{"model": "gpt-4o", "messages": []}', "messages", "empty_array"),
+        ('{"model": "gpt-4o", "messages": ["hi"]}', "messages[0]", "invalid_type"),
+        (
+            '{"model": "gpt-4o", "messages": [{"content": "hi"}]}',
+            "messages[0].role",
+            "missing_required_parameter",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "robot", "content": "hi"}]}',
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": 5}]}',
+            "messages[0].content",
+            "invalid_type",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}',
+            "stream",
+            "invalid_type",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "10"}',
+            "max_tokens",
+            "invalid_type",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": true}',
+            "max_tokens",
+            "invalid_type",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}',
+            "max_tokens",
+            "integer_below_min_value",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}',
+            "temperature",
+            "invalid_type",
+        ),
+        (
+            '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "stream_options": {"include_usage": 1}}',
+            "stream_options.include_usage",
+            "invalid_type",
+        ),
+    ],
+)
+def test_invalid_bodies_are_400_naming_the_field(gw: Server, body: str, param: str | None, code: str) -> None:
+    check_error(post(gw, body), 400, param, code)
+
+
+def test_invalid_utf8_is_400(gw: Server) -> None:
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "\xff\xfe"}]}'
+    check_error(post(gw, body), 400, code="invalid_encoding")
+
+
+def test_oversized_body_is_413_by_declared_length_and_by_stream(gw: Server) -> None:
+    big = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + b"x" * 5000 + b'"}]}'
+    check_error(post(gw, big), 413, code="request_too_large")
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the limit is enforced while reading
+        yield big[:3000]
+        yield big[3000:]
+
+    response = httpx.post(gw.url + "/v1/chat/completions", content=chunks(), timeout=10)
+    check_error(response, 413, code="request_too_large")
+
+
+def test_unknown_model_is_404(gw: Server) -> None:
+    check_error(
+        post(gw, '{"model": "gpt-5-ultra", "messages": [{"role": "user", "content": "hi"}]}'),
+        404,
+        "model",
+        "model_not_found",
+    )
+
+
+def test_bad_route_header_is_400(gw: Server) -> None:
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}'
+    check_error(post(gw, body, {"x-crossover-route": "cloud"}), 400, "x-crossover-route", "invalid_value")
+
+
+def test_unknown_path_and_wrong_method(gw: Server) -> None:
+    check_error(httpx.post(gw.url + "/v1/chat/complete", json=GOOD), 404, code="unknown_url")
+    check_error(httpx.get(gw.url + "/v1/chat/completions"), 405, code="method_not_allowed")
+
+
+def test_unreachable_backend_is_503_with_retry_after(gw: Server) -> None:
+    response = post(gw, '{"model": "down-model", "messages": [{"role": "user", "content": "hi"}]}')
+    body = check_error(response, 503, code="backend_unreachable")
+    assert response.headers["retry-after"] == "1"
+    assert "down" in body["error"]["message"]
+
+
+def test_upstream_timeout_is_504(tmp_path: Path, openai_sim: Server) -> None:
+    config = {
+        "backends": {
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": openai_sim.url + "/v1",
+                "api_key": "${SIM_OPENAI_KEY}",
+                "models": [{"name": "gpt-4o"}],
+                "timeout": {"read": 0.5},
+            }
+        }
+    }
+    server = start_gateway(tmp_path, config, env={"SIM_OPENAI_KEY": SIM_KEY})
+    try:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 2}])
+        check_error(post(server, httpx.Request("POST", "/", json=GOOD).content), 504, code="upstream_timeout")
+    finally:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[])
+        server.stop()
+
+
+def test_gateway_credentials_rejected_upstream_is_502_without_the_key(
+    tmp_path: Path, openai_sim: Server
+) -> None:
+    wrong_key = "sk-gateway-key-that-is-wrong-987654321"
+    config = {
+        "backends": {
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": openai_sim.url + "/v1",
+                "api_key": "${WRONG_KEY}",
+                "models": [{"name": "gpt-4o"}],
+            }
+        }
+    }
+    server = start_gateway(tmp_path, config, env={"WRONG_KEY": wrong_key})
+    try:
+        response = post(server, httpx.Request("POST", "/", json=GOOD).content)
+        body = check_error(response, 502, code="upstream_auth_failed")
+        for leak in (wrong_key, wrong_key[:10], wrong_key[-6:]):
+            assert leak not in response.text
+            assert leak not in httpx.get(server.url + "/metrics").text
+        assert "credentials" in body["error"]["message"]
+    finally:
+        server.stop()
+    assert wrong_key[-6:] not in server.log_text()
+
+
+def test_gateway_keeps_serving_after_bad_input(gw: Server) -> None:
+    for junk in (b"\x00\x01", b"{", b"null", b'{"model": []}'):
+        assert post(gw, junk).status_code == 400
+    response = post(gw, httpx.Request("POST", "/", json=GOOD).content)
+    assert response.status_code == 200
+    assert response.json()["choices"][0]["message"]["content"] == "echo: hi"
+
+
+def test_gateway_keys_are_enforced(tmp_path: Path, openai_sim: Server) -> None:
+    config = {
+        "server": {"api_keys": ["${TEAM_KEY}"]},
+        "backends": {
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": openai_sim.url + "/v1",
+                "api_key": "${SIM_OPENAI_KEY}",
+                "models": [{"name": "gpt-4o"}],
+            }
+        },
+    }
+    server = start_gateway(tmp_path, config, env={"SIM_OPENAI_KEY": SIM_KEY, "TEAM_KEY": "team-key-1"})
+    try:
+        good = httpx.Request("POST", "/", json=GOOD).content
+        check_error(post(server, good), 401, code="invalid_api_key")
+        check_error(post(server, good, {"authorization": "Bearer team-key-2"}), 401, code="invalid_api_key")
+        check_error(httpx.get(server.url + "/v1/models"), 401, code="invalid_api_key")
+        assert post(server, good, {"authorization": "Bearer team-key-1"}).status_code == 200
+        assert post(server, good, {"x-api-key": "team-key-1"}).status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200  # probes need no key
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="nope", max_retries=0)
+        with client, pytest.raises(openai.AuthenticationError):
+            client.models.list()
+    finally:
+        server.stop()
