@@ -1,0 +1,45 @@
+-- wrk script: streaming chat completion (bench/run.sh); the whole SSE stream is one response.
+-- Model from env BENCH_MODEL (default "bench-sse", the gateway's SSE model); targets that ignore the
+-- model (nginx, the bare forwarder) get the same body. done() prints one machine-readable line:
+--   BENCH requests=... rps=... p50_us=... p90_us=... p99_us=... non200=... badbody=... errors=...
+-- (latencies in microseconds; errors = socket connect/read/write errors and timeouts)
+-- chat.lua is the same without "stream":true and with a different body check; keep them in step.
+local model = os.getenv("BENCH_MODEL") or "bench-sse"
+local expect = 'data: [DONE]'   -- every complete stream ends with this
+
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"stream":true}'
+
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  non200 = 0    -- globals of this thread's Lua state, read back in done() with thread:get
+  badbody = 0
+end
+
+function response(status, headers, body)
+  if status ~= 200 then
+    non200 = non200 + 1
+  elseif not string.find(body, expect, 1, true) then
+    badbody = badbody + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local non, bad = 0, 0
+  for _, t in ipairs(threads) do
+    non = non + (t:get("non200") or 0)
+    bad = bad + (t:get("badbody") or 0)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH requests=%d duration_us=%d rps=%.1f p50_us=%d p90_us=%d p99_us=%d max_us=%d non200=%d badbody=%d errors=%d\n",
+    summary.requests, summary.duration, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    non, bad, e.connect + e.read + e.write + e.timeout))  -- socket errors; statuses are in non200
+end

@@ -1,0 +1,145 @@
+"""A bare forwarder: the floor for any Python gateway on the same stack (Starlette, uvicorn, uvloop,
+httptools, one worker).
+
+One route, POST /v1/chat/completions: the request body is sent unchanged to --upstream, and the
+upstream's status, content type and body come back unchanged; a text/event-stream answer is relayed
+chunk by chunk as it arrives. No parsing, validation, routing, metrics or error mapping.
+
+--client chooses the HTTP client to the upstream (aiohttp or httpx), both with a keep-alive pool
+sized like the gateway's (256 connections), so bench/run.sh can compare them under the same load.
+
+    python3 bench/forwarder.py --client aiohttp --upstream http://127.0.0.1:18080/json/v1/chat/completions --port 18082
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+REQUEST_HEADERS = {"Content-Type": "application/json"}
+POOL = 256
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _is_stream(content_type: str) -> bool:
+    return content_type.startswith("text/event-stream")
+
+
+def aiohttp_app(upstream: str) -> Starlette:
+    import aiohttp
+
+    session: aiohttp.ClientSession | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal session
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=POOL),
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=600),
+            skip_auto_headers=("User-Agent",),
+        )
+        try:
+            yield
+        finally:
+            await session.close()
+
+    async def chat(request: Request) -> Response:
+        assert session is not None
+        body = await request.body()
+        resp = await session.post(upstream, data=body, headers=REQUEST_HEADERS)
+        content_type = resp.headers.get("Content-Type", "application/json")
+        headers = {"content-type": content_type}
+        if _is_stream(content_type):
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.content.iter_any():
+                        yield chunk
+                finally:
+                    resp.release()
+
+            return StreamingResponse(relay(), status_code=resp.status, headers=headers)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        return Response(data, status_code=resp.status, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+
+
+def httpx_app(upstream: str) -> Starlette:
+    import httpx
+
+    client: httpx.AsyncClient | None = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal client
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=POOL, max_keepalive_connections=POOL),
+            timeout=httpx.Timeout(600.0, connect=5.0),
+        )
+        try:
+            yield
+        finally:
+            await client.aclose()
+
+    async def chat(request: Request) -> Response:
+        assert client is not None
+        body = await request.body()
+        req = client.build_request("POST", upstream, content=body, headers=REQUEST_HEADERS)
+        resp = await client.send(req, stream=True)
+        content_type = resp.headers.get("content-type", "application/json")
+        headers = {"content-type": content_type}
+        if _is_stream(content_type):
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.aiter_raw():
+                        yield chunk
+                finally:
+                    await resp.aclose()
+
+            return StreamingResponse(relay(), status_code=resp.status_code, headers=headers)
+        try:
+            data = await resp.aread()
+        finally:
+            await resp.aclose()
+        return Response(data, status_code=resp.status_code, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--upstream", required=True, help="full URL, e.g. http://127.0.0.1:18080/json/v1/chat/completions")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=18082)
+    args = parser.parse_args()
+    app = aiohttp_app(args.upstream) if args.client == "aiohttp" else httpx_app(args.upstream)
+
+    import uvicorn
+
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()

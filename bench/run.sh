@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Crossover gateway benchmark: requests/s and latency added over a zero-latency upstream.
+#
+#   bash bench/run.sh                    # ~3.5 minutes with the defaults
+#   BENCH_DURATION=3 bash bench/run.sh   # quick smoke run (noisy figures)
+#   BENCH_LITELLM=1 bash bench/run.sh    # also LiteLLM's proxy (installed into a cache venv once)
+#
+# Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON) or
+# bench/chat_stream.lua (SSE):
+#   nginx direct        bench/nginx.conf, static answers: the baseline (client + loopback cost)
+#   crossover w1 / w2   `crossover serve` with bench/crossover.yaml, --workers 1 then 2
+#   forwarder aiohttp   bench/forwarder.py: the floor for a Python forwarder on the same stack
+#   forwarder httpx     the same with httpx as the upstream client (JSON, c=10 only)
+#   litellm             optional (BENCH_LITELLM=1), JSON only
+# Prints a table and writes it as Markdown to bench/results/latest.md. Exits non-zero if a run saw
+# a non-200 answer, an incomplete body or a socket error (LiteLLM's runs only warn).
+#
+# Environment: BENCH_DURATION (seconds per run, default 10), BENCH_WARMUP (seconds, default 1),
+# BENCH_LITELLM (1 to include LiteLLM), PYTHON (default python3), PYTHON311 (for LiteLLM's venv).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$HERE")"
+DURATION="${BENCH_DURATION:-10}"
+WARMUP="${BENCH_WARMUP:-1}"
+PY="${PYTHON:-python3}"
+HOST=127.0.0.1
+UPSTREAM_PORT=18080   # fixed in bench/nginx.conf and bench/crossover.yaml
+GATEWAY_PORT=18081
+FORWARDER_PORT=18082
+LITELLM_PORT=18083
+UPSTREAM="http://$HOST:$UPSTREAM_PORT"
+JSON_BODY='{"model":"auto","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16}'
+SSE_BODY='{"model":"bench-sse","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16,"stream":true}'
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { printf '[bench] FAILED: %s\n' "$*" >&2; exit 1; }
+
+# ---- dependencies -------------------------------------------------------------------------------
+
+nginx_bin() { command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; }; }
+
+if ! command -v wrk >/dev/null || [ -z "$(nginx_bin)" ] || ! command -v curl >/dev/null; then
+    log "installing wrk, nginx-light and curl with apt-get"
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk nginx-light curl
+fi
+NGINX="$(nginx_bin)"
+[ -n "$NGINX" ] || die "nginx not found after install"
+
+cd "$ROOT"   # so `python3 -m gateway.cli` runs this checkout's code
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c 'import gateway.cli, starlette, uvicorn, uvloop, httptools, aiohttp, httpx, orjson, yaml' 2>/dev/null; then
+    log "installing the gateway and httpx with pip"
+    "$PY" -m pip install -q -e "$ROOT" httpx
+fi
+
+# ---- processes: each in its own session, so its whole group is stopped -------------------------
+
+WORK="$(mktemp -d -t crossover-bench.XXXXXX)"
+PIDS=()
+
+group_alive() {  # any non-zombie process left in process group $1
+    ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+}
+
+start_bg() {  # start_bg NAME CMD...; sets BG_PID; output goes to $WORK/NAME.log
+    local name=$1
+    shift
+    setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
+    BG_PID=$!
+    PIDS+=("$BG_PID")
+}
+
+stop_bg() {
+    local pid=$1 i
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for i in $(seq 100); do
+        group_alive "$pid" || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    local kept=() p
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+    PIDS=(${kept[@]+"${kept[@]}"})
+}
+
+cleanup() {
+    set +e
+    local pid
+    for pid in ${PIDS[@]+"${PIDS[@]}"}; do stop_bg "$pid"; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+wait_http() {  # wait_http URL NAME PID SECONDS: until any HTTP answer arrives
+    local url=$1 name=$2 pid=$3 seconds=$4 i code
+    for i in $(seq $((seconds * 10))); do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" 2>/dev/null || true)
+        if [ -n "$code" ] && [ "$code" != 000 ]; then return 0; fi
+        if ! group_alive "$pid"; then
+            log "$name exited during start-up; its log:"
+            tail -n 40 "$WORK/$name.log" >&2
+            return 1
+        fi
+        sleep 0.1
+    done
+    log "$name did not answer $url within ${seconds}s; its log:"
+    tail -n 40 "$WORK/$name.log" >&2
+    return 1
+}
+
+check_post() {  # check_post NAME URL BODY CONTENT_TYPE MUST_CONTAIN: one request, must be a good 200
+    local name=$1 url=$2 body=$3 ctype=$4 needle=$5 code got
+    code=$(curl -sS --max-time 10 -D "$WORK/check.headers" -o "$WORK/check.body" -w '%{http_code}' \
+        -X POST -H 'Content-Type: application/json' --data-binary "$body" "$url" || echo 000)
+    got=$(awk 'tolower($1) == "content-type:" { print $2 }' "$WORK/check.headers" | tr -d '\r;')
+    if [ "$code" != 200 ] || [ "$got" != "$ctype" ] || ! grep -qF -- "$needle" "$WORK/check.body"; then
+        log "$name: POST $url answered $code ($got), expected 200 ($ctype) containing '$needle':"
+        cat "$WORK/check.headers" "$WORK/check.body" >&2
+        echo >&2
+        return 1
+    fi
+    log "$name: POST $url -> 200 $got ($(wc -c <"$WORK/check.body") bytes)"
+}
+
+# ---- measurements -------------------------------------------------------------------------------
+
+RESULTS="$WORK/results.tsv"   # target mode conc rps p50_us p99_us non200 badbody errors in_handler_ms
+: >"$RESULTS"
+RUN=0
+
+lua_for() { if [ "$1" = sse ]; then echo "$HERE/chat_stream.lua"; else echo "$HERE/chat.lua"; fi; }
+
+warmup() {  # warmup MODE URL [MODEL]
+    local model=${3:-}
+    timeout $((WARMUP + 30)) env ${model:+BENCH_MODEL=$model} \
+        wrk -t1 -c10 -d"${WARMUP}s" --timeout 10s -s "$(lua_for "$1")" "$2" >/dev/null 2>&1 || true
+}
+
+overhead_snapshot() {  # sum and count of the gateway's own overhead histogram for stream=$1
+    curl -s --max-time 5 "http://$HOST:$GATEWAY_PORT/metrics" | awk -v s="stream=\"$1\"" '
+        index($0, "crossover_gateway_overhead_seconds_sum{") == 1 && index($0, s) { sum += $NF }
+        index($0, "crossover_gateway_overhead_seconds_count{") == 1 && index($0, s) { n += $NF }
+        END { printf "%.9f %d\n", sum, n }'
+}
+
+run_wrk() {  # run_wrk TARGET MODE CONC URL [MODEL]
+    local target=$1 mode=$2 conc=$3 url=$4 model=${5:-} out line before="" after="" handler=-
+    RUN=$((RUN + 1))
+    out="$WORK/wrk-$RUN.log"
+    if [[ $target == crossover* ]]; then
+        before=$(overhead_snapshot "$([ "$mode" = sse ] && echo true || echo false)")
+    fi
+    log "run $RUN: $target $mode c=$conc for ${DURATION}s"
+    if ! timeout $((DURATION + 30)) env ${model:+BENCH_MODEL=$model} \
+        wrk -t1 -c"$conc" -d"${DURATION}s" --timeout 10s -s "$(lua_for "$mode")" "$url" >"$out" 2>&1; then
+        cat "$out" >&2
+        log "wrk failed against $target"
+        return 1
+    fi
+    if ! line=$(grep '^BENCH ' "$out"); then
+        cat "$out" >&2
+        log "wrk printed no BENCH line against $target"
+        return 1
+    fi
+    if [ -n "$before" ]; then
+        after=$(overhead_snapshot "$([ "$mode" = sse ] && echo true || echo false)")
+        handler=$(awk -v b="$before" -v a="$after" 'BEGIN {
+            split(b, x, " "); split(a, y, " "); n = y[2] - x[2]
+            if (n > 0) printf "%.3f", (y[1] - x[1]) / n * 1000; else print "-" }')
+    fi
+    awk -v t="$target" -v m="$mode" -v c="$conc" -v h="$handler" '{
+        for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+        printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, m, c, v["rps"], v["p50_us"], v["p99_us"],
+            v["non200"], v["badbody"], v["errors"], h }' <<<"$line" >>"$RESULTS"
+}
+
+bench_target() {  # bench_target TARGET MODE URL [MODEL]: warm up, then c=10 and c=1
+    warmup "$2" "$3" "${4:-}"
+    run_wrk "$1" "$2" 10 "$3" "${4:-}"
+    run_wrk "$1" "$2" 1 "$3" "${4:-}"
+}
+
+# ---- start --------------------------------------------------------------------------------------
+
+for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT; do
+    if port_in_use "$port"; then die "port $port on $HOST is in use; stop whatever listens there"; fi
+done
+runs=17
+[ "${BENCH_LITELLM:-0}" = 1 ] && runs=19
+log "work dir $WORK; $runs runs of ${DURATION}s, about $(((runs * DURATION + 6 * WARMUP + 30) / 60 + 1)) min"
+
+# nginx: zero-latency upstream
+mkdir -p "$WORK/nginx/tmp"
+"$NGINX" -t -q -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$HERE/nginx.conf" -g 'daemon off;'
+start_bg nginx "$NGINX" -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$HERE/nginx.conf" -g 'daemon off;'
+NGINX_PID=$BG_PID
+wait_http "$UPSTREAM/json/v1/models" nginx "$NGINX_PID" 10
+check_post "nginx direct" "$UPSTREAM/json/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
+check_post "nginx direct" "$UPSTREAM/sse/v1/chat/completions" "$SSE_BODY" text/event-stream 'data: [DONE]'
+
+bench_target "nginx direct" json "$UPSTREAM/json/v1/chat/completions"
+bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions"
+
+# Crossover, one worker then two
+GATEWAY="http://$HOST:$GATEWAY_PORT"
+for workers in 1 2; do
+    metrics_env=(env -u PROMETHEUS_MULTIPROC_DIR)
+    if [ "$workers" -gt 1 ]; then
+        mkdir -p "$WORK/metrics-w$workers"
+        metrics_env=(env "PROMETHEUS_MULTIPROC_DIR=$WORK/metrics-w$workers")
+    fi
+    start_bg "crossover-w$workers" "${metrics_env[@]}" "$PY" -m gateway.cli serve \
+        --config "$HERE/crossover.yaml" --host "$HOST" --port "$GATEWAY_PORT" --workers "$workers" \
+        --log-level warning
+    GW_PID=$BG_PID
+    wait_http "$GATEWAY/healthz" "crossover-w$workers" "$GW_PID" 30
+    check_post "crossover w$workers" "$GATEWAY/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
+    log "crossover w$workers: $(grep -i '^x-crossover-\(route\|backend\|overhead-ms\)' "$WORK/check.headers" | tr -d '\r' | paste -sd' ')"
+    check_post "crossover w$workers" "$GATEWAY/v1/chat/completions" "$SSE_BODY" text/event-stream 'data: [DONE]'
+    bench_target "crossover w$workers" json "$GATEWAY/v1/chat/completions" auto
+    bench_target "crossover w$workers" sse "$GATEWAY/v1/chat/completions" bench-sse
+    if grep -q 'Traceback\|ERROR' "$WORK/crossover-w$workers.log"; then
+        log "crossover w$workers logged errors:"
+        tail -n 40 "$WORK/crossover-w$workers.log" >&2
+    fi
+    stop_bg "$GW_PID"
+done
+
+# Bare forwarder: aiohttp on both modes, httpx on JSON at c=10 (the client comparison)
+FORWARDER="http://$HOST:$FORWARDER_PORT/v1/chat/completions"
+for spec in aiohttp:json aiohttp:sse httpx:json; do
+    client=${spec%%:*}
+    mode=${spec##*:}
+    start_bg "forwarder-$client-$mode" "$PY" "$HERE/forwarder.py" --client "$client" \
+        --upstream "$UPSTREAM/$mode/v1/chat/completions" --host "$HOST" --port "$FORWARDER_PORT"
+    FW_PID=$BG_PID
+    wait_http "$FORWARDER" "forwarder-$client-$mode" "$FW_PID" 30
+    if [ "$mode" = json ]; then
+        check_post "forwarder $client" "$FORWARDER" "$JSON_BODY" application/json '"usage"'
+    else
+        check_post "forwarder $client" "$FORWARDER" "$SSE_BODY" text/event-stream 'data: [DONE]'
+    fi
+    if [ "$client" = aiohttp ]; then
+        bench_target "forwarder $client" "$mode" "$FORWARDER"
+    else
+        warmup "$mode" "$FORWARDER"
+        run_wrk "forwarder $client" "$mode" 10 "$FORWARDER"
+    fi
+    stop_bg "$FW_PID"
+done
+
+# Optional: LiteLLM's proxy on the JSON upstream. Any failure here is reported and skipped.
+litellm_bench() {
+    local venv="${XDG_CACHE_HOME:-$HOME/.cache}/crossover/litellm-venv" py311="${PYTHON311:-python3.11}"
+    if [ ! -x "$venv/bin/litellm" ]; then
+        log "installing litellm[proxy] into $venv (once; takes a few minutes)"
+        if ! command -v "$py311" >/dev/null; then
+            log "LiteLLM: $py311 not found (set PYTHON311)"
+            return 1
+        fi
+        mkdir -p "$(dirname "$venv")"
+        "$py311" -m venv "$venv" || { log "LiteLLM: venv creation failed"; return 1; }
+        if ! "$venv/bin/pip" install -q 'litellm[proxy]' >"$WORK/litellm-install.log" 2>&1; then
+            log "LiteLLM: pip install failed:"
+            tail -n 20 "$WORK/litellm-install.log" >&2
+            return 1
+        fi
+    fi
+    cat >"$WORK/litellm.yaml" <<EOF
+model_list:
+  - model_name: bench-json
+    litellm_params:
+      model: openai/bench-json
+      api_base: $UPSTREAM/json/v1
+      api_key: x
+EOF
+    # The local cost map and no telemetry: nothing leaves loopback.
+    start_bg litellm env LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False LITELLM_LOG=ERROR \
+        "$venv/bin/litellm" --config "$WORK/litellm.yaml" --host "$HOST" --port "$LITELLM_PORT" --num_workers 1
+    local pid=$BG_PID url="http://$HOST:$LITELLM_PORT/v1/chat/completions"
+    wait_http "http://$HOST:$LITELLM_PORT/health/liveliness" litellm "$pid" 120 || { stop_bg "$pid"; return 1; }
+    local body=${JSON_BODY/\"auto\"/\"bench-json\"}
+    check_post litellm "$url" "$body" application/json '"usage"' || { stop_bg "$pid"; return 1; }
+    warmup json "$url" bench-json
+    run_wrk litellm json 10 "$url" bench-json || { stop_bg "$pid"; return 1; }
+    run_wrk litellm json 1 "$url" bench-json || { stop_bg "$pid"; return 1; }
+    stop_bg "$pid"
+}
+if [ "${BENCH_LITELLM:-0}" = 1 ]; then
+    litellm_bench || log "LiteLLM comparison skipped (see above); continuing"
+fi
+stop_bg "$NGINX_PID"
+
+# ---- report -------------------------------------------------------------------------------------
+
+mkdir -p "$HERE/results"
+OUT="$HERE/results/latest.md"
+commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(git -C "$ROOT" status --porcelain -- gateway classifier providers 2>/dev/null)" ]; then commit="$commit+dirty"; fi
+cpu="$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+
+table() {  # table console|md
+    awk -F'\t' -v fmt="$1" '
+        BEGIN {
+            if (fmt == "md") {
+                print "| target | mode | conc | req/s | p50 ms | p99 ms | non-200 | bad body | socket errors | in-handler ms |"
+                print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+            } else {
+                printf "%-18s %-4s %4s %9s %8s %8s %7s %8s %6s %10s\n", "target", "mode", "conc", "req/s",
+                    "p50 ms", "p99 ms", "non-200", "bad body", "errors", "in-handler"
+            }
+        }
+        {
+            p50 = sprintf("%.3f", $5 / 1000); p99 = sprintf("%.3f", $6 / 1000)
+            if (fmt == "md") printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10
+            else printf "%-18s %-4s %4s %9.0f %8s %8s %7s %8s %6s %10s\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10
+        }' "$RESULTS"
+}
+
+added() {  # p50 at c=1 of each proxy minus nginx direct's, per mode
+    awk -F'\t' -v md="$1" '
+        $3 == 1 { p50[$1 "|" $2] = $5 }
+        END {
+            split("json sse", modes, " ")
+            for (i = 1; i <= 2; i++) {
+                m = modes[i]; base = p50["nginx direct|" m]
+                if (base == "") continue
+                line = sprintf("%s: crossover w1 %+.3f ms", m, (p50["crossover w1|" m] - base) / 1000)
+                if (p50["forwarder aiohttp|" m] != "")
+                    line = line sprintf(", bare aiohttp forwarder %+.3f ms", (p50["forwarder aiohttp|" m] - base) / 1000)
+                if (p50["litellm|" m] != "")
+                    line = line sprintf(", litellm %+.3f ms", (p50["litellm|" m] - base) / 1000)
+                print (md ? "- " : "  ") line
+            }
+        }' "$RESULTS"
+}
+
+{
+    echo "# Crossover benchmark: latest figures"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit $commit"
+    echo "- machine: $(nproc) CPUs ($cpu), $(uname -sr); wrk, nginx, the proxy under test share them"
+    echo "- $("$PY" --version 2>&1), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
+    echo "- each run: wrk -t1 -c{10,1} -d${DURATION}s after a ${WARMUP}s warm-up; latencies from wrk's histogram"
+    echo "- in-handler ms: the gateway's own crossover_gateway_overhead_seconds (mean over the run): time in"
+    echo "  its request handler not spent waiting on the upstream; excludes uvicorn's HTTP parsing and writing"
+    echo
+    table md
+    echo
+    echo "Added latency (p50 at c=1, minus nginx direct):"
+    echo
+    added 1
+} >"$OUT"
+
+echo
+table console
+echo
+echo "Added latency (p50 at c=1, minus nginx direct):"
+added 0
+echo
+log "written to $OUT"
+
+bad=$(awk -F'\t' '$1 != "litellm" && ($7 + $8 + $9) > 0' "$RESULTS")
+if [ -n "$bad" ]; then
+    die "some runs saw non-200 answers, incomplete bodies or socket errors (see the table)"
+fi
+warn=$(awk -F'\t' '$1 == "litellm" && ($7 + $8 + $9) > 0' "$RESULTS")
+[ -z "$warn" ] || log "warning: LiteLLM's runs saw non-200 answers or errors"
