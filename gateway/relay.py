@@ -25,7 +25,7 @@ from providers.base import EventStream, UpstreamError
 from providers.sse import encode
 
 # The first chunk that carries generated text or a tool call marks time to first token.
-_HAS_TOKEN = re.compile(rb'"(?:content|text)":"[^"]|"tool_calls":\[')
+_HAS_TOKEN = re.compile(rb'"(?:content|text)": ?"[^"]|"tool_calls": ?\[')
 
 
 @dataclass(slots=True)
@@ -124,7 +124,7 @@ class EventStreamResponse(Response):
             (b"cache-control", b"no-cache"),
         ]
         raw_headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
-        disconnected = False
+        disconnected = delivered = False
         try:
             async with aclosing(self.events) as body, anyio.create_task_group() as group:
 
@@ -132,16 +132,18 @@ class EventStreamResponse(Response):
                     nonlocal disconnected
                     while (await receive())["type"] != "http.disconnect":
                         pass
-                    disconnected = True
+                    # Servers report a disconnect once the response is complete, too.
+                    disconnected = not delivered
                     group.cancel_scope.cancel()
 
                 group.start_soon(watch)
                 await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
                 async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                delivered = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 group.cancel_scope.cancel()
         except OSError:
-            disconnected = True  # the client went away while we were writing
+            disconnected = not delivered  # the client went away while we were writing
         finally:
             await self.on_close(disconnected)

@@ -1,0 +1,94 @@
+"""Config reload on file change and on SIGHUP: in-flight requests finish, a bad file is refused."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.conftest import SIM_KEY
+from tests.servers import Server, start_gateway
+
+HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def config(sim: Server, threshold: float, watch: bool) -> dict[str, Any]:
+    return {
+        "server": {"watch_config": watch},
+        "backends": {
+            "openai": {
+                "kind": "openai_compatible",
+                "base_url": sim.url + "/v1",
+                "api_key": "${SIM_OPENAI_KEY}",
+                "models": [{"name": "gpt-4o"}, {"name": "gpt-4o-mini"}],
+            }
+        },
+        "routers": {"auto": {"local": "openai/gpt-4o-mini", "api": "openai/gpt-4o", "threshold": threshold}},
+    }
+
+
+def threshold_in_use(server: Server) -> str:
+    response = httpx.post(server.url + "/v1/chat/completions", json=HI, timeout=10)
+    assert response.status_code == 200
+    return response.headers["x-crossover-threshold"]
+
+
+def wait_for_threshold(server: Server, expected: str, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while threshold_in_use(server) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert threshold_in_use(server) == expected
+
+
+def test_file_change_reloads_and_bad_file_is_refused(tmp_path: Path, openai_sim: Server) -> None:
+    server = start_gateway(tmp_path, config(openai_sim, 0.5, watch=True), env={"SIM_OPENAI_KEY": SIM_KEY})
+    path = tmp_path / "gateway.yaml"
+    try:
+        assert threshold_in_use(server) == "0.5000"
+        # A slow request is in flight while the config changes under it.
+        httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 2.5}])
+        slow: dict[str, httpx.Response] = {}
+        thread = threading.Thread(
+            target=lambda: slow.update(
+                r=httpx.post(server.url + "/v1/chat/completions", json={**HI, "model": "gpt-4o"}, timeout=10)
+            )
+        )
+        thread.start()
+        time.sleep(0.3)
+        path.write_text(yaml.safe_dump(config(openai_sim, 0.0, watch=True)))
+        wait_for_threshold(server, "0.0000")
+        thread.join()
+        assert slow["r"].status_code == 200
+        assert slow["r"].json()["choices"][0]["message"]["content"] == "echo: hi"
+        # Everything now scores at or above 0: routed to the API.
+        assert httpx.post(server.url + "/v1/chat/completions", json=HI).headers["x-crossover-route"] == "api"
+
+        bad = config(openai_sim, 0.0, watch=True)
+        bad["routers"]["auto"]["threshold"] = 7
+        path.write_text(yaml.safe_dump(bad))
+        time.sleep(2.5)
+        assert threshold_in_use(server) == "0.0000"
+        assert "config reload rejected" in server.log_text()
+        assert "routers.auto.threshold" in server.log_text()
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'crossover_config_reloads_total{result="rejected"} 1.0' in metrics
+        assert 'crossover_config_reloads_total{result="applied"} 1.0' in metrics
+    finally:
+        server.stop()
+
+
+def test_sighup_reloads(tmp_path: Path, openai_sim: Server) -> None:
+    server = start_gateway(tmp_path, config(openai_sim, 0.5, watch=False), env={"SIM_OPENAI_KEY": SIM_KEY})
+    try:
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config(openai_sim, 0.25, watch=False)))
+        time.sleep(1.5)
+        assert threshold_in_use(server) == "0.5000"  # not watching: nothing changes by itself
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_threshold(server, "0.2500")
+    finally:
+        server.stop()
