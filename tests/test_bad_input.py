@@ -251,3 +251,13 @@ def test_gateway_keys_are_enforced(tmp_path: Path, openai_sim: Server) -> None:
             client.models.list()
     finally:
         server.stop()
+
+
+def test_readyz_names_the_backend_that_is_down(gw: Server) -> None:
+    response = httpx.get(gw.url + "/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "not ready",
+        "backends": {"openai": "ok", "down": "backend 'down' is unreachable"},
+    }
+    assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
