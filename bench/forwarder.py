@@ -121,7 +121,9 @@ def httpx_app(upstream: str) -> Starlette:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
-    parser.add_argument("--upstream", required=True, help="full URL, e.g. http://127.0.0.1:18080/json/v1/chat/completions")
+    parser.add_argument(
+        "--upstream", required=True, help="full URL, e.g. http://127.0.0.1:18080/json/v1/chat/completions"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18082)
     args = parser.parse_args()

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Crossover gateway benchmark: requests/s and latency added over a zero-latency upstream.
 #
-#   bash bench/run.sh                    # ~3.5 minutes with the defaults
+#   bash bench/run.sh                    # ~3 minutes with the defaults
 #   BENCH_DURATION=3 bash bench/run.sh   # quick smoke run (noisy figures)
 #   BENCH_LITELLM=1 bash bench/run.sh    # also LiteLLM's proxy (installed into a cache venv once)
+#   BENCH_PIN=1 bash bench/run.sh        # also c=1 with every process pinned to one CPU (see README)
 #
 # Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON) or
 # bench/chat_stream.lua (SSE):
@@ -16,7 +17,8 @@
 # a non-200 answer, an incomplete body or a socket error (LiteLLM's runs only warn).
 #
 # Environment: BENCH_DURATION (seconds per run, default 10), BENCH_WARMUP (seconds, default 1),
-# BENCH_LITELLM (1 to include LiteLLM), PYTHON (default python3), PYTHON311 (for LiteLLM's venv).
+# BENCH_LITELLM (1 to include LiteLLM), BENCH_PIN (1 to add pinned c=1 runs, conc "1p"; BENCH_PIN_CPU,
+# default 0, is the CPU), PYTHON (default python3), PYTHON311 (for LiteLLM's venv).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -24,6 +26,9 @@ ROOT="$(dirname "$HERE")"
 DURATION="${BENCH_DURATION:-10}"
 WARMUP="${BENCH_WARMUP:-1}"
 PY="${PYTHON:-python3}"
+PIN="${BENCH_PIN:-0}"
+PIN_CPU="${BENCH_PIN_CPU:-0}"
+ALL_CPUS="0-$(($(nproc) - 1))"
 HOST=127.0.0.1
 UPSTREAM_PORT=18080   # fixed in bench/nginx.conf and bench/crossover.yaml
 GATEWAY_PORT=18081
@@ -62,8 +67,8 @@ fi
 WORK="$(mktemp -d -t crossover-bench.XXXXXX)"
 PIDS=()
 
-group_alive() {  # any non-zombie process left in process group $1
-    ps -e -o pgid=,stat= | awk -v g="$1" '$1 == g && $2 !~ /^Z/ { found = 1 } END { exit !found }'
+group_alive() {  # process $1, or any process of its group, still running (zombies do not count)
+    ps -e -o pid=,pgid=,stat= | awk -v g="$1" '($1 == g || $2 == g) && $3 !~ /^Z/ { found = 1 } END { exit !found }'
 }
 
 start_bg() {  # start_bg NAME CMD...; sets BG_PID; output goes to $WORK/NAME.log
@@ -72,16 +77,28 @@ start_bg() {  # start_bg NAME CMD...; sets BG_PID; output goes to $WORK/NAME.log
     setsid "$@" >"$WORK/$name.log" 2>&1 </dev/null &
     BG_PID=$!
     PIDS+=("$BG_PID")
+    # setsid runs in the child: until it has, the child is still in this script's process group.
+    local i
+    for i in $(seq 100); do
+        [ "$(ps -o pgid= -p "$BG_PID" 2>/dev/null | tr -d ' ')" != "$BG_PID" ] || return 0
+        group_alive "$BG_PID" || return 0
+        sleep 0.01
+    done
+    log "$name did not start its own process group"
+    return 1
 }
 
 stop_bg() {
     local pid=$1 i
-    kill -TERM -- "-$pid" 2>/dev/null || true
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for i in $(seq 100); do
         group_alive "$pid" || break
         sleep 0.1
     done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    if group_alive "$pid"; then
+        log "pid $pid still running 10s after SIGTERM; sending SIGKILL"
+        kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
     wait "$pid" 2>/dev/null || true
     local kept=() p
     for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
@@ -132,7 +149,7 @@ check_post() {  # check_post NAME URL BODY CONTENT_TYPE MUST_CONTAIN: one reques
 
 # ---- measurements -------------------------------------------------------------------------------
 
-RESULTS="$WORK/results.tsv"   # target mode conc rps p50_us p99_us non200 badbody errors in_handler_ms
+RESULTS="$WORK/results.tsv"   # target mode conc rps p50_us p99_us non200 badbody errors in_handler_ms steal
 : >"$RESULTS"
 RUN=0
 
@@ -144,6 +161,14 @@ warmup() {  # warmup MODE URL [MODEL]
         wrk -t1 -c10 -d"${WARMUP}s" --timeout 10s -s "$(lua_for "$1")" "$2" >/dev/null 2>&1 || true
 }
 
+cpu_snapshot() { awk '$1 == "cpu" { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
+
+steal_percent() {  # steal_percent BEFORE AFTER: CPU time the hypervisor gave to others, in %
+    awk -v b="$1" -v a="$2" 'BEGIN {
+        split(b, x, " "); split(a, y, " "); t = y[2] - x[2]
+        if (t > 0) printf "%.0f", (y[1] - x[1]) / t * 100; else print "-" }'
+}
+
 overhead_snapshot() {  # sum and count of the gateway's own overhead histogram for stream=$1
     curl -s --max-time 5 "http://$HOST:$GATEWAY_PORT/metrics" | awk -v s="stream=\"$1\"" '
         index($0, "crossover_gateway_overhead_seconds_sum{") == 1 && index($0, s) { sum += $NF }
@@ -151,20 +176,25 @@ overhead_snapshot() {  # sum and count of the gateway's own overhead histogram f
         END { printf "%.9f %d\n", sum, n }'
 }
 
-run_wrk() {  # run_wrk TARGET MODE CONC URL [MODEL]
+run_wrk() {  # run_wrk TARGET MODE CONC URL [MODEL]; CONC "1p": c=1 with wrk pinned (see run_pinned)
     local target=$1 mode=$2 conc=$3 url=$4 model=${5:-} out line before="" after="" handler=-
+    local connections=${conc%p} prefix=()
+    [ "$conc" = "$connections" ] || prefix=(taskset -c "$PIN_CPU")
     RUN=$((RUN + 1))
     out="$WORK/wrk-$RUN.log"
     if [[ $target == crossover* ]]; then
         before=$(overhead_snapshot "$([ "$mode" = sse ] && echo true || echo false)")
     fi
     log "run $RUN: $target $mode c=$conc for ${DURATION}s"
-    if ! timeout $((DURATION + 30)) env ${model:+BENCH_MODEL=$model} \
-        wrk -t1 -c"$conc" -d"${DURATION}s" --timeout 10s -s "$(lua_for "$mode")" "$url" >"$out" 2>&1; then
+    local cpu_before cpu_after
+    cpu_before=$(cpu_snapshot)
+    if ! timeout $((DURATION + 30)) env ${model:+BENCH_MODEL=$model} ${prefix[@]+"${prefix[@]}"} \
+        wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$(lua_for "$mode")" "$url" >"$out" 2>&1; then
         cat "$out" >&2
         log "wrk failed against $target"
         return 1
     fi
+    cpu_after=$(cpu_snapshot)
     if ! line=$(grep '^BENCH ' "$out"); then
         cat "$out" >&2
         log "wrk printed no BENCH line against $target"
@@ -176,16 +206,36 @@ run_wrk() {  # run_wrk TARGET MODE CONC URL [MODEL]
             split(b, x, " "); split(a, y, " "); n = y[2] - x[2]
             if (n > 0) printf "%.3f", (y[1] - x[1]) / n * 1000; else print "-" }')
     fi
-    awk -v t="$target" -v m="$mode" -v c="$conc" -v h="$handler" '{
+    awk -v t="$target" -v m="$mode" -v c="$conc" -v h="$handler" -v st="$(steal_percent "$cpu_before" "$cpu_after")" '{
         for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-        printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, m, c, v["rps"], v["p50_us"], v["p99_us"],
-            v["non200"], v["badbody"], v["errors"], h }' <<<"$line" >>"$RESULTS"
+        printf "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", t, m, c, v["rps"], v["p50_us"], v["p99_us"],
+            v["non200"], v["badbody"], v["errors"], h, st }' <<<"$line" >>"$RESULTS"
 }
 
-bench_target() {  # bench_target TARGET MODE URL [MODEL]: warm up, then c=10 and c=1
-    warmup "$2" "$3" "${4:-}"
-    run_wrk "$1" "$2" 10 "$3" "${4:-}"
-    run_wrk "$1" "$2" 1 "$3" "${4:-}"
+pin_groups() {  # pin_groups CPUS PGID...: every thread of every process in these process groups
+    local cpus=$1 pid
+    shift
+    for pid in $(ps -e -o pid=,pgid= | awk -v groups=" $* " 'index(groups, " " $2 " ") { print $1 }'); do
+        taskset -apc "$cpus" "$pid" >/dev/null 2>&1 || true
+    done
+}
+
+run_pinned() {  # run_pinned TARGET MODE URL MODEL PGID...: c=1 with wrk and the servers on one CPU
+    local target=$1 mode=$2 url=$3 model=$4 status=0
+    shift 4
+    pin_groups "$PIN_CPU" "$@"
+    run_wrk "$target" "$mode" 1p "$url" "$model" || status=$?
+    pin_groups "$ALL_CPUS" "$@"
+    return $status
+}
+
+bench_target() {  # bench_target TARGET MODE URL MODEL [PGID...]: warm up, then c=10 and c=1 (and pinned)
+    local target=$1 mode=$2 url=$3 model=$4
+    shift 4
+    warmup "$mode" "$url" "$model"
+    run_wrk "$target" "$mode" 10 "$url" "$model"
+    run_wrk "$target" "$mode" 1 "$url" "$model"
+    if [ "$PIN" = 1 ] && [ $# -gt 0 ]; then run_pinned "$target" "$mode" "$url" "$model" "$@"; fi
 }
 
 # ---- start --------------------------------------------------------------------------------------
@@ -194,7 +244,9 @@ for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT; do
     if port_in_use "$port"; then die "port $port on $HOST is in use; stop whatever listens there"; fi
 done
 runs=17
-[ "${BENCH_LITELLM:-0}" = 1 ] && runs=19
+[ "${BENCH_LITELLM:-0}" = 1 ] && runs=$((runs + 2))
+[ "$PIN" = 1 ] && runs=$((runs + 6))
+[ "$PIN" = 1 ] && [ "${BENCH_LITELLM:-0}" = 1 ] && runs=$((runs + 1))
 log "work dir $WORK; $runs runs of ${DURATION}s, about $(((runs * DURATION + 6 * WARMUP + 30) / 60 + 1)) min"
 
 # nginx: zero-latency upstream
@@ -206,8 +258,8 @@ wait_http "$UPSTREAM/json/v1/models" nginx "$NGINX_PID" 10
 check_post "nginx direct" "$UPSTREAM/json/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
 check_post "nginx direct" "$UPSTREAM/sse/v1/chat/completions" "$SSE_BODY" text/event-stream 'data: [DONE]'
 
-bench_target "nginx direct" json "$UPSTREAM/json/v1/chat/completions"
-bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions"
+bench_target "nginx direct" json "$UPSTREAM/json/v1/chat/completions" "" "$NGINX_PID"
+bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions" "" "$NGINX_PID"
 
 # Crossover, one worker then two
 GATEWAY="http://$HOST:$GATEWAY_PORT"
@@ -225,8 +277,10 @@ for workers in 1 2; do
     check_post "crossover w$workers" "$GATEWAY/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
     log "crossover w$workers: $(grep -i '^x-crossover-\(route\|backend\|overhead-ms\)' "$WORK/check.headers" | tr -d '\r' | paste -sd' ')"
     check_post "crossover w$workers" "$GATEWAY/v1/chat/completions" "$SSE_BODY" text/event-stream 'data: [DONE]'
-    bench_target "crossover w$workers" json "$GATEWAY/v1/chat/completions" auto
-    bench_target "crossover w$workers" sse "$GATEWAY/v1/chat/completions" bench-sse
+    pinned=()   # pinned c=1 runs: one worker only (a second one cannot help at c=1)
+    [ "$workers" -gt 1 ] || pinned=("$NGINX_PID" "$GW_PID")
+    bench_target "crossover w$workers" json "$GATEWAY/v1/chat/completions" auto ${pinned[@]+"${pinned[@]}"}
+    bench_target "crossover w$workers" sse "$GATEWAY/v1/chat/completions" bench-sse ${pinned[@]+"${pinned[@]}"}
     if grep -q 'Traceback\|ERROR' "$WORK/crossover-w$workers.log"; then
         log "crossover w$workers logged errors:"
         tail -n 40 "$WORK/crossover-w$workers.log" >&2
@@ -249,7 +303,7 @@ for spec in aiohttp:json aiohttp:sse httpx:json; do
         check_post "forwarder $client" "$FORWARDER" "$SSE_BODY" text/event-stream 'data: [DONE]'
     fi
     if [ "$client" = aiohttp ]; then
-        bench_target "forwarder $client" "$mode" "$FORWARDER"
+        bench_target "forwarder $client" "$mode" "$FORWARDER" "" "$NGINX_PID" "$FW_PID"
     else
         warmup "$mode" "$FORWARDER"
         run_wrk "forwarder $client" "$mode" 10 "$FORWARDER"
@@ -274,6 +328,7 @@ litellm_bench() {
             return 1
         fi
     fi
+    LITELLM_VERSION=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("litellm"))' 2>/dev/null || echo unknown)
     cat >"$WORK/litellm.yaml" <<EOF
 model_list:
   - model_name: bench-json
@@ -282,8 +337,10 @@ model_list:
       api_base: $UPSTREAM/json/v1
       api_key: x
 EOF
-    # The local cost map and no telemetry: nothing leaves loopback.
+    # The local cost map and no telemetry: nothing leaves loopback. No master key, like the gateway's
+    # bench config (no api_keys): both skip client authentication; recent LiteLLM needs the flag.
     start_bg litellm env LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_TELEMETRY=False LITELLM_LOG=ERROR \
+        LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY=true \
         "$venv/bin/litellm" --config "$WORK/litellm.yaml" --host "$HOST" --port "$LITELLM_PORT" --num_workers 1
     local pid=$BG_PID url="http://$HOST:$LITELLM_PORT/v1/chat/completions"
     wait_http "http://$HOST:$LITELLM_PORT/health/liveliness" litellm "$pid" 120 || { stop_bg "$pid"; return 1; }
@@ -292,6 +349,9 @@ EOF
     warmup json "$url" bench-json
     run_wrk litellm json 10 "$url" bench-json || { stop_bg "$pid"; return 1; }
     run_wrk litellm json 1 "$url" bench-json || { stop_bg "$pid"; return 1; }
+    if [ "$PIN" = 1 ]; then
+        run_pinned litellm json "$url" bench-json "$NGINX_PID" "$pid" || { stop_bg "$pid"; return 1; }
+    fi
     stop_bg "$pid"
 }
 if [ "${BENCH_LITELLM:-0}" = 1 ]; then
@@ -311,28 +371,28 @@ table() {  # table console|md
     awk -F'\t' -v fmt="$1" '
         BEGIN {
             if (fmt == "md") {
-                print "| target | mode | conc | req/s | p50 ms | p99 ms | non-200 | bad body | socket errors | in-handler ms |"
-                print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+                print "| target | mode | conc | req/s | p50 ms | p99 ms | non-200 | bad body | socket errors | in-handler ms | steal % |"
+                print "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
             } else {
-                printf "%-18s %-4s %4s %9s %8s %8s %7s %8s %6s %10s\n", "target", "mode", "conc", "req/s",
-                    "p50 ms", "p99 ms", "non-200", "bad body", "errors", "in-handler"
+                printf "%-18s %-4s %4s %9s %8s %8s %7s %8s %6s %10s %6s\n", "target", "mode", "conc", "req/s",
+                    "p50 ms", "p99 ms", "non-200", "bad body", "errors", "in-handler", "steal%"
             }
         }
         {
             p50 = sprintf("%.3f", $5 / 1000); p99 = sprintf("%.3f", $6 / 1000)
-            if (fmt == "md") printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10
-            else printf "%-18s %-4s %4s %9.0f %8s %8s %7s %8s %6s %10s\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10
+            if (fmt == "md") printf "| %s | %s | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10, $11
+            else printf "%-18s %-4s %4s %9.0f %8s %8s %7s %8s %6s %10s %6s\n", $1, $2, $3, $4, p50, p99, $7, $8, $9, $10, $11
         }' "$RESULTS"
 }
 
-added() {  # p50 at c=1 of each proxy minus nginx direct's, per mode
-    awk -F'\t' -v md="$1" '
-        $3 == 1 { p50[$1 "|" $2] = $5 }
+added() {  # added MD CONC: p50 at CONC (1 or 1p) of each proxy minus nginx direct's, per mode
+    awk -F'\t' -v md="$1" -v conc="$2" '
+        $3 == conc { p50[$1 "|" $2] = $5 }
         END {
             split("json sse", modes, " ")
             for (i = 1; i <= 2; i++) {
                 m = modes[i]; base = p50["nginx direct|" m]
-                if (base == "") continue
+                if (base == "" || p50["crossover w1|" m] == "") continue
                 line = sprintf("%s: crossover w1 %+.3f ms", m, (p50["crossover w1|" m] - base) / 1000)
                 if (p50["forwarder aiohttp|" m] != "")
                     line = line sprintf(", bare aiohttp forwarder %+.3f ms", (p50["forwarder aiohttp|" m] - base) / 1000)
@@ -350,21 +410,37 @@ added() {  # p50 at c=1 of each proxy minus nginx direct's, per mode
     echo "- machine: $(nproc) CPUs ($cpu), $(uname -sr); wrk, nginx, the proxy under test share them"
     echo "- $("$PY" --version 2>&1), $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), wrk $(wrk -v 2>&1 | awk 'NR == 1 { print $2 }')"
     echo "- each run: wrk -t1 -c{10,1} -d${DURATION}s after a ${WARMUP}s warm-up; latencies from wrk's histogram"
+    if [ -n "${LITELLM_VERSION:-}" ]; then echo "- litellm $LITELLM_VERSION (proxy, --num_workers 1)"; fi
+    if [ "$PIN" = 1 ]; then
+        echo "- conc 1p: c=1 with wrk, nginx and the proxy all pinned to CPU $PIN_CPU (no cross-CPU wake-ups)"
+    fi
     echo "- in-handler ms: the gateway's own crossover_gateway_overhead_seconds (mean over the run): time in"
     echo "  its request handler not spent waiting on the upstream; excludes uvicorn's HTTP parsing and writing"
+    echo "- steal %: share of CPU time the hypervisor gave to other guests during the run (/proc/stat);"
+    echo "  rows with a high figure are slowed by the host, not by the target"
     echo
     table md
     echo
     echo "Added latency (p50 at c=1, minus nginx direct):"
     echo
-    added 1
+    added 1 1
+    if [ "$PIN" = 1 ]; then
+        echo
+        echo "Added latency (p50 at c=1 with wrk, nginx and the proxy pinned to CPU $PIN_CPU, minus nginx direct):"
+        echo
+        added 1 1p
+    fi
 } >"$OUT"
 
 echo
 table console
 echo
 echo "Added latency (p50 at c=1, minus nginx direct):"
-added 0
+added 0 1
+if [ "$PIN" = 1 ]; then
+    echo "Added latency (p50 at c=1 pinned to CPU $PIN_CPU, minus nginx direct):"
+    added 0 1p
+fi
 echo
 log "written to $OUT"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,8 +20,6 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_respo
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
-
-log = logging.getLogger("crossover")
 
 WATCH_INTERVAL_SECONDS = 1.0
 

@@ -6,7 +6,6 @@ import logging
 import math
 
 import orjson
-from starlette.requests import Request
 from starlette.responses import Response
 
 from providers.base import UpstreamError
@@ -74,7 +73,3 @@ def error_response(exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
         status, body = 500, error_body("internal error in the gateway", "server_error", code="internal_error")
     return Response(body, status_code=status, media_type="application/json", headers=headers)
-
-
-async def handle_exception(request: Request, exc: Exception) -> Response:
-    return error_response(exc)
