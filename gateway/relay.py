@@ -5,13 +5,13 @@ An `Exchange` follows one request from arrival to its last byte and records it i
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
-import anyio
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -66,29 +66,34 @@ class Exchange:
 async def relay_events(
     events: EventStream, exchange: Exchange, include_usage: bool
 ) -> AsyncGenerator[bytes, None]:
-    """Forward each upstream event as it arrives. The gateway always asks upstream for usage; the
-    usage-only chunk is dropped when the client did not ask for it, as OpenAI would not send it."""
+    """Forward upstream events as they arrive, those of one network read in one write. The gateway
+    always asks upstream for usage; the usage-only chunk is dropped when the client did not ask for
+    it, as OpenAI would not have sent it."""
     iterator = events.__aiter__()
     try:
         while True:
             waited = time.perf_counter()
             try:
-                data = await iterator.__anext__()
+                batch = await iterator.__anext__()
             except StopAsyncIteration:
                 break
             finally:
                 exchange.upstream_seconds += time.perf_counter() - waited
-            if exchange.first_token_at is None and _HAS_TOKEN.search(data):
-                exchange.first_token_at = time.perf_counter()
-            if b'"usage":{' in data or b'"usage": {' in data:
-                chunk = orjson.loads(data)
-                exchange.usage = usage_from(chunk)
-                if not include_usage:
-                    if not chunk.get("choices"):
-                        continue
-                    del chunk["usage"]
-                    data = orjson.dumps(chunk)
-            yield encode(data)
+            out = []
+            for data in batch:
+                if exchange.first_token_at is None and _HAS_TOKEN.search(data):
+                    exchange.first_token_at = time.perf_counter()
+                if b'"usage":{' in data or b'"usage": {' in data:
+                    chunk = orjson.loads(data)
+                    exchange.usage = usage_from(chunk)
+                    if not include_usage:
+                        if not chunk.get("choices"):
+                            continue
+                        del chunk["usage"]
+                        data = orjson.dumps(chunk)
+                out.append(encode(data))
+            if out:
+                yield b"".join(out)
         yield b"data: [DONE]\n\n"
     except UpstreamError as exc:
         # Headers are gone already: the error travels as an event, which the OpenAI SDK raises.
@@ -124,26 +129,35 @@ class EventStreamResponse(Response):
             (b"cache-control", b"no-cache"),
         ]
         raw_headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
+        streamer = asyncio.current_task()
+        assert streamer is not None
         disconnected = delivered = False
+
+        async def watch() -> None:
+            nonlocal disconnected
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            # Servers also report a disconnect once the response is complete: not a cancellation.
+            if not delivered:
+                disconnected = True
+                streamer.cancel()
+
+        # Plain asyncio rather than an anyio task group: this runs once per stream, and the task
+        # group's bookkeeping was ~15% of the gateway's CPU time on short streams.
+        watcher = asyncio.create_task(watch())
         try:
-            async with aclosing(self.events) as body, anyio.create_task_group() as group:
-
-                async def watch() -> None:
-                    nonlocal disconnected
-                    while (await receive())["type"] != "http.disconnect":
-                        pass
-                    # Servers report a disconnect once the response is complete, too.
-                    disconnected = not delivered
-                    group.cancel_scope.cancel()
-
-                group.start_soon(watch)
+            async with aclosing(self.events) as body:
                 await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
                 async for chunk in body:
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 delivered = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
-                group.cancel_scope.cancel()
+        except asyncio.CancelledError:
+            if not disconnected:
+                raise
+            streamer.uncancel()  # our own cancellation, for a client that left: handled here
         except OSError:
             disconnected = not delivered  # the client went away while we were writing
         finally:
+            watcher.cancel()
             await self.on_close(disconnected)

@@ -46,13 +46,14 @@ class Completion:
 
 
 class EventStream(Protocol):
-    """An open upstream stream: yields each SSE `data` payload (without `data: `) as it arrives.
+    """An open upstream stream. Yields, per network read, the SSE `data` payloads (without
+    `data: `) that arrived in it, so a burst is relayed in one write and a trickle event by event.
 
     The terminating `[DONE]` is consumed, not yielded. `aclose` drops the connection, which is
     how a disconnecting client cancels generation upstream.
     """
 
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
+    def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
 
     async def aclose(self) -> None: ...
 

@@ -139,15 +139,20 @@ class _AiohttpEventStream:
         self._resp = resp
         self._done = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[list[bytes]]:
         decoder = SSEDecoder()
         try:
             async for chunk in self._resp.content.iter_any():
+                batch = []
                 for event in decoder.feed(chunk):
                     if event.data == b"[DONE]":
                         self._done = True
-                        return
-                    yield strip_disallowed_nulls(event.data)
+                        break
+                    batch.append(strip_disallowed_nulls(event.data))
+                if batch:
+                    yield batch
+                if self._done:
+                    return
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise error_from_transport(self._backend, exc) from None
         self._done = True  # the upstream ended without [DONE]; treat the end of body as the end
