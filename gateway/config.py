@@ -42,8 +42,7 @@ class TimeoutSpec(_Strict):
     read: Annotated[float, Field(gt=0)] = 600.0  # longest silence between two bytes of an answer
 
 
-class BackendSpec(_Strict):
-    kind: Literal["openai_compatible"]
+class _BackendSpec(_Strict):
     base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
     api_key: str | None = None
     models: list[ModelSpec] = []
@@ -51,6 +50,22 @@ class BackendSpec(_Strict):
     timeout: TimeoutSpec = TimeoutSpec()
     max_connections: Annotated[int, Field(ge=1)] = 256
     headers: dict[str, str] = {}
+
+
+class OpenAICompatibleSpec(_BackendSpec):
+    kind: Literal["openai_compatible"]
+
+
+class AnthropicSpec(_BackendSpec):
+    kind: Literal["anthropic"]
+    base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")] = (
+        "https://api.anthropic.com/v1"
+    )
+    anthropic_version: str = "2023-06-01"
+    default_max_tokens: Annotated[int, Field(ge=1)] = 4096  # for OpenAI requests that set none
+
+
+BackendSpec = Annotated[OpenAICompatibleSpec | AnthropicSpec, Field(discriminator="kind")]
 
 
 class RouterSpec(_Strict):
@@ -102,6 +117,7 @@ class Backend:
     read_timeout: float
     max_connections: int
     headers: Mapping[str, str]
+    options: Mapping[str, Any]  # what only this kind has, e.g. anthropic_version
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +219,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             read_timeout=b.timeout.read,
             max_connections=b.max_connections,
             headers=dict(b.headers),
+            options=b.model_dump(include={"anthropic_version", "default_max_tokens"}),
         )
     routers: dict[str, Router] = {}
     for name, r in spec.routers.items():
@@ -232,6 +249,9 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
     )
 
 
+_KINDS = ("openai_compatible", "anthropic")
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -247,7 +267,14 @@ def parse(data: Any) -> ConfigFile:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            # Drop pydantic's internal steps (validators, the union's tag) from the key path.
+            loc = tuple(
+                p
+                for p in err["loc"]
+                if not (isinstance(p, str) and (p.startswith("function-") or p in _KINDS))
+            )
+            if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+                loc = (*loc, "kind")
             problems.append(
                 f"{_key_path(loc)}: {err['msg']}".replace("Extra inputs are not permitted", "unknown key")
             )

@@ -8,7 +8,8 @@ import math
 import orjson
 from starlette.responses import Response
 
-from providers.base import UpstreamError
+from providers.base import UnsupportedRequest, UpstreamError
+from providers.sse import encode
 
 log = logging.getLogger("crossover")
 
@@ -60,16 +61,51 @@ def error_body(message: str, type: str, param: str | None = None, code: str | No
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 
 
-def error_response(exc: Exception) -> Response:
-    """Every error the gateway returns goes through here."""
-    headers: dict[str, str] = {}
+_ANTHROPIC_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+}
+
+
+def _fields(exc: Exception) -> tuple[int, str, str, str | None, str | None, float | None]:
+    """(status, message, type, param, code, retry_after) for any exception."""
     if isinstance(exc, GatewayError):
-        status, body = exc.status, error_body(exc.message, exc.type, exc.param, exc.code)
-    elif isinstance(exc, UpstreamError):
-        status, body = exc.status, error_body(exc.message, exc.type, exc.param, exc.code)
-        if exc.retry_after is not None:
-            headers["retry-after"] = str(max(1, math.ceil(exc.retry_after)))
-    else:
-        log.exception("unexpected error", exc_info=exc)
-        status, body = 500, error_body("internal error in the gateway", "server_error", code="internal_error")
+        return exc.status, exc.message, exc.type, exc.param, exc.code, None
+    if isinstance(exc, UpstreamError):
+        return exc.status, exc.message, exc.type, exc.param, exc.code, exc.retry_after
+    if isinstance(exc, UnsupportedRequest):
+        return 400, exc.message, "invalid_request_error", exc.param, "unsupported_parameter", None
+    log.exception("unexpected error", exc_info=exc)
+    return 500, "internal error in the gateway", "server_error", None, "internal_error", None
+
+
+def _encode(
+    dialect: str, status: int, message: str, type_: str, param: str | None, code: str | None
+) -> bytes:
+    if dialect == "anthropic":
+        # Anthropic's shape: {"type": "error", "error": {"type", "message"}}; its types follow the status.
+        kind = _ANTHROPIC_TYPES.get(status) or (
+            "overloaded_error" if code == "backend_overloaded" else "api_error"
+        )
+        return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return error_body(message, type_, param, code)
+
+
+def error_response(exc: Exception, dialect: str = "openai") -> Response:
+    """Every error the gateway returns goes through here: OpenAI's shape, or Anthropic's at /v1/messages."""
+    status, message, type_, param, code, retry_after = _fields(exc)
+    headers = {"retry-after": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    body = _encode(dialect, status, message, type_, param, code)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
+
+
+def error_frame(exc: Exception, dialect: str) -> bytes:
+    """The same error as a final SSE event, for a stream whose headers are already sent."""
+    status, message, type_, param, code, _ = _fields(exc)
+    body = _encode(dialect, status, message, type_, param, code)
+    return encode(body, "error" if dialect == "anthropic" else None)

@@ -146,3 +146,35 @@ def validate_completion(body: dict[str, Any]) -> None:
     prompt = body["prompt"]
     if not isinstance(prompt, str | list):
         raise _wrong_type("prompt", "a string or an array", prompt)
+
+
+def validate_messages(body: dict[str, Any]) -> None:
+    """Anthropic's Messages request: `model`, `max_tokens` and alternating `messages` are required."""
+    _check_common(body)
+    if "max_tokens" not in body:
+        raise _missing("max_tokens")
+    if "messages" not in body:
+        raise _missing("messages")
+    messages = body["messages"]
+    if not isinstance(messages, list):
+        raise _wrong_type("messages", "an array", messages)
+    if not messages:
+        raise InvalidRequest(
+            "messages: at least one message is required", param="messages", code="empty_array"
+        )
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise _wrong_type(where, "an object", message)
+        if message.get("role") not in ("user", "assistant"):
+            raise InvalidRequest(
+                f"{where}.role: Input should be 'user' or 'assistant'",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        if not isinstance(message.get("content"), str | list):
+            raise _wrong_type(
+                f"{where}.content", "a string or an array of content blocks", message.get("content")
+            )
+    _check(body, "system", (str, list), "a string or an array of text blocks")
+    _check(body, "tools", (list,), "an array")

@@ -6,26 +6,21 @@ An `Exchange` follows one request from arrival to its last byte and records it i
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.accounting import Usage, cost_usd, usage_from
-from gateway.errors import error_body
+from gateway.accounting import cost_usd
+from gateway.errors import error_frame
 from gateway.metrics import Metrics
 from gateway.routing import Decision
 from gateway.runtime import Resolved
-from providers.base import EventStream, UpstreamError
-from providers.sse import encode
-
-# The first chunk that carries generated text or a tool call marks time to first token.
-_HAS_TOKEN = re.compile(rb'"(?:content|text)": ?"[^"]|"tool_calls": ?\[')
+from providers.base import EventStream, UpstreamError, Usage
+from providers.bridges import StreamBridge
 
 
 @dataclass(slots=True)
@@ -39,7 +34,6 @@ class Exchange:
     first_token_at: float | None = None
     usage: Usage | None = None
     status_class: str = "2xx"
-    extra_headers: dict[str, str] = field(default_factory=dict)
 
     def overhead(self, now: float) -> float:
         return max(now - self.started - self.upstream_seconds, 0.0)
@@ -64,11 +58,11 @@ class Exchange:
 
 
 async def relay_events(
-    events: EventStream, exchange: Exchange, include_usage: bool
+    events: EventStream, bridge: StreamBridge, exchange: Exchange, dialect: str
 ) -> AsyncGenerator[bytes, None]:
-    """Forward upstream events as they arrive, those of one network read in one write. The gateway
-    always asks upstream for usage; the usage-only chunk is dropped when the client did not ask for
-    it, as OpenAI would not have sent it."""
+    """Forward upstream events as they arrive, those of one network read in one write, through the
+    bridge to the client's dialect. An upstream failure after the headers ends the stream with an
+    error event in the client's dialect, which its SDK raises."""
     iterator = events.__aiter__()
     try:
         while True:
@@ -79,27 +73,18 @@ async def relay_events(
                 break
             finally:
                 exchange.upstream_seconds += time.perf_counter() - waited
-            out = []
-            for data in batch:
-                if exchange.first_token_at is None and _HAS_TOKEN.search(data):
-                    exchange.first_token_at = time.perf_counter()
-                if b'"usage":{' in data or b'"usage": {' in data:
-                    chunk = orjson.loads(data)
-                    exchange.usage = usage_from(chunk)
-                    if not include_usage:
-                        if not chunk.get("choices"):
-                            continue
-                        del chunk["usage"]
-                        data = orjson.dumps(chunk)
-                out.append(encode(data))
+            out = bridge.feed(batch)
+            if exchange.first_token_at is None and bridge.first_token:
+                exchange.first_token_at = time.perf_counter()
             if out:
-                yield b"".join(out)
-        yield b"data: [DONE]\n\n"
+                yield out
+        exchange.usage = bridge.usage
+        yield bridge.end()
     except UpstreamError as exc:
-        # Headers are gone already: the error travels as an event, which the OpenAI SDK raises.
+        exchange.usage = bridge.usage
         exchange.status_class = "5xx"
         exchange.metrics.upstream_errors.labels(exchange.resolved.backend.name, exc.code or exc.type).inc()
-        yield encode(error_body(exc.message, exc.type, exc.param, exc.code))
+        yield error_frame(exc, dialect)
     finally:
         await events.aclose()
 

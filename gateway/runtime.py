@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
+from providers.anthropic import AnthropicProvider
 from providers.base import Provider, UpstreamError
-from providers.openai_compat import OpenAICompatConfig, OpenAICompatProvider
+from providers.http import HttpConfig
+from providers.openai_compat import OpenAICompatProvider
 
 log = logging.getLogger("crossover")
 
@@ -32,19 +35,32 @@ class Resolved:
     model: ModelEntry
 
 
-def build_provider(backend: Backend) -> Provider:
-    # One kind today; issue #3 adds `anthropic` beside it.
-    return OpenAICompatProvider(
-        OpenAICompatConfig(
-            name=backend.name,
-            base_url=backend.base_url,
-            api_key=backend.api_key,
-            connect_timeout=backend.connect_timeout,
-            read_timeout=backend.read_timeout,
-            max_connections=backend.max_connections,
-            headers=backend.headers,
-        )
+def _http(backend: Backend) -> HttpConfig:
+    return HttpConfig(
+        name=backend.name,
+        base_url=backend.base_url,
+        headers=backend.headers,
+        connect_timeout=backend.connect_timeout,
+        read_timeout=backend.read_timeout,
+        max_connections=backend.max_connections,
     )
+
+
+def _anthropic(backend: Backend) -> Provider:
+    provider = AnthropicProvider(_http(backend), backend.api_key, backend.options["anthropic_version"])
+    provider.default_max_tokens = backend.options["default_max_tokens"]
+    return provider
+
+
+# Backend kinds by name: a new kind is one module in providers/ and one line here.
+PROVIDERS: dict[str, Callable[[Backend], Provider]] = {
+    "openai_compatible": lambda backend: OpenAICompatProvider(_http(backend), backend.api_key),
+    "anthropic": _anthropic,
+}
+
+
+def build_provider(backend: Backend) -> Provider:
+    return PROVIDERS[backend.kind](backend)
 
 
 class Runtime:

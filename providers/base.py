@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from providers.sse import Event
+
 
 class UpstreamError(Exception):
     """A backend call failed. `status` and `type` are what the client should be shown.
@@ -36,6 +38,22 @@ class UpstreamError(Exception):
         self.retryable = retryable
 
 
+class UnsupportedRequest(Exception):
+    """The request asks for something the target backend cannot express (e.g. `n > 1` on Anthropic)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input: int  # prompt tokens, cached ones included (OpenAI's `prompt_tokens`)
+    output: int
+    cached: int = 0  # input tokens read from a prompt cache
+
+
 @dataclass(slots=True)
 class Completion:
     """A whole (non-streamed) upstream answer, already parsed."""
@@ -46,20 +64,24 @@ class Completion:
 
 
 class EventStream(Protocol):
-    """An open upstream stream. Yields, per network read, the SSE `data` payloads (without
-    `data: `) that arrived in it, so a burst is relayed in one write and a trickle event by event.
+    """An open upstream stream. Yields, per network read, the SSE events that arrived in it, so a
+    burst is relayed in one write and a trickle event by event.
 
-    The terminating `[DONE]` is consumed, not yielded. `aclose` drops the connection, which is
+    OpenAI's terminating `[DONE]` is consumed, not yielded. `aclose` drops the connection, which is
     how a disconnecting client cancels generation upstream.
     """
 
-    def __aiter__(self) -> AsyncIterator[list[bytes]]: ...
+    def __aiter__(self) -> AsyncIterator[list[Event]]: ...
 
     async def aclose(self) -> None: ...
 
 
 class Provider(Protocol):
+    """`dialect` names the wire format of `complete` and `stream` bodies and paths:
+    "openai" (`/chat/completions`, `/completions`) or "anthropic" (`/messages`)."""
+
     name: str
+    dialect: str
 
     async def complete(self, path: str, body: dict[str, Any]) -> Completion: ...
 
@@ -68,5 +90,9 @@ class Provider(Protocol):
         ...
 
     async def list_models(self) -> list[str]: ...
+
+    async def count_tokens(self, body: dict[str, Any]) -> int:
+        """Input tokens of a request in the provider's dialect; UnsupportedRequest if it cannot tell."""
+        ...
 
     async def close(self) -> None: ...

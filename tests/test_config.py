@@ -135,12 +135,23 @@ def test_embedded_default_follows_the_environment() -> None:
 
 def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None:
     example = ROOT / "examples" / "crossover.yaml"
-    settings = load(example, env={"OPENAI_API_KEY": "k", "VLLM_API_KEY": "v", "CROSSOVER_TEAM_KEY": "t"})
+    settings = load(
+        example,
+        env={"OPENAI_API_KEY": "k", "VLLM_API_KEY": "v", "CROSSOVER_TEAM_KEY": "t", "ANTHROPIC_API_KEY": "a"},
+    )
     assert settings.routers
     text = example.read_text()
     from gateway import config as c
 
-    for model in (c.ServerSpec, c.BackendSpec, c.ModelSpec, c.PriceSpec, c.TimeoutSpec, c.RouterSpec):
+    for model in (
+        c.ServerSpec,
+        c.OpenAICompatibleSpec,
+        c.AnthropicSpec,
+        c.ModelSpec,
+        c.PriceSpec,
+        c.TimeoutSpec,
+        c.RouterSpec,
+    ):
         for key in model.model_fields:
             assert f"{key}:" in text, f"examples/crossover.yaml does not document {model.__name__}.{key}"
 

@@ -6,10 +6,12 @@ import orjson
 import pytest
 
 from classifier import extract_features, load_classifier
-from gateway.accounting import Usage, cost_usd, usage_from
+from gateway.accounting import cost_usd
 from gateway.config import Price, Router, Target
 from gateway.routing import decide
+from providers.base import Usage
 from providers.errors import error_from_response, redact, retry_after_seconds
+from providers.openai_compat import openai_usage as usage_from
 from providers.openai_compat import strip_disallowed_nulls
 
 ROUTER = Router("auto", "heuristic", 0.5, Target("local", None), Target("openai", "gpt-4o"), fallback=True)

@@ -1,0 +1,184 @@
+"""One request's way through the gateway, whatever the client's dialect:
+authenticate → read and check the body → decide the route → bridge to the backend's dialect and
+call it (falling back on a retryable failure) → relay the answer and record it."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from classifier import extract_features
+from gateway.errors import InvalidRequest, Unauthenticated, error_response
+from gateway.inbound import read_json
+from gateway.relay import EventStreamResponse, Exchange, relay_events
+from gateway.routing import ROUTES, Decision, decide, direct
+from gateway.runtime import Resolved, Runtime
+from gateway.state import GatewayState
+from providers.base import Completion, EventStream, UpstreamError
+from providers.bridges import Bridge, bridge_for
+
+ROUTE_HEADER = "x-crossover-route"
+
+
+def gateway_state(request: Request) -> GatewayState:
+    state: GatewayState = request.app.state.gateway
+    return state
+
+
+def authenticate(request: Request, keys: frozenset[str]) -> None:
+    if not keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        token = request.headers.get("x-api-key", "")  # what Anthropic's SDK sends
+    # Compare against every key in constant time so timing does not reveal a prefix.
+    if not token or not any(hmac.compare_digest(token, key) for key in keys):
+        raise Unauthenticated(
+            "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",
+            code="invalid_api_key",
+        )
+
+
+async def route(runtime: Runtime, state: GatewayState, request: Request, body: dict[str, Any]) -> Decision:
+    model: str = body["model"]
+    router = runtime.settings.routers.get(model)
+    if router is None:
+        return direct(await runtime.target_for_model(model))
+    forced = request.headers.get(ROUTE_HEADER)
+    if forced is not None and forced not in ROUTES:
+        raise InvalidRequest(
+            f"Invalid value for header '{ROUTE_HEADER}': {forced!r}. Use 'local' or 'api'.",
+            param=ROUTE_HEADER,
+            code="invalid_value",
+        )
+    score = None
+    if forced is None:
+        started = time.perf_counter()
+        score = runtime.classifiers[model].score(extract_features(body))
+        state.metrics.classifier_seconds.labels(model).observe(time.perf_counter() - started)
+        state.metrics.score.labels(model).observe(score)
+    decision = decide(router, score, forced)
+    state.metrics.decisions.labels(model, decision.route, decision.reason).inc()
+    return decision
+
+
+@dataclass(slots=True)
+class Answer:
+    resolved: Resolved
+    bridge: Bridge
+    reply: Completion | EventStream
+    upstream_seconds: float
+    fell_back_from: str | None
+
+
+async def call(
+    runtime: Runtime, state: GatewayState, decision: Decision, dialect: str, path: str, body: dict[str, Any]
+) -> Answer:
+    """Try the decided target, then its fallback on a retryable failure."""
+    targets = [decision.target] if decision.fallback is None else [decision.target, decision.fallback]
+    stream = body.get("stream") is True
+    upstream_seconds = 0.0
+    failed: str | None = None
+    for attempt, target in enumerate(targets):
+        started = time.perf_counter()
+        try:
+            resolved = await runtime.resolve(target)
+            bridge = bridge_for(dialect, path, resolved.provider, body)
+            outgoing = bridge.request(resolved.model.upstream)
+            provider = resolved.provider
+            reply: Completion | EventStream
+            if stream:
+                reply = await provider.stream(bridge.backend_path, outgoing)
+            else:
+                reply = await provider.complete(bridge.backend_path, outgoing)
+            return Answer(resolved, bridge, reply, upstream_seconds + time.perf_counter() - started, failed)
+        except UpstreamError as exc:
+            upstream_seconds += time.perf_counter() - started
+            state.metrics.upstream_errors.labels(target.backend, exc.code or exc.type).inc()
+            if not exc.retryable or attempt == len(targets) - 1:
+                raise
+            failed = target.backend
+            state.metrics.fallbacks.labels(target.backend, targets[attempt + 1].backend).inc()
+    raise AssertionError("unreachable")
+
+
+def _headers(
+    decision: Decision, resolved: Resolved, overhead: float, fell_back: str | None
+) -> dict[str, str]:
+    headers = {
+        "x-crossover-route": decision.route,
+        "x-crossover-backend": resolved.backend.name,
+        "x-crossover-model": resolved.model.name,
+        "x-crossover-overhead-ms": f"{overhead * 1000:.3f}",
+    }
+    if decision.score is not None:
+        headers["x-crossover-score"] = f"{decision.score:.4f}"
+    if decision.threshold is not None:
+        headers["x-crossover-threshold"] = f"{decision.threshold:.4f}"
+    if fell_back is not None:
+        headers["x-crossover-fallback-from"] = fell_back
+    return headers
+
+
+async def serve(
+    request: Request, dialect: str, path: str, validate: Callable[[dict[str, Any]], None]
+) -> Response:
+    """`dialect` is the client's ("openai" or "anthropic"); `path` its endpoint in that dialect."""
+    started = time.perf_counter()
+    state = gateway_state(request)
+    runtime = state.acquire()
+    released = False
+    try:
+        authenticate(request, runtime.settings.api_keys)
+        body = await read_json(request, runtime.settings.max_body_bytes)
+        validate(body)
+        decision = await route(runtime, state, request, body)
+        try:
+            answer = await call(runtime, state, decision, dialect, path, body)
+        except UpstreamError as exc:
+            target = decision.target
+            status_class = f"{exc.status // 100}xx"
+            state.metrics.requests.labels(
+                decision.route, target.backend, target.model or "", status_class
+            ).inc()
+            raise
+        if answer.fell_back_from is not None and decision.route in ROUTES:
+            # Account the request to the route that actually answered it.
+            other = "local" if decision.route == "api" else "api"
+            decision = replace(decision, route=other, reason="fallback")
+        resolved = answer.resolved
+        exchange = Exchange(
+            state.metrics, decision, resolved, body.get("stream") is True, started, answer.upstream_seconds
+        )
+        if isinstance(answer.reply, Completion):
+            content, exchange.usage = answer.bridge.response(answer.reply)
+            headers = _headers(
+                decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from
+            )
+            exchange.finish()
+            return Response(content, media_type="application/json", headers=headers)
+
+        events = answer.reply
+        headers = _headers(decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from)
+
+        async def on_close(disconnected: bool) -> None:
+            await events.aclose()  # idempotent; covers a stream cancelled before its first event
+            if disconnected:
+                exchange.status_class = "cancelled"
+            exchange.finish()
+            state.release(runtime)
+
+        released = True  # from here the stream owns the runtime lease
+        relay = relay_events(events, answer.bridge.stream(), exchange, dialect)
+        return EventStreamResponse(relay, headers, on_close)
+    except Exception as exc:
+        return error_response(exc, dialect)
+    finally:
+        if not released:
+            state.release(runtime)
