@@ -6,9 +6,11 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Server, start_gateway, start_openai_sim, start_vllm
+from tests.servers import Server, start_anthropic_sim, start_gateway, start_openai_sim, start_vllm
 
 SIM_KEY = "sk-sim-0123456789abcdefSECRET"
+ANTHROPIC_KEY = "sk-ant-sim-0123456789SECRET"
+CLAUDE = "claude-sonnet-4-6"
 
 
 @pytest.fixture(scope="session")
@@ -24,13 +26,20 @@ def openai_sim(tmp_session: Path) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def anthropic_sim(tmp_session: Path) -> Iterator[Server]:
+    server = start_anthropic_sim(tmp_session, ANTHROPIC_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def vllm(tmp_session: Path) -> Iterator[Server]:
     server = start_vllm(tmp_session)
     yield server
     server.stop()
 
 
-def base_config(vllm_url: str, sim_url: str) -> dict[str, Any]:
+def base_config(vllm_url: str, sim_url: str, anthropic_url: str) -> dict[str, Any]:
     return {
         "backends": {
             "local": {"kind": "openai_compatible", "base_url": vllm_url + "/v1", "discover_models": True},
@@ -50,16 +59,36 @@ def base_config(vllm_url: str, sim_url: str) -> dict[str, Any]:
                     {"name": "gpt-4o-mini"},
                 ],
             },
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": anthropic_url + "/v1",
+                "api_key": "${SIM_ANTHROPIC_KEY}",
+                "default_max_tokens": 256,
+                "models": [
+                    {
+                        "name": CLAUDE,
+                        "price": {
+                            "usd_per_million_input_tokens": 3.0,
+                            "usd_per_million_cached_input_tokens": 0.3,
+                            "usd_per_million_output_tokens": 15.0,
+                        },
+                    }
+                ],
+            },
         },
-        "routers": {"auto": {"local": "local", "api": "openai/gpt-4o", "threshold": 0.5}},
+        "routers": {
+            "auto": {"local": "local", "api": "openai/gpt-4o", "threshold": 0.5},
+            "hybrid": {"local": "local", "api": f"anthropic/{CLAUDE}", "threshold": 0.5},
+        },
     }
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_session: Path, vllm: Server, openai_sim: Server) -> Iterator[Server]:
-    """The shared gateway: local = the real vLLM, api = the OpenAI simulator."""
+def gateway(tmp_session: Path, vllm: Server, openai_sim: Server, anthropic_sim: Server) -> Iterator[Server]:
+    """The shared gateway: local = the real vLLM, api = the OpenAI and Anthropic simulators."""
+    config = base_config(vllm.url, openai_sim.url, anthropic_sim.url)
     server = start_gateway(
-        tmp_session, base_config(vllm.url, openai_sim.url), env={"SIM_OPENAI_KEY": SIM_KEY}
+        tmp_session, config, env={"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
     )
     yield server
     server.stop()

@@ -83,6 +83,12 @@ def start_openai_sim(tmp: Path, key: str) -> Server:
     return start(cmd, port, tmp / "openai_sim.log", "/_sim/requests", 30, {"PYTHONPATH": str(ROOT)})
 
 
+def start_anthropic_sim(tmp: Path, key: str) -> Server:
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.simulators.anthropic_sim", "--port", str(port), "--key", key]
+    return start(cmd, port, tmp / "anthropic_sim.log", "/_sim/requests", 30, {"PYTHONPATH": str(ROOT)})
+
+
 def start_gateway(
     tmp: Path,
     config: dict[str, Any],

@@ -17,9 +17,10 @@ VOCAB = 512
 # Llama-3 style turns, so that vLLM's chat endpoint renders messages as a real deployment would.
 CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% if m['content'] is string %}{{ m['content'] }}{% elif m['content'] %}"
     "{% for p in m['content'] %}{% if p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}<|end|>\n{% endfor %}{% if add_generation_prompt %}<|start|>assistant\n{% endif %}"
+    "{% endif %}{% for c in m.get('tool_calls') or [] %}[call {{ c['function']['name'] }}]{% endfor %}"
+    "<|end|>\n{% endfor %}{% if add_generation_prompt %}<|start|>assistant\n{% endif %}"
 )
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Hello world! How are you today?",
