@@ -104,8 +104,7 @@ def _check_common(body: dict[str, Any]) -> None:
         _check(body, name, (int, float, type(None)), "a number")
 
 
-def validate_chat(body: dict[str, Any]) -> None:
-    _check_common(body)
+def _messages(body: dict[str, Any]) -> list[Any]:
     if "messages" not in body:
         raise _missing("messages")
     messages = body["messages"]
@@ -118,7 +117,12 @@ def validate_chat(body: dict[str, Any]) -> None:
             param="messages",
             code="empty_array",
         )
-    for i, message in enumerate(messages):
+    return messages
+
+
+def validate_chat(body: dict[str, Any]) -> None:
+    _check_common(body)
+    for i, message in enumerate(_messages(body)):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise _wrong_type(where, "an object", message)
@@ -153,16 +157,7 @@ def validate_messages(body: dict[str, Any]) -> None:
     _check_common(body)
     if "max_tokens" not in body:
         raise _missing("max_tokens")
-    if "messages" not in body:
-        raise _missing("messages")
-    messages = body["messages"]
-    if not isinstance(messages, list):
-        raise _wrong_type("messages", "an array", messages)
-    if not messages:
-        raise InvalidRequest(
-            "messages: at least one message is required", param="messages", code="empty_array"
-        )
-    for i, message in enumerate(messages):
+    for i, message in enumerate(_messages(body)):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
             raise _wrong_type(where, "an object", message)

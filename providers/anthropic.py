@@ -62,13 +62,7 @@ class AnthropicProvider:
         return SSEStream(self.name, resp, self._event)
 
     async def list_models(self) -> list[str]:
-        status, raw = await self.http.call("GET", self.http.base + "/models", limit_seconds=5)
-        if status == 404:
-            raise self.http.error(404, {}, raw)
-        try:
-            return [str(m["id"]) for m in orjson.loads(raw)["data"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            raise UpstreamError(502, f"backend '{self.name}' returned an unreadable model list") from None
+        return await self.http.model_ids()
 
     async def count_tokens(self, body: dict[str, Any]) -> int:
         payload = {

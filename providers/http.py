@@ -88,6 +88,18 @@ class HttpClient:
             )
         return parsed
 
+    async def model_ids(self) -> list[str]:
+        """GET /models: OpenAI and Anthropic both list `{"data": [{"id": ...}, ...]}`."""
+        status, raw = await self.call("GET", self.base + "/models", limit_seconds=5)
+        if status == 404:
+            raise self.error(404, {}, raw)
+        try:
+            return [str(m["id"]) for m in orjson.loads(raw)["data"]]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise UpstreamError(
+                502, f"backend '{self.config.name}' returned an unreadable model list"
+            ) from None
+
     async def open_stream(self, url: str, body: Any) -> aiohttp.ClientResponse:
         try:
             resp = await self._client().post(url, data=orjson.dumps(body))
