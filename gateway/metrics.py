@@ -9,6 +9,7 @@ With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPRO
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,6 +32,7 @@ CLASSIFIER_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "crossover_requests", "Requests answered, by route and outcome.",
@@ -83,6 +85,15 @@ class Metrics:
         self.config_reloads = Counter(
             "crossover_config_reloads", "Config reload attempts, by result.", ["result"], registry=r,
         )  # fmt: skip
+
+    def at(self, metric: Any, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: the labels are config names and small fixed sets, so
+        the cache stays small, and the hot path skips prometheus_client's per-call label checks."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:

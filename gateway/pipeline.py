@@ -61,10 +61,11 @@ async def route(runtime: Runtime, state: GatewayState, request: Request, body: d
     if forced is None:
         started = time.perf_counter()
         score = runtime.classifiers[model].score(extract_features(body))
-        state.metrics.classifier_seconds.labels(model).observe(time.perf_counter() - started)
-        state.metrics.score.labels(model).observe(score)
+        m = state.metrics
+        m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
+        m.at(m.score, model).observe(score)
     decision = decide(router, score, forced)
-    state.metrics.decisions.labels(model, decision.route, decision.reason).inc()
+    state.metrics.at(state.metrics.decisions, model, decision.route, decision.reason).inc()
     return decision
 
 

@@ -43,18 +43,18 @@ class Exchange:
         m, route = self.metrics, self.decision.route
         backend, model = self.resolved.backend.name, self.resolved.model.name
         stream = "true" if self.stream else "false"
-        m.requests.labels(route, backend, model, self.status_class).inc()
-        m.latency.labels(route, backend, stream).observe(now - self.started)
-        m.overhead.labels(route, stream).observe(self.overhead(now))
+        m.at(m.requests, route, backend, model, self.status_class).inc()
+        m.at(m.latency, route, backend, stream).observe(now - self.started)
+        m.at(m.overhead, route, stream).observe(self.overhead(now))
         if self.first_token_at is not None:
-            m.ttft.labels(route, backend).observe(self.first_token_at - self.started)
+            m.at(m.ttft, route, backend).observe(self.first_token_at - self.started)
         if self.usage is not None:
             u = self.usage
-            m.tokens.labels(route, backend, model, "input").inc(u.input)
-            m.tokens.labels(route, backend, model, "output").inc(u.output)
+            m.at(m.tokens, route, backend, model, "input").inc(u.input)
+            m.at(m.tokens, route, backend, model, "output").inc(u.output)
             if u.cached:
-                m.tokens.labels(route, backend, model, "cached").inc(u.cached)
-            m.cost.labels(route, backend, model).inc(cost_usd(u, self.resolved.model.price))
+                m.at(m.tokens, route, backend, model, "cached").inc(u.cached)
+            m.at(m.cost, route, backend, model).inc(cost_usd(u, self.resolved.model.price))
 
 
 async def relay_events(
