@@ -33,6 +33,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"crossover: invalid config: {exc}", file=sys.stderr)
         return 2
+    if args.config is None and settings.backends["openai"].api_key is None:
+        logging.getLogger("crossover").warning(
+            "OPENAI_API_KEY is not set: requests routed to the API (backend 'openai') will fail"
+        )
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share metrics through files; this must be set before prometheus_client is imported
         # in the worker processes, which are spawned fresh and inherit the environment.

@@ -86,6 +86,7 @@ async def call(
     stream = body.get("stream") is True
     upstream_seconds = 0.0
     failed: str | None = None
+    first_error: UpstreamError | None = None
     for attempt, target in enumerate(targets):
         started = time.perf_counter()
         try:
@@ -102,9 +103,12 @@ async def call(
         except UpstreamError as exc:
             upstream_seconds += time.perf_counter() - started
             state.metrics.upstream_errors.labels(target.backend, exc.code or exc.type).inc()
+            if first_error is not None:
+                # Both targets failed: say so, with the last one's status and retry hint.
+                exc.message = f"{first_error.message}; fallback: {exc.message}"
             if not exc.retryable or attempt == len(targets) - 1:
                 raise
-            failed = target.backend
+            failed, first_error = target.backend, exc
             state.metrics.fallbacks.labels(target.backend, targets[attempt + 1].backend).inc()
     raise AssertionError("unreachable")
 

@@ -261,3 +261,29 @@ def test_readyz_names_the_backend_that_is_down(gw: Server) -> None:
         "backends": {"openai": "ok", "down": "backend 'down' is unreachable"},
     }
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
+
+
+def test_both_targets_failing_reports_both(tmp_path: Path) -> None:
+    config = {
+        "backends": {
+            name: {
+                "kind": "openai_compatible",
+                "base_url": f"http://127.0.0.1:{port}/v1",
+                "models": [{"name": f"{name}-model"}],
+                "timeout": {"connect": 1},
+            }
+            for name, port in (("first", 9), ("second", 7))
+        },
+        "routers": {"auto": {"local": "first", "api": "second"}},
+    }
+    server = start_gateway(tmp_path, config)
+    try:
+        response = post(server, '{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}')
+        body = check_error(response, 503, code="backend_unreachable")
+        assert (
+            body["error"]["message"]
+            == "backend 'first' is unreachable; fallback: backend 'second' is unreachable"
+        )
+        assert response.headers["retry-after"] == "1"
+    finally:
+        server.stop()
