@@ -25,6 +25,7 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
 # Gateway overhead is meant to be well under a millisecond.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
+INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2)
 SCORE_BUCKETS = tuple(i / 10 for i in range(1, 11))
 CLASSIFIER_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01)
 
@@ -81,6 +82,38 @@ class Metrics:
         self.in_flight = Gauge(
             "crossover_in_flight_requests", "Requests being served now.",
             registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.baseline_cost = Counter(
+            "crossover_baseline_cost_usd", "What the same requests would have cost on the baseline API model.",
+            ["route", "backend", "model"], registry=r,
+        )  # fmt: skip
+        self.estimated_usage = Counter(
+            "crossover_estimated_usage_requests", "Requests whose usage was estimated locally (none came upstream).",
+            ["route", "backend"], registry=r,
+        )  # fmt: skip
+        self.inter_token = Histogram(
+            "crossover_inter_token_latency_seconds", "Mean time between streamed chunks, one sample per stream.",
+            ["route", "backend"], buckets=INTER_TOKEN_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.gpu_idle_cost = Counter(
+            "crossover_gpu_idle_cost_usd", "GPU cost of self-hosted backends while no request was running.",
+            ["backend"], registry=r,
+        )  # fmt: skip
+        self.gpu_cost_rate = Gauge(
+            "crossover_gpu_cost_usd_per_hour", "Configured GPU cost of a self-hosted backend.",
+            ["backend"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.backend_waiting = Gauge(
+            "crossover_backend_requests_waiting", "Requests queued in a vLLM backend (its vllm:num_requests_waiting).",
+            ["backend"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.backend_running = Gauge(
+            "crossover_backend_requests_running", "Requests running in a vLLM backend (vllm:num_requests_running).",
+            ["backend"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.backend_kv_cache = Gauge(
+            "crossover_backend_kv_cache_usage_ratio", "KV-cache use of a vLLM backend, 0-1 (vllm:kv_cache_usage_perc).",
+            ["backend"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
         self.config_reloads = Counter(
             "crossover_config_reloads", "Config reload attempts, by result.", ["result"], registry=r,
