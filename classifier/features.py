@@ -22,18 +22,33 @@ class Features:
 
 
 def _content_text(content: Any) -> str:
+    """Text of an OpenAI message content or an Anthropic content-block list, tool results included."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return "\n".join(
-            part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
-        )
-    return ""
+    if not isinstance(content, list):
+        return ""
+    texts = []
+    for part in content:
+        if not isinstance(part, dict):
+            continue
+        if isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif part.get("type") == "tool_result":
+            texts.append(_content_text(part.get("content")))
+    return "\n".join(texts)
+
+
+def _only_tool_results(content: Any) -> bool:
+    return (
+        isinstance(content, list)
+        and bool(content)
+        and all(isinstance(p, dict) and p.get("type") == "tool_result" for p in content)
+    )
 
 
 def extract_features(request: Mapping[str, Any]) -> Features:
     """Works for chat requests (`messages`) and completion requests (`prompt`)."""
-    total = 0
+    total = len(_content_text(request.get("system")))  # Anthropic's top-level system prompt
     turns = 0
     last_user = ""
     messages = request.get("messages")
@@ -45,7 +60,10 @@ def extract_features(request: Mapping[str, Any]) -> Features:
             total += len(text)
             if message.get("role") == "user":
                 turns += 1
-                last_user = text
+                # In an agent loop the newest user turn may hold only tool results: the task is
+                # still the last turn a person wrote, so keep scoring that one.
+                if text and not _only_tool_results(message.get("content")):
+                    last_user = text
     else:
         prompt = request.get("prompt")
         if isinstance(prompt, list):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from gateway.config import Price
 from providers.base import Usage
 
@@ -10,3 +13,54 @@ def cost_usd(usage: Usage, price: Price) -> float:
     """Cached input tokens are billed at the cached rate, never twice."""
     uncached = max(usage.input - usage.cached, 0)
     return uncached * price.input + usage.cached * price.cached_input + usage.output * price.output
+
+
+class GpuMeter:
+    """Amortises a self-hosted deployment's GPU cost over the requests it serves, by busy-time share.
+
+    At every instant the deployment's cost rate is split evenly among the requests running on it; while
+    none runs, the cost accrues as idle (reported, not hidden). One integral per backend keeps it O(1):
+    `share(t)` = ∫ rate / running(t) dt, and a request costs share(end) - share(start).
+    With N workers each worker meters its own requests at 1/N of the rate, so the totals add up.
+    """
+
+    def __init__(self, usd_per_hour: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.usd_per_hour = usd_per_hour
+        self._clock = clock
+        self._running = 0
+        self._share = 0.0
+        self._idle = 0.0
+        self._last = clock()
+
+    def _advance(self) -> None:
+        now = self._clock()
+        cost = self.usd_per_hour / 3600 * (now - self._last)
+        self._last = now
+        if self._running:
+            self._share += cost / self._running
+        else:
+            self._idle += cost
+
+    def start(self) -> float:
+        """A request begins using the deployment; returns its mark."""
+        self._advance()
+        self._running += 1
+        return self._share
+
+    def stop(self, mark: float) -> float:
+        """The request with this mark is done; returns its share of the GPU cost in USD."""
+        self._advance()
+        self._running -= 1
+        return self._share - mark
+
+    def take_idle(self) -> float:
+        """Idle cost accrued since the last call."""
+        self._advance()
+        idle, self._idle = self._idle, 0.0
+        return idle
+
+
+def estimate_tokens(chars: int) -> int:
+    """~4 characters a token for English text with the common BPE vocabularies: used only when a
+    backend reported no usage (a stream cut short), and counted as estimated."""
+    return (chars + 3) // 4

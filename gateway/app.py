@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -20,8 +21,13 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_respo
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
+from providers.base import UnsupportedRequest, UpstreamError
+from providers.openai_compat import OpenAICompatProvider
 
 WATCH_INTERVAL_SECONDS = 1.0
+HOUSEKEEPING_SECONDS = 5.0
+
+log = logging.getLogger("crossover")
 
 
 async def _watch(path: Path, state: GatewayState) -> None:
@@ -41,6 +47,28 @@ async def _watch(path: Path, state: GatewayState) -> None:
         if now is not None and now != seen:
             seen = now
             await state.reload()
+
+
+async def _housekeeping(state: GatewayState) -> None:
+    """Every few seconds: idle GPU cost into its counter, and vLLM's queue state into gauges."""
+    m = state.metrics
+    while True:
+        await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        for name, meter in state.meters.items():
+            m.at(m.gpu_idle_cost, name).inc(meter.take_idle())
+        runtime = state.runtime
+        for name, backend in runtime.settings.backends.items():
+            provider = runtime.providers[name]
+            if not backend.scrape_metrics or not isinstance(provider, OpenAICompatProvider):
+                continue
+            try:
+                engine = await provider.engine_state()
+            except (UpstreamError, UnsupportedRequest) as exc:
+                log.debug("scraping backend %r failed: %s", name, exc)
+                continue
+            m.at(m.backend_waiting, name).set(engine["vllm:num_requests_waiting"])
+            m.at(m.backend_running, name).set(engine["vllm:num_requests_running"])
+            m.at(m.backend_kv_cache, name).set(engine["vllm:kv_cache_usage_perc"])
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -71,8 +99,8 @@ def create_app(
         await runtime.start()
         state = GatewayState(runtime, metrics or Metrics(), loader)
         app.state.gateway = state
-        tasks: list[asyncio.Task[None]] = []
         loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = [loop.create_task(_housekeeping(state))]
         if loader is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(loop.create_task(_reload(state))))

@@ -42,7 +42,8 @@ def _serve(args: argparse.Namespace) -> int:
         # in the worker processes, which are spawned fresh and inherit the environment.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crossover-metrics-")
     if args.config is not None:
-        os.environ["CROSSOVER_CONFIG"] = str(Path(args.config).resolve())
+        # absolute(), not resolve(): a Kubernetes ConfigMap mount is a symlink that is repointed on update.
+        os.environ["CROSSOVER_CONFIG"] = str(Path(args.config).absolute())
     else:
         os.environ.pop("CROSSOVER_CONFIG", None)
     import uvicorn

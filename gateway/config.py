@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +35,7 @@ class PriceSpec(_Strict):
 class ModelSpec(_Strict):
     name: Annotated[str, Field(min_length=1)]
     upstream: str | None = None  # the backend's own name, when it differs from what clients send
-    price: PriceSpec = PriceSpec()
+    price: PriceSpec | None = None  # None: the shipped price table (gateway/prices.yaml), else free
 
 
 class TimeoutSpec(_Strict):
@@ -54,6 +55,9 @@ class _BackendSpec(_Strict):
 
 class OpenAICompatibleSpec(_BackendSpec):
     kind: Literal["openai_compatible"]
+    gpu_usd_per_hour: Annotated[float, Field(ge=0)] | None = None  # per GPU; self-hosted deployments
+    gpus: Annotated[int, Field(ge=1)] = 1
+    scrape_metrics: bool = False  # read vLLM's queue and KV-cache state from its /metrics every 5 s
 
 
 class AnthropicSpec(_BackendSpec):
@@ -82,8 +86,15 @@ class ServerSpec(_Strict):
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
 
 
+class AccountingSpec(_Strict):
+    baseline: str | None = (
+        None  # "backend/model" every request is also priced at; default: the first router's api
+    )
+
+
 class ConfigFile(_Strict):
     server: ServerSpec = ServerSpec()
+    accounting: AccountingSpec = AccountingSpec()
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
     routers: dict[str, RouterSpec] = {}
 
@@ -118,6 +129,8 @@ class Backend:
     max_connections: int
     headers: Mapping[str, str]
     options: Mapping[str, Any]  # what only this kind has, e.g. anthropic_version
+    gpu_usd_per_hour: float = 0.0  # the whole deployment (per-GPU rate x GPUs); 0 when not self-hosted
+    scrape_metrics: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +157,7 @@ class Settings:
     api_keys: frozenset[str]
     watch_config: bool
     source: Path | None  # the file it came from; None for the embedded default
+    baseline: ModelEntry | None = None  # what every request would have cost on the API alone
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -186,28 +200,29 @@ def _per_token(usd_per_million: float | None) -> float:
     return 0.0 if usd_per_million is None else usd_per_million / 1_000_000
 
 
+@cache
+def price_table() -> dict[str, PriceSpec]:
+    raw = yaml.safe_load((Path(__file__).parent / "prices.yaml").read_text(encoding="utf-8"))
+    return {name: PriceSpec.model_validate(entry) for name, entry in raw.items()}
+
+
+def _price(model: ModelSpec) -> Price:
+    spec = model.price or price_table().get(model.upstream or model.name) or PriceSpec()
+    cached = spec.usd_per_million_cached_input_tokens
+    return Price(
+        _per_token(spec.usd_per_million_input_tokens),
+        _per_token(spec.usd_per_million_input_tokens if cached is None else cached),
+        _per_token(spec.usd_per_million_output_tokens),
+    )
+
+
 def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) -> Settings:
     backends: dict[str, Backend] = {}
     for name, b in spec.backends.items():
         if "/" in name:
             raise ConfigError(f"backends.{name}: a backend name cannot contain '/'")
         path = f"backends.{name}"
-        models = tuple(
-            ModelEntry(
-                m.name,
-                m.upstream or m.name,
-                Price(
-                    _per_token(m.price.usd_per_million_input_tokens),
-                    _per_token(
-                        m.price.usd_per_million_cached_input_tokens
-                        if m.price.usd_per_million_cached_input_tokens is not None
-                        else m.price.usd_per_million_input_tokens
-                    ),
-                    _per_token(m.price.usd_per_million_output_tokens),
-                ),
-            )
-            for m in b.models
-        )
+        models = tuple(ModelEntry(m.name, m.upstream or m.name, _price(m)) for m in b.models)
         backends[name] = Backend(
             name=name,
             kind=b.kind,
@@ -218,8 +233,10 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             connect_timeout=b.timeout.connect,
             read_timeout=b.timeout.read,
             max_connections=b.max_connections,
-            headers=dict(b.headers),
+            headers={k: _resolve(v, f"{path}.headers.{k}", env) for k, v in b.headers.items()},
             options=b.model_dump(include={"anthropic_version", "default_max_tokens"}),
+            gpu_usd_per_hour=(getattr(b, "gpu_usd_per_hour", None) or 0.0) * getattr(b, "gpus", 1),
+            scrape_metrics=getattr(b, "scrape_metrics", False),
         )
     routers: dict[str, Router] = {}
     for name, r in spec.routers.items():
@@ -238,6 +255,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             api=_target(r.api, f"{path}.api", backends),
             fallback=r.fallback,
         )
+    baseline = _baseline(spec, routers, backends)
     keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
     return Settings(
         backends=backends,
@@ -246,7 +264,21 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         api_keys=frozenset(k for k in keys if k),
         watch_config=spec.server.watch_config,
         source=source,
+        baseline=baseline,
     )
+
+
+def _baseline(
+    spec: ConfigFile, routers: Mapping[str, Router], backends: Mapping[str, Backend]
+) -> ModelEntry | None:
+    if spec.accounting.baseline is not None:
+        target = _target(spec.accounting.baseline, "accounting.baseline", backends)
+    elif routers:
+        target = next(iter(routers.values())).api
+    else:
+        return None
+    entries = backends[target.backend].models
+    return next((m for m in entries if target.model in (None, m.name)), None)
 
 
 _KINDS = ("openai_compatible", "anthropic")

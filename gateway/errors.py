@@ -57,6 +57,28 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
 
 
+# Codes the gateway itself assigns to upstream failures; anything else an upstream says is "other",
+# so a metric label never carries an upstream-supplied string.
+_UPSTREAM_CODES = frozenset(
+    {
+        "upstream_error",
+        "upstream_auth_failed",
+        "rate_limit_exceeded",
+        "backend_overloaded",
+        "upstream_timeout",
+        "backend_unreachable",
+        "backend_unavailable",
+    }
+)
+
+
+def error_code(exc: UpstreamError) -> str:
+    """A bounded label for an upstream failure."""
+    if exc.code in _UPSTREAM_CODES:
+        return exc.code
+    return "rejected" if exc.status < 500 and exc.status != 429 else "other"
+
+
 def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type, "param": param, "code": code}})
 

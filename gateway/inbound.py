@@ -81,7 +81,7 @@ def _check_common(body: dict[str, Any]) -> None:
     _check(body, "model", (str,), "a string")
     if not body["model"]:
         raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
-    _check(body, "stream", (bool,), "a boolean")
+    _check(body, "stream", (bool, type(None)), "a boolean")
     _check(body, "stream_options", (dict, type(None)), "an object")
     options = body.get("stream_options")
     if (

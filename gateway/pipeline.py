@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from classifier import extract_features
-from gateway.errors import InvalidRequest, Unauthenticated, error_response
+from gateway.errors import InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
 from gateway.routing import ROUTES, Decision, decide, direct
@@ -38,7 +38,9 @@ def authenticate(request: Request, keys: frozenset[str]) -> None:
     if scheme.lower() != "bearer":
         token = request.headers.get("x-api-key", "")  # what Anthropic's SDK sends
     # Compare against every key in constant time so timing does not reveal a prefix.
-    if not token or not any(hmac.compare_digest(token, key) for key in keys):
+    # Bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold any latin-1.
+    given = token.encode()
+    if not token or not any(hmac.compare_digest(given, key.encode()) for key in keys):
         raise Unauthenticated(
             "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",
             code="invalid_api_key",
@@ -76,6 +78,7 @@ class Answer:
     reply: Completion | EventStream
     upstream_seconds: float
     fell_back_from: str | None
+    gpu_mark: float | None  # the backend's GPU meter mark, when it is self-hosted
 
 
 async def call(
@@ -94,15 +97,23 @@ async def call(
             bridge = bridge_for(dialect, path, resolved.provider, body)
             outgoing = bridge.request(resolved.model.upstream)
             provider = resolved.provider
+            meter = state.meters.get(target.backend)
+            mark = meter.start() if meter is not None else None
             reply: Completion | EventStream
-            if stream:
-                reply = await provider.stream(bridge.backend_path, outgoing)
-            else:
-                reply = await provider.complete(bridge.backend_path, outgoing)
-            return Answer(resolved, bridge, reply, upstream_seconds + time.perf_counter() - started, failed)
+            try:
+                if stream:
+                    reply = await provider.stream(bridge.backend_path, outgoing)
+                else:
+                    reply = await provider.complete(bridge.backend_path, outgoing)
+            except BaseException:
+                if meter is not None and mark is not None:
+                    meter.stop(mark)  # a refused call is not charged GPU time
+                raise
+            waited = upstream_seconds + time.perf_counter() - started
+            return Answer(resolved, bridge, reply, waited, failed, mark)
         except UpstreamError as exc:
             upstream_seconds += time.perf_counter() - started
-            state.metrics.upstream_errors.labels(target.backend, exc.code or exc.type).inc()
+            state.metrics.at(state.metrics.upstream_errors, target.backend, error_code(exc)).inc()
             if first_error is not None:
                 # Both targets failed: say so, with the last one's status and retry hint.
                 exc.message = f"{first_error.message}; fallback: {exc.message}"
@@ -159,7 +170,16 @@ async def serve(
             decision = replace(decision, route=other, reason="fallback")
         resolved = answer.resolved
         exchange = Exchange(
-            state.metrics, decision, resolved, body.get("stream") is True, started, answer.upstream_seconds
+            state.metrics,
+            decision,
+            resolved,
+            body.get("stream") is True,
+            started,
+            answer.upstream_seconds,
+            body=body,
+            baseline=runtime.settings.baseline,
+            meter=state.meters.get(resolved.backend.name),
+            gpu_mark=answer.gpu_mark,
         )
         if isinstance(answer.reply, Completion):
             content, exchange.usage = answer.bridge.response(answer.reply)

@@ -6,21 +6,27 @@ An `Exchange` follows one request from arrival to its last byte and records it i
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from gateway.accounting import cost_usd
-from gateway.errors import error_frame
+from classifier import extract_features
+from gateway.accounting import GpuMeter, cost_usd, estimate_tokens
+from gateway.config import ModelEntry
+from gateway.errors import error_code, error_frame
 from gateway.metrics import Metrics
 from gateway.routing import Decision
 from gateway.runtime import Resolved
 from providers.base import EventStream, UpstreamError, Usage
 from providers.bridges import StreamBridge
+
+log = logging.getLogger("crossover")
 
 
 @dataclass(slots=True)
@@ -31,12 +37,23 @@ class Exchange:
     stream: bool
     started: float
     upstream_seconds: float = 0.0
+    body: dict[str, Any] = field(default_factory=dict)  # the client's request, for usage estimates
+    baseline: ModelEntry | None = None
+    meter: GpuMeter | None = None
+    gpu_mark: float | None = None
     first_token_at: float | None = None
+    last_event_at: float | None = None
+    events: int = 0  # streamed events relayed: ~ output tokens, when no usage comes
     usage: Usage | None = None
     status_class: str = "2xx"
 
     def overhead(self, now: float) -> float:
         return max(now - self.started - self.upstream_seconds, 0.0)
+
+    def _estimate_usage(self) -> Usage:
+        """No usage came (a stream cut short): count prompt characters, and one token per event."""
+        self.metrics.at(self.metrics.estimated_usage, self.decision.route, self.resolved.backend.name).inc()
+        return Usage(input=estimate_tokens(extract_features(self.body).total_chars), output=self.events)
 
     def finish(self) -> None:
         now = time.perf_counter()
@@ -48,13 +65,24 @@ class Exchange:
         m.at(m.overhead, route, stream).observe(self.overhead(now))
         if self.first_token_at is not None:
             m.at(m.ttft, route, backend).observe(self.first_token_at - self.started)
-        if self.usage is not None:
-            u = self.usage
+            if self.last_event_at is not None and self.events > 1:
+                gap = (self.last_event_at - self.first_token_at) / (self.events - 1)
+                m.at(m.inter_token, route, backend).observe(gap)
+        u = self.usage
+        if u is None and self.stream:
+            u = self._estimate_usage()
+        cost = 0.0
+        if self.meter is not None and self.gpu_mark is not None:
+            cost += self.meter.stop(self.gpu_mark)
+        if u is not None:
             m.at(m.tokens, route, backend, model, "input").inc(u.input)
             m.at(m.tokens, route, backend, model, "output").inc(u.output)
             if u.cached:
                 m.at(m.tokens, route, backend, model, "cached").inc(u.cached)
-            m.at(m.cost, route, backend, model).inc(cost_usd(u, self.resolved.model.price))
+            cost += cost_usd(u, self.resolved.model.price)
+            if self.baseline is not None:
+                m.at(m.baseline_cost, route, backend, model).inc(cost_usd(u, self.baseline.price))
+        m.at(m.cost, route, backend, model).inc(cost)
 
 
 async def relay_events(
@@ -74,16 +102,24 @@ async def relay_events(
             finally:
                 exchange.upstream_seconds += time.perf_counter() - waited
             out = bridge.feed(batch)
+            exchange.events += len(batch)
+            exchange.last_event_at = time.perf_counter()
             if exchange.first_token_at is None and bridge.first_token:
-                exchange.first_token_at = time.perf_counter()
+                exchange.first_token_at = exchange.last_event_at
             if out:
                 yield out
         exchange.usage = bridge.usage
         yield bridge.end()
-    except UpstreamError as exc:
+    except Exception as exc:
+        if not isinstance(exc, UpstreamError):
+            # An event the bridge could not read (not JSON, wrong shape): the stream still ends cleanly.
+            log.exception("unreadable event from backend %r", exchange.resolved.backend.name)
+            exc = UpstreamError(502, f"backend '{exchange.resolved.backend.name}' sent an unreadable event")
         exchange.usage = bridge.usage
         exchange.status_class = "5xx"
-        exchange.metrics.upstream_errors.labels(exchange.resolved.backend.name, exc.code or exc.type).inc()
+        exchange.metrics.at(
+            exchange.metrics.upstream_errors, exchange.resolved.backend.name, error_code(exc)
+        ).inc()
         yield error_frame(exc, dialect)
     finally:
         await events.aclose()
@@ -112,6 +148,7 @@ class EventStreamResponse(Response):
         raw_headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache"),
+            (b"x-accel-buffering", b"no"),  # proxies such as nginx must not buffer the stream
         ]
         raw_headers += [(k.encode(), v.encode()) for k, v in self.extra_headers.items()]
         streamer = asyncio.current_task()

@@ -14,7 +14,7 @@ class Decision:
     route: str  # "local", "api", or "direct" for a request naming a concrete model
     target: Target
     fallback: Target | None
-    reason: str  # "score", "header" or "model"
+    reason: str  # "score", "header", "model", or "fallback" once the other target answered
     score: float | None = None
     threshold: float | None = None
 

@@ -52,7 +52,7 @@ def _anthropic(backend: Backend) -> Provider:
     return provider
 
 
-# Backend kinds by name: a new kind is one module in providers/ and one line here.
+# Backend kinds by name: a new kind is a module in providers/, its spec in gateway/config.py, and a line here.
 PROVIDERS: dict[str, Callable[[Backend], Provider]] = {
     "openai_compatible": lambda backend: OpenAICompatProvider(_http(backend), backend.api_key),
     "anthropic": _anthropic,

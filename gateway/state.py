@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 
-from gateway.config import ConfigError, Settings
+from gateway.accounting import GpuMeter
+from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 
@@ -20,6 +22,21 @@ class GatewayState:
         self._loader = loader  # re-reads the config file; None for the embedded default
         self._retired: set[Runtime] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # GPU meters outlive reloads, so a request that started before one is charged correctly.
+        self.meters: dict[str, GpuMeter] = {}
+        self._sync_meters()
+
+    def _sync_meters(self) -> None:
+        workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
+        for name, backend in self.runtime.settings.backends.items():
+            rate = backend.gpu_usd_per_hour / workers
+            if rate <= 0:
+                continue
+            if name in self.meters:
+                self.meters[name].usd_per_hour = rate
+            else:
+                self.meters[name] = GpuMeter(rate)
+            self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
 
     def acquire(self) -> Runtime:
         """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.
@@ -45,11 +62,12 @@ class GatewayState:
         try:
             new = Runtime(self._loader())
             await new.start()
-        except (ConfigError, ValueError) as exc:
+        except Exception as exc:  # a bad file, or a user's classifier failing to load: keep serving
             log.error("config reload rejected, still serving the previous config: %s", exc)
             self.metrics.config_reloads.labels("rejected").inc()
             return False
         old, self.runtime = self.runtime, new
+        self._sync_meters()
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded")
         if old.in_flight == 0:
@@ -60,6 +78,6 @@ class GatewayState:
 
     async def close(self) -> None:
         await self.runtime.close()
-        for runtime in self._retired:
+        for runtime in list(self._retired):
             await runtime.close()
         self._retired.clear()

@@ -1,5 +1,5 @@
 """Anthropic's Messages API as a backend: transport only. Translation lives in
-providers/openai_anthropic.py (OpenAI clients) and is not needed for Anthropic clients."""
+providers/openai_over_anthropic.py (OpenAI clients) and is not needed for Anthropic clients."""
 
 from __future__ import annotations
 

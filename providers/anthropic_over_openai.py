@@ -28,7 +28,8 @@ STOP_REASONS = {
 def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
-    return "".join(
+    # Separate blocks stay separate lines (as vLLM joins text parts), not words run together.
+    return "\n".join(
         b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"
     )
 
@@ -70,7 +71,7 @@ def _user(content: Any, where: str) -> list[dict[str, Any]]:
             )
     if parts:
         only_text = all(p["type"] == "text" for p in parts)
-        tools.append({"role": "user", "content": "".join(p["text"] for p in parts) if only_text else parts})
+        tools.append({"role": "user", "content": "\n".join(p["text"] for p in parts) if only_text else parts})
     return tools
 
 

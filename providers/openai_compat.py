@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from providers.base import Completion, UnsupportedRequest, UpstreamError, Usage
+from providers.errors import error_from_response
 from providers.http import HttpClient, HttpConfig, SSEStream
 from providers.sse import Event
 
@@ -33,6 +35,9 @@ def strip_disallowed_nulls(data: bytes) -> bytes:
     return _NULL_FIRST.sub(b"{", data)
 
 
+ENGINE_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")
+
+
 def openai_usage(body: dict[str, Any]) -> Usage | None:
     """OpenAI's `usage` object, from a response or a stream's final chunk."""
     usage = body.get("usage")
@@ -48,10 +53,17 @@ def openai_usage(body: dict[str, Any]) -> Usage | None:
     )
 
 
-def _openai_event(event: Event) -> Event | None:
-    if event.data == b"[DONE]":
-        return None
-    return Event(strip_disallowed_nulls(event.data), event.event)
+def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event], Event | None]:
+    def transform(event: Event) -> Event | None:
+        data = event.data
+        if data == b"[DONE]":
+            return None
+        if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
+            # vLLM and OpenAI report a failure after the stream began as an error object in a data line.
+            raise error_from_response(backend, 500, {}, data, secrets)
+        return Event(strip_disallowed_nulls(data), event.event)
+
+    return transform
 
 
 class OpenAICompatProvider:
@@ -75,7 +87,7 @@ class OpenAICompatProvider:
 
     async def stream(self, path: str, body: dict[str, Any]) -> SSEStream:
         resp = await self.http.open_stream(self.http.base + path, body)
-        return SSEStream(self.name, resp, _openai_event)
+        return SSEStream(self.name, resp, _stream_transform(self.name, self.http.config.secrets))
 
     async def list_models(self) -> list[str]:
         return await self.http.model_ids()
@@ -91,6 +103,23 @@ class OpenAICompatProvider:
             return int(orjson.loads(raw)["count"])
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise UpstreamError(502, f"backend '{self.name}' returned an unreadable token count") from None
+
+    async def engine_state(self) -> dict[str, float]:
+        """vLLM's own queue state from its Prometheus endpoint beside `/v1`, summed over engines."""
+        status, raw = await self.http.call(
+            "GET", self.http.base.removesuffix("/v1") + "/metrics", limit_seconds=5
+        )
+        if status == 404:
+            raise UnsupportedRequest(f"backend '{self.name}' exports no /metrics")
+        state = dict.fromkeys(ENGINE_METRICS, 0.0)
+        for line in raw.decode("utf-8", "replace").splitlines():
+            name = line.partition("{")[0].partition(" ")[0]
+            if name in state:
+                try:
+                    state[name] += float(line.rsplit(" ", 1)[1])
+                except (IndexError, ValueError):
+                    continue
+        return state
 
     async def close(self) -> None:
         await self.http.close()

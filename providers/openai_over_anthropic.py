@@ -219,10 +219,6 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str, default_max_to
     return out
 
 
-def _json_mode(request: dict[str, Any]) -> bool:
-    return any(t.get("name") == JSON_TOOL for t in request.get("tools") or [])
-
-
 def openai_usage_body(usage: Usage | None) -> dict[str, Any] | None:
     if usage is None:
         return None

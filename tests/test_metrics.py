@@ -62,7 +62,7 @@ def gw(tmp_path: Path, openai_sim: Server, request: pytest.FixtureRequest) -> It
 
 @pytest.mark.parametrize("gw", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
 def test_counters_match_the_traffic(gw: Server) -> None:
-    prompt_tokens = completion_tokens = 0
+    prompt_tokens = completion_tokens = local_in = local_out = 0
     with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client:
         for i in range(12):
             hard = i % 3 == 0
@@ -85,6 +85,9 @@ def test_counters_match_the_traffic(gw: Server) -> None:
             if hard:
                 prompt_tokens += usage.prompt_tokens
                 completion_tokens += usage.completion_tokens
+            else:
+                local_in += usage.prompt_tokens
+                local_out += usage.completion_tokens
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
     s = samples(gw)
@@ -100,7 +103,13 @@ def test_counters_match_the_traffic(gw: Server) -> None:
     assert value(s, "crossover_tokens_total", route="api", kind="output") == completion_tokens
     expected_cost = prompt_tokens * 2.5e-6 + completion_tokens * 10e-6
     assert value(s, "crossover_cost_usd_total", route="api") == pytest.approx(expected_cost)
-    assert value(s, "crossover_cost_usd_total", route="local") == 0  # gpt-4o-mini has no price here
+    # gpt-4o-mini has no price in this config: the shipped table's list price applies.
+    assert value(s, "crossover_cost_usd_total", route="local") == pytest.approx(
+        local_in * 0.15e-6 + local_out * 0.6e-6
+    )
+    # Every request is also priced on the baseline, the router's api model (gpt-4o) by default.
+    all_in, all_out = prompt_tokens + local_in, completion_tokens + local_out
+    assert value(s, "crossover_baseline_cost_usd_total") == pytest.approx(all_in * 2.5e-6 + all_out * 10e-6)
     assert value(s, "crossover_request_duration_seconds_count") == 12
     assert value(s, "crossover_gateway_overhead_seconds_count", stream="true") == 6
     assert value(s, "crossover_time_to_first_token_seconds_count") == 6

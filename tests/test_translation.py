@@ -254,7 +254,9 @@ def test_stop_reasons(stop: str, finish: str) -> None:
 
 words = st.text(alphabet='abcdefgh xyz{}":,\\é', min_size=1, max_size=12)
 tool_inputs = st.dictionaries(
-    st.sampled_from(["q", "n", "deep"]), st.one_of(words, st.integers(), st.booleans()), max_size=3
+    st.sampled_from(["q", "n", "deep"]),
+    st.one_of(words, st.integers(-(2**63), 2**63 - 1), st.booleans()),
+    max_size=3,
 )
 blocks = st.lists(
     st.one_of(

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from classifier import extract_features, load_classifier
-from gateway.accounting import cost_usd
+from gateway.accounting import GpuMeter, cost_usd
 from gateway.config import Price, Router, Target
 from gateway.routing import decide
 from providers.base import Usage
@@ -174,3 +174,69 @@ def test_cost_bills_cached_tokens_once_at_the_cached_rate() -> None:
     assert usage == Usage(input=1000, output=200, cached=400)
     assert cost_usd(usage, price) == pytest.approx(600 * 2.5e-6 + 400 * 1.25e-6 + 200 * 10e-6)
     assert usage_from({"usage": None}) is None
+
+
+def test_agent_turns_keep_the_task_text_and_count_system_and_tool_results() -> None:
+    task = "Refactor the parser and prove the invariant step by step"
+    f = extract_features(
+        {
+            "system": "You are a coding agent.",
+            "messages": [
+                {"role": "user", "content": task},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t", "name": "read", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [{"type": "tool_result", "tool_use_id": "t", "content": "file text"}],
+                },
+            ],
+        }
+    )
+    assert f.text == task
+    assert f.total_chars == len("You are a coding agent.") + len(task) + len("file text")
+    assert f.turns == 2
+
+
+def test_gpu_meter_splits_busy_time_and_reports_idle() -> None:
+    now = [0.0]
+    meter = GpuMeter(3.6, clock=lambda: now[0])  # 3.6 USD/hour = 0.001 USD/second
+    a = meter.start()
+    now[0] = 10.0
+    b = meter.start()  # from here A and B share the GPU
+    now[0] = 20.0
+    assert meter.stop(a) == pytest.approx(0.010 + 0.005)
+    now[0] = 30.0
+    assert meter.stop(b) == pytest.approx(0.005 + 0.010)
+    now[0] = 40.0
+    assert meter.take_idle() == pytest.approx(0.010)
+    assert meter.take_idle() == 0
+
+
+def test_shipped_price_table_applies_unless_the_config_prices_the_model() -> None:
+    from gateway.config import build, parse
+
+    settings = build(
+        parse(
+            {
+                "backends": {
+                    "o": {
+                        "kind": "openai_compatible",
+                        "base_url": "http://x/v1",
+                        "models": [
+                            {"name": "gpt-4o"},
+                            {"name": "mine", "upstream": "gpt-4o-mini"},
+                            {"name": "free", "price": {}},
+                            {"name": "unknown-model"},
+                        ],
+                    }
+                }
+            }
+        ),
+        {},
+    )
+    prices = {m.name: m.price for m in settings.backends["o"].models}
+    assert prices["gpt-4o"] == Price(2.5e-6, 1.25e-6, 10e-6)
+    assert prices["mine"] == Price(0.15e-6, 0.075e-6, 0.6e-6)  # looked up by upstream name
+    assert prices["free"] == prices["unknown-model"] == Price(0.0, 0.0, 0.0)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import openai
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.servers import Server
+from tests.conftest import ANTHROPIC_KEY, SIM_KEY, base_config
+from tests.servers import Server, start_gateway
 
 
 def vllm_metric(vllm: Server, name: str, **labels: str) -> float:
@@ -62,3 +64,51 @@ def test_client_disconnect_aborts_generation_upstream(gateway: Server, vllm: Ser
     assert vllm_metric(vllm, "vllm:generation_tokens_total") - generated < 1000
     metrics = httpx.get(gateway.url + "/metrics").text
     assert 'status_class="cancelled"' in metrics
+
+
+def test_self_hosted_cost_is_amortised_and_vllm_state_scraped(
+    tmp_path: Path, vllm: Server, openai_sim: Server, anthropic_sim: Server
+) -> None:
+    config = base_config(vllm.url, openai_sim.url, anthropic_sim.url)
+    config["backends"]["local"].update({"gpu_usd_per_hour": 1.8, "gpus": 2, "scrape_metrics": True})
+    server = start_gateway(
+        tmp_path, config, env={"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    )
+    try:
+        request = {
+            "model": "tiny-llama",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 200,
+            "ignore_eos": True,
+        }
+        started = time.monotonic()
+        assert httpx.post(server.url + "/v1/chat/completions", json=request, timeout=60).status_code == 200
+        busy = time.monotonic() - started
+        # Streamed and cut short: no usage arrives, so it is estimated and counted as such.
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json={**request, "stream": True}) as r:
+            lines = r.iter_lines()
+            for _ in range(3):
+                next(lines)
+        time.sleep(6)  # one housekeeping round: idle cost and vLLM's state
+        text = httpx.get(server.url + "/metrics").text
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+        def get(name: str, **labels: str) -> float:
+            return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+
+        rate = 1.8 * 2 / 3600  # USD per second for the deployment
+        local_cost = get("crossover_cost_usd_total", backend="local")
+        # The whole GPU cost of the time the requests ran (never more than their wall time).
+        assert 0.5 * busy * rate < local_cost < (busy + 6) * rate
+        assert get("crossover_gpu_cost_usd_per_hour", backend="local") == 3.6
+        assert get("crossover_gpu_idle_cost_usd_total", backend="local") > 0
+        assert get("crossover_estimated_usage_requests_total", backend="local") == 1
+        assert get("crossover_baseline_cost_usd_total", backend="local") > 0  # priced as gpt-4o
+        assert ("crossover_backend_requests_running", (("backend", "local"),)) in samples
+        assert ("crossover_backend_kv_cache_usage_ratio", (("backend", "local"),)) in samples
+    finally:
+        server.stop()

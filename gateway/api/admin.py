@@ -20,7 +20,8 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when every backend answers its model list. 503 names the ones that do not."""
+    """Ready when every router has a target that answers its model list (with no routers: every
+    backend). The body names each backend's state; 503 when not ready."""
     state: GatewayState = request.app.state.gateway
     providers = state.runtime.providers
 
@@ -34,7 +35,13 @@ async def readyz(request: Request) -> Response:
         return name, "ok"
 
     results = dict(await asyncio.gather(*(probe(n) for n in providers)))
-    ready = all(v == "ok" for v in results.values())
+    routers = state.runtime.settings.routers.values()
+    if routers:
+        # With fallback, a router serves while either target answers: one API blip must not take
+        # every replica out of a load balancer.
+        ready = all(results[r.local.backend] == "ok" or results[r.api.backend] == "ok" for r in routers)
+    else:
+        ready = all(v == "ok" for v in results.values())
     body = orjson.dumps({"status": "ready" if ready else "not ready", "backends": results})
     return Response(body, status_code=200 if ready else 503, media_type="application/json")
 
