@@ -87,9 +87,10 @@ class ServerSpec(_Strict):
 
 
 class AccountingSpec(_Strict):
-    baseline: str | None = (
-        None  # "backend/model" every request is also priced at; default: the first router's api
-    )
+    # "backend/model" every request is also priced at; default: the first router's api target.
+    baseline: str | None = None
+    # Operating the self-hosted side (people, hosting), for the economics report.
+    ops_usd_per_month: Annotated[float, Field(ge=0)] = 0.0
 
 
 class ConfigFile(_Strict):
@@ -158,6 +159,7 @@ class Settings:
     watch_config: bool
     source: Path | None  # the file it came from; None for the embedded default
     baseline: ModelEntry | None = None  # what every request would have cost on the API alone
+    ops_usd_per_month: float = 0.0
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -265,6 +267,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         watch_config=spec.server.watch_config,
         source=source,
         baseline=baseline,
+        ops_usd_per_month=spec.accounting.ops_usd_per_month,
     )
 
 
