@@ -24,6 +24,7 @@ from providers.base import Completion, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
 
 ROUTE_HEADER = "x-crossover-route"
+NO_ROUTE = ("none", "none", "none")  # labels of a request refused before routing (bad body, no such model)
 
 
 def gateway_state(request: Request) -> GatewayState:
@@ -150,20 +151,13 @@ async def serve(
     state = gateway_state(request)
     runtime = state.acquire()
     released = False
+    decision: Decision | None = None
     try:
         authenticate(request, runtime.settings.api_keys)
         body = await read_json(request, runtime.settings.max_body_bytes)
         validate(body)
         decision = await route(runtime, state, request, body)
-        try:
-            answer = await call(runtime, state, decision, dialect, path, body)
-        except UpstreamError as exc:
-            target = decision.target
-            status_class = f"{exc.status // 100}xx"
-            state.metrics.requests.labels(
-                decision.route, target.backend, target.model or "", status_class
-            ).inc()
-            raise
+        answer = await call(runtime, state, decision, dialect, path, body)
         if answer.fell_back_from is not None and decision.route in ROUTES:
             # Account the request to the route that actually answered it.
             other = "local" if decision.route == "api" else "api"
@@ -203,7 +197,13 @@ async def serve(
         relay = relay_events(events, answer.bridge.stream(), exchange, dialect)
         return EventStreamResponse(relay, headers, on_close)
     except Exception as exc:
-        return error_response(exc, dialect)
+        response = error_response(exc, dialect)
+        # Refused before any backend answered: counted too, under the decision when there was one.
+        where = (
+            (decision.route, decision.target.backend, decision.target.model or "") if decision else NO_ROUTE
+        )
+        state.metrics.at(state.metrics.requests, *where, f"{response.status_code // 100}xx").inc()
+        return response
     finally:
         if not released:
             state.release(runtime)

@@ -91,7 +91,9 @@ def test_counters_match_the_traffic(gw: Server) -> None:
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="missing", messages=[{"role": "user", "content": "x"}])
     s = samples(gw)
-    assert value(s, "crossover_requests_total") == 12  # the 404 never reached a backend
+    assert value(s, "crossover_requests_total") == 13
+    # The 404 never reached a backend: counted apart, under no route.
+    assert value(s, "crossover_requests_total", route="none", status_class="4xx") == 1
     assert (
         value(
             s, "crossover_requests_total", route="api", backend="openai", model="gpt-4o", status_class="2xx"
@@ -110,7 +112,7 @@ def test_counters_match_the_traffic(gw: Server) -> None:
     # Every request is also priced on the baseline, the router's api model (gpt-4o) by default.
     all_in, all_out = prompt_tokens + local_in, completion_tokens + local_out
     assert value(s, "crossover_baseline_cost_usd_total") == pytest.approx(all_in * 2.5e-6 + all_out * 10e-6)
-    assert value(s, "crossover_request_duration_seconds_count") == 12
+    assert value(s, "crossover_request_duration_seconds_count") == 12  # answered requests only
     assert value(s, "crossover_gateway_overhead_seconds_count", stream="true") == 6
     assert value(s, "crossover_time_to_first_token_seconds_count") == 6
     assert value(s, "crossover_classifier_score_count", router="auto") == 12
