@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.api import admin, anthropic, openai
+from gateway.api import admin, anthropic, dashboard, openai
 from gateway.config import Settings
+from gateway.dashboard import snapshot
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -50,10 +52,14 @@ async def _watch(path: Path, state: GatewayState) -> None:
 
 
 async def _housekeeping(state: GatewayState) -> None:
-    """Every few seconds: idle GPU cost into its counter, and vLLM's queue state into gauges."""
+    """Every few seconds: idle GPU cost into its counter, vLLM's queue state into gauges, and a
+    snapshot for the dashboard's last hour (kept at most every 30 s), so the hour is full when
+    someone first opens the page."""
     m = state.metrics
+    history = dashboard.history_of(state)
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
+        history.record(snapshot(m.render(), time.monotonic()))
         for name, meter in state.meters.items():
             m.at(m.gpu_idle_cost, name).inc(meter.take_idle())
         runtime = state.runtime
@@ -126,6 +132,8 @@ def create_app(
         Route("/healthz", admin.healthz, methods=["GET"]),
         Route("/readyz", admin.readyz, methods=["GET"]),
         Route("/metrics", admin.metrics, methods=["GET"]),
+        Route("/dashboard", dashboard.page, methods=["GET"]),
+        Route("/dashboard/summary.json", dashboard.summary_json, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     return app
