@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet -e '.[dev]'
 bash scripts/setup-vllm.sh
+bash scripts/setup-services.sh   # Prometheus (promtool) and Chromium, from Debian, for the dashboard tests
 ruff check .
 ruff format --check .
 mypy
