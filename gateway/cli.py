@@ -1,4 +1,4 @@
-"""The `crossover` command: serve, check."""
+"""The `crossover` command: serve, check, report."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gateway import report
 from gateway.config import ConfigError, Settings, embedded_default, load
 
 
@@ -89,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     check = commands.add_parser("check", help="validate a config file without serving")
     check.add_argument("config")
     check.set_defaults(run=_check)
+    report_cmd = commands.add_parser(
+        "report", help="costs, savings and break-even of your traffic, from a gateway's /metrics"
+    )
+    report.add_arguments(report_cmd)
+    report_cmd.set_defaults(run=report.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.run(args)

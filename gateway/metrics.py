@@ -9,6 +9,7 @@ With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPRO
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from prometheus_client import (
@@ -36,88 +37,148 @@ class Metrics:
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
-            "crossover_requests", "Requests answered, by route and outcome.",
-            ["route", "backend", "model", "status_class"], registry=r,
-        )  # fmt: skip
+            "crossover_requests",
+            "Requests answered, by route and outcome.",
+            ["route", "backend", "model", "status_class"],
+            registry=r,
+        )
         self.decisions = Counter(
-            "crossover_routing_decisions", "Routing decisions of router models.",
-            ["router", "route", "reason"], registry=r,
-        )  # fmt: skip
+            "crossover_routing_decisions",
+            "Routing decisions of router models.",
+            ["router", "route", "reason"],
+            registry=r,
+        )
         self.fallbacks = Counter(
-            "crossover_fallbacks", "Requests moved to another backend after a retryable failure.",
-            ["from_backend", "to_backend"], registry=r,
-        )  # fmt: skip
+            "crossover_fallbacks",
+            "Requests moved to another backend after a retryable failure.",
+            ["from_backend", "to_backend"],
+            registry=r,
+        )
         self.latency = Histogram(
-            "crossover_request_duration_seconds", "Whole request time as the client saw it.",
-            ["route", "backend", "stream"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_request_duration_seconds",
+            "Whole request time as the client saw it.",
+            ["route", "backend", "stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ttft = Histogram(
-            "crossover_time_to_first_token_seconds", "Time to the first streamed content chunk.",
-            ["route", "backend"], buckets=TTFT_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_time_to_first_token_seconds",
+            "Time to the first streamed content chunk.",
+            ["route", "backend"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.overhead = Histogram(
-            "crossover_gateway_overhead_seconds", "Time spent in the gateway, not waiting on the upstream.",
-            ["route", "stream"], buckets=OVERHEAD_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_gateway_overhead_seconds",
+            "Time spent in the gateway, not waiting on the upstream.",
+            ["route", "stream"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=r,
+        )
         self.tokens = Counter(
-            "crossover_tokens", "Tokens by kind: input (cached included), cached, output.",
-            ["route", "backend", "model", "kind"], registry=r,
-        )  # fmt: skip
+            "crossover_tokens",
+            "Tokens by kind: input (cached included), cached, output.",
+            ["route", "backend", "model", "kind"],
+            registry=r,
+        )
         self.cost = Counter(
-            "crossover_cost_usd", "Cost in US dollars from the configured prices.",
-            ["route", "backend", "model"], registry=r,
-        )  # fmt: skip
+            "crossover_cost_usd",
+            "Cost in US dollars from the configured prices.",
+            ["route", "backend", "model"],
+            registry=r,
+        )
         self.score = Histogram(
-            "crossover_classifier_score", "Complexity scores of routed requests.",
-            ["router"], buckets=SCORE_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_classifier_score",
+            "Complexity scores of routed requests.",
+            ["router"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
         self.classifier_seconds = Histogram(
-            "crossover_classifier_duration_seconds", "Time to extract features and score a request.",
-            ["router"], buckets=CLASSIFIER_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_classifier_duration_seconds",
+            "Time to extract features and score a request.",
+            ["router"],
+            buckets=CLASSIFIER_BUCKETS,
+            registry=r,
+        )
         self.upstream_errors = Counter(
-            "crossover_upstream_errors", "Failed upstream calls, by backend and error code.",
-            ["backend", "code"], registry=r,
-        )  # fmt: skip
+            "crossover_upstream_errors",
+            "Failed upstream calls, by backend and error code.",
+            ["backend", "code"],
+            registry=r,
+        )
         self.in_flight = Gauge(
-            "crossover_in_flight_requests", "Requests being served now.",
-            registry=r, multiprocess_mode="livesum",
-        )  # fmt: skip
+            "crossover_in_flight_requests",
+            "Requests being served now.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.baseline_cost = Counter(
-            "crossover_baseline_cost_usd", "What the same requests would have cost on the baseline API model.",
-            ["route", "backend", "model"], registry=r,
-        )  # fmt: skip
+            "crossover_baseline_cost_usd",
+            "What the same requests would have cost on the baseline API model.",
+            ["route", "backend", "model"],
+            registry=r,
+        )
         self.estimated_usage = Counter(
-            "crossover_estimated_usage_requests", "Requests whose usage was estimated locally (none came upstream).",
-            ["route", "backend"], registry=r,
-        )  # fmt: skip
+            "crossover_estimated_usage_requests",
+            "Requests whose usage was estimated locally (none came upstream).",
+            ["route", "backend"],
+            registry=r,
+        )
         self.inter_token = Histogram(
-            "crossover_inter_token_latency_seconds", "Mean time between streamed chunks, one sample per stream.",
-            ["route", "backend"], buckets=INTER_TOKEN_BUCKETS, registry=r,
-        )  # fmt: skip
+            "crossover_inter_token_latency_seconds",
+            "Mean time between streamed chunks, one sample per stream.",
+            ["route", "backend"],
+            buckets=INTER_TOKEN_BUCKETS,
+            registry=r,
+        )
         self.gpu_idle_cost = Counter(
-            "crossover_gpu_idle_cost_usd", "GPU cost of self-hosted backends while no request was running.",
-            ["backend"], registry=r,
-        )  # fmt: skip
+            "crossover_gpu_idle_cost_usd",
+            "GPU cost of self-hosted backends while no request was running.",
+            ["backend"],
+            registry=r,
+        )
         self.gpu_cost_rate = Gauge(
-            "crossover_gpu_cost_usd_per_hour", "Configured GPU cost of a self-hosted backend.",
-            ["backend"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "crossover_gpu_cost_usd_per_hour",
+            "Configured GPU cost of a self-hosted backend.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.backend_waiting = Gauge(
-            "crossover_backend_requests_waiting", "Requests queued in a vLLM backend (its vllm:num_requests_waiting).",
-            ["backend"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "crossover_backend_requests_waiting",
+            "Requests queued in a vLLM backend (its vllm:num_requests_waiting).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.backend_running = Gauge(
-            "crossover_backend_requests_running", "Requests running in a vLLM backend (vllm:num_requests_running).",
-            ["backend"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "crossover_backend_requests_running",
+            "Requests running in a vLLM backend (vllm:num_requests_running).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.backend_kv_cache = Gauge(
-            "crossover_backend_kv_cache_usage_ratio", "KV-cache use of a vLLM backend, 0-1 (vllm:kv_cache_usage_perc).",
-            ["backend"], registry=r, multiprocess_mode="max",
-        )  # fmt: skip
+            "crossover_backend_kv_cache_usage_ratio",
+            "KV-cache use of a vLLM backend, 0-1 (vllm:kv_cache_usage_perc).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.start_time = Gauge(
+            "crossover_start_time_seconds",
+            "When the gateway started (Unix time): what its counters cover.",
+            registry=r,
+            multiprocess_mode="min",
+        )
+        self.start_time.set(time.time())
         self.config_reloads = Counter(
-            "crossover_config_reloads", "Config reload attempts, by result.", ["result"], registry=r,
-        )  # fmt: skip
+            "crossover_config_reloads",
+            "Config reload attempts, by result.",
+            ["result"],
+            registry=r,
+        )
 
     def at(self, metric: Any, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: the labels are config names and small fixed sets, so
