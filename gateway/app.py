@@ -88,7 +88,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     else:
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code
-    return error_response(error)
+    # Anthropic's clients get Anthropic's shape under its paths; a 405 says what is allowed.
+    dialect = "anthropic" if request.url.path.startswith("/v1/messages") else "openai"
+    response = error_response(error, dialect)
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
 
 
 def create_app(
@@ -129,6 +134,7 @@ def create_app(
         Route("/v1/messages", anthropic.messages, methods=["POST"]),
         Route("/v1/messages/count_tokens", anthropic.count_tokens, methods=["POST"]),
         Route("/v1/models", openai.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai.retrieve_model, methods=["GET"]),
         Route("/healthz", admin.healthz, methods=["GET"]),
         Route("/readyz", admin.readyz, methods=["GET"]),
         Route("/metrics", admin.metrics, methods=["GET"]),

@@ -52,6 +52,13 @@ class MethodNotAllowed(GatewayError):
     type = "invalid_request_error"
 
 
+class ClientGone(GatewayError):
+    """The client hung up before the answer was ready; nobody reads this response."""
+
+    status = 499  # nginx's "client closed request"
+    type = "client_closed_request"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

@@ -4,9 +4,11 @@ call it (falling back on a retryable failure) → relay the answer and record it
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hmac
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -14,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from classifier import extract_features
-from gateway.errors import InvalidRequest, Unauthenticated, error_code, error_response
+from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
 from gateway.routing import ROUTES, Decision, decide, direct
@@ -125,6 +127,30 @@ async def call(
     raise AssertionError("unreachable")
 
 
+async def _disconnected(request: Request) -> None:
+    # The body has been read: what arrives next is the disconnect, if the client leaves.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Answer]) -> Answer:
+    """Run the upstream call, cancelling it if the client hangs up first: a non-streamed request
+    abandoned by a client timeout must not keep vLLM generating (streams watch on their own)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    if task in done:
+        return task.result()
+    with contextlib.suppress(BaseException):
+        await task  # let the cancelled call close its upstream connection
+    raise ClientGone("the client closed the connection before the answer was ready")
+
+
 def _headers(
     decision: Decision, resolved: Resolved, overhead: float, fell_back: str | None
 ) -> dict[str, str]:
@@ -157,7 +183,7 @@ async def serve(
         body = await read_json(request, runtime.settings.max_body_bytes)
         validate(body)
         decision = await route(runtime, state, request, body)
-        answer = await call(runtime, state, decision, dialect, path, body)
+        answer = await _unless_client_leaves(request, call(runtime, state, decision, dialect, path, body))
         if answer.fell_back_from is not None and decision.route in ROUTES:
             # Account the request to the route that actually answered it.
             other = "local" if decision.route == "api" else "api"
@@ -202,7 +228,8 @@ async def serve(
         where = (
             (decision.route, decision.target.backend, decision.target.model or "") if decision else NO_ROUTE
         )
-        state.metrics.at(state.metrics.requests, *where, f"{response.status_code // 100}xx").inc()
+        status_class = "cancelled" if isinstance(exc, ClientGone) else f"{response.status_code // 100}xx"
+        state.metrics.at(state.metrics.requests, *where, status_class).inc()
         return response
     finally:
         if not released:

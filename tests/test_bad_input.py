@@ -159,7 +159,22 @@ def test_bad_route_header_is_400(gw: Server) -> None:
 
 def test_unknown_path_and_wrong_method(gw: Server) -> None:
     check_error(httpx.post(gw.url + "/v1/chat/complete", json=GOOD), 404, code="unknown_url")
-    check_error(httpx.get(gw.url + "/v1/chat/completions"), 405, code="method_not_allowed")
+    wrong_method = httpx.get(gw.url + "/v1/chat/completions")
+    check_error(wrong_method, 405, code="method_not_allowed")
+    assert wrong_method.headers["allow"] == "POST"
+    # Under Anthropic's paths, Anthropic's error shape.
+    missing = httpx.post(gw.url + "/v1/messages/batches", json={})
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "error"
+    assert missing.json()["error"]["type"] == "not_found_error"
+
+
+def test_retrieve_a_model(gw: Server) -> None:
+    with openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0) as client:
+        assert client.models.retrieve("gpt-4o").owned_by == "openai"
+        assert client.models.retrieve("auto").owned_by == "crossover"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-9")
 
 
 def test_unreachable_backend_is_503_with_retry_after(gw: Server) -> None:

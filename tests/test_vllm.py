@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ANTHROPIC_KEY, SIM_KEY, base_config
@@ -64,6 +65,23 @@ def test_client_disconnect_aborts_generation_upstream(gateway: Server, vllm: Ser
     assert vllm_metric(vllm, "vllm:generation_tokens_total") - generated < 1000
     metrics = httpx.get(gateway.url + "/metrics").text
     assert 'status_class="cancelled"' in metrics
+
+
+def test_abandoned_non_streamed_request_stops_generation(gateway: Server, vllm: Server) -> None:
+    generated = vllm_metric(vllm, "vllm:generation_tokens_total")
+    request = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "go on"}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1.5 s; the answer needs ~8 s
+        httpx.post(gateway.url + "/v1/chat/completions", json=request, timeout=1.5)
+    deadline = time.monotonic() + 10
+    while vllm_metric(vllm, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert vllm_metric(vllm, "vllm:num_requests_running") == 0
+    assert vllm_metric(vllm, "vllm:generation_tokens_total") - generated < 1000
 
 
 def test_self_hosted_cost_is_amortised_and_vllm_state_scraped(

@@ -8,7 +8,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import error_response
+from gateway.errors import ModelNotFound, error_response
 from gateway.inbound import validate_chat, validate_completion
 from gateway.pipeline import authenticate, gateway_state, serve
 
@@ -21,12 +21,9 @@ async def completions(request: Request) -> Response:
     return await serve(request, "openai", "/completions", validate_completion)
 
 
-async def list_models(request: Request) -> Response:
+def _model_objects(request: Request) -> list[dict[str, Any]]:
     runtime = gateway_state(request).runtime
-    try:
-        authenticate(request, runtime.settings.api_keys)
-    except Exception as exc:
-        return error_response(exc)
+    authenticate(request, runtime.settings.api_keys)
     data: list[dict[str, Any]] = [
         {"id": name, "object": "model", "created": 0, "owned_by": "crossover"}
         for name in runtime.settings.routers
@@ -36,4 +33,24 @@ async def list_models(request: Request) -> Response:
         name = model.name if model.name not in seen else f"{backend}/{model.name}"
         seen.add(name)
         data.append({"id": name, "object": "model", "created": 0, "owned_by": backend})
+    return data
+
+
+async def list_models(request: Request) -> Response:
+    try:
+        data = _model_objects(request)
+    except Exception as exc:
+        return error_response(exc)
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def retrieve_model(request: Request) -> Response:
+    """`GET /v1/models/{model}`; a `backend/model` id arrives as two path segments."""
+    wanted = request.path_params["model"]
+    try:
+        found = next((m for m in _model_objects(request) if m["id"] == wanted), None)
+        if found is None:
+            raise ModelNotFound(f"The model '{wanted}' does not exist", param="model", code="model_not_found")
+    except Exception as exc:
+        return error_response(exc)
+    return Response(orjson.dumps(found), media_type="application/json")
