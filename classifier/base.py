@@ -25,10 +25,11 @@ def _heuristic() -> Classifier:
 REGISTRY: dict[str, Callable[[], Classifier]] = {"heuristic": _heuristic}
 
 
-def load_classifier(name: str) -> Classifier:
-    """A registered name, or a user's own `module:attribute` (a class or a factory taking no arguments)."""
+def classifier_factory(name: str) -> Callable[[], Classifier]:
+    """A registered name, or a user's own `module:attribute` (a class or a factory taking no
+    arguments), resolved without building it: config validation uses this, the runtime builds once."""
     if name in REGISTRY:
-        return REGISTRY[name]()
+        return REGISTRY[name]
     module_name, sep, attribute = name.partition(":")
     if not sep or not module_name or not attribute:
         known = ", ".join(sorted(REGISTRY))
@@ -37,7 +38,13 @@ def load_classifier(name: str) -> Classifier:
         factory = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:
         raise ValueError(f"cannot load classifier {name!r}: {exc}") from None
-    instance = factory()
+    if not callable(factory):
+        raise ValueError(f"classifier {name!r} is not a class or a factory")
+    return factory  # type: ignore[no-any-return]
+
+
+def load_classifier(name: str) -> Classifier:
+    instance = classifier_factory(name)()
     if not isinstance(instance, Classifier):
         raise ValueError(f"classifier {name!r} has no score(features) method")
     return instance

@@ -114,7 +114,7 @@ def create_app(
         tasks: list[asyncio.Task[None]] = [loop.create_task(_housekeeping(state))]
         if loader is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(signal.SIGHUP, lambda: tasks.append(loop.create_task(_reload(state))))
+                loop.add_signal_handler(signal.SIGHUP, state.schedule_reload)
             if settings.watch_config and settings.source is not None:
                 tasks.append(loop.create_task(_watch(settings.source, state)))
         try:
@@ -143,7 +143,3 @@ def create_app(
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     return app
-
-
-async def _reload(state: GatewayState) -> None:
-    await state.reload()

@@ -244,9 +244,9 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
     for name, r in spec.routers.items():
         path = f"routers.{name}"
         try:
-            from classifier import load_classifier
+            from classifier import classifier_factory
 
-            load_classifier(r.classifier)
+            classifier_factory(r.classifier)
         except ValueError as exc:
             raise ConfigError(f"{path}.classifier: {exc}") from None
         routers[name] = Router(

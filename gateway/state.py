@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 from gateway.accounting import GpuMeter
 from gateway.config import Settings
@@ -21,7 +22,7 @@ class GatewayState:
         self.metrics = metrics
         self._loader = loader  # re-reads the config file; None for the embedded default
         self._retired: set[Runtime] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         # GPU meters outlive reloads, so a request that started before one is charged correctly.
         self.meters: dict[str, GpuMeter] = {}
         self._sync_meters()
@@ -54,6 +55,12 @@ class GatewayState:
             task = asyncio.create_task(runtime.close())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def schedule_reload(self) -> None:
+        """For a signal handler: reload soon, in a task the state keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def reload(self) -> bool:
         """Build a runtime from the file again. A bad file is logged and the old one keeps serving."""
