@@ -230,6 +230,10 @@ async def serve(
         )
         status_class = "cancelled" if isinstance(exc, ClientGone) else f"{response.status_code // 100}xx"
         state.metrics.at(state.metrics.requests, *where, status_class).inc()
+        if decision is not None:
+            # Which route and backend failed: an operator reading a 429 or 502 needs to know.
+            response.headers["x-crossover-route"] = decision.route
+            response.headers["x-crossover-backend"] = decision.target.backend
         return response
     finally:
         if not released:

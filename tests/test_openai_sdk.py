@@ -226,6 +226,7 @@ def test_upstream_429_keeps_retry_after(client: openai.OpenAI, openai_sim: Serve
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="gpt-4o", messages=SIMPLE)
     assert info.value.response.headers["retry-after"] == "7"
+    assert info.value.response.headers["x-crossover-backend"] == "openai"
     assert info.value.code == "rate_limit_exceeded"
 
 
