@@ -63,6 +63,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.simulators.controls import Controls
+
 # id -> (display name, maximum max_tokens)
 MODELS: dict[str, tuple[str, int]] = {
     "claude-sonnet-4-5": ("Claude Sonnet 4.5", 64000),
@@ -263,14 +265,13 @@ def _limit(text: str, stop_sequences: list[str], max_tokens: int) -> tuple[str, 
     return text, "end_turn", None
 
 
-class Simulator:
+class Simulator(Controls):
     def __init__(self, key: str, merge_consecutive: bool = False) -> None:
+        super().__init__()
         self.key = key
         # The API now combines consecutive same-role turns; by default the simulator refuses
         # them as the API used to, so that a gateway is made to send strictly alternating turns.
         self.merge_consecutive = merge_consecutive
-        self.faults: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
 
     def app(self) -> Starlette:
         return Starlette(
@@ -279,21 +280,9 @@ class Simulator:
                 Route("/v1/messages/count_tokens", self.count_tokens, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/v1/models/{model_id:path}", self.model, methods=["GET"]),
-                Route("/_sim/faults", self.set_faults, methods=["POST"]),
-                Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
+                *self.control_routes(),
             ]
         )
-
-    # --- test controls -------------------------------------------------------------------------
-
-    async def set_faults(self, request: Request) -> Response:
-        self.faults = list(await request.json())
-        return JSONResponse({"ok": True})
-
-    async def get_requests(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            self.requests.clear()
-        return JSONResponse(self.requests)
 
     # --- plumbing ------------------------------------------------------------------------------
 

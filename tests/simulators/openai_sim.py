@@ -27,6 +27,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from tests.simulators.controls import Controls
+
 MODELS = ("gpt-4o", "gpt-4o-mini")
 
 
@@ -47,11 +49,10 @@ def _mask(key: str) -> str:
     return key[:3] + "*" * max(len(key) - 7, 0) + key[-4:] if len(key) > 8 else key
 
 
-class Simulator:
+class Simulator(Controls):
     def __init__(self, key: str) -> None:
+        super().__init__()
         self.key = key
-        self.faults: list[dict[str, Any]] = []
-        self.requests: list[dict[str, Any]] = []
 
     def app(self) -> Starlette:
         return Starlette(
@@ -59,19 +60,9 @@ class Simulator:
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
-                Route("/_sim/faults", self.set_faults, methods=["POST"]),
-                Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
+                *self.control_routes(),
             ]
         )
-
-    async def set_faults(self, request: Request) -> Response:
-        self.faults = list(await request.json())
-        return JSONResponse({"ok": True})
-
-    async def get_requests(self, request: Request) -> Response:
-        if request.method == "DELETE":
-            self.requests.clear()
-        return JSONResponse(self.requests)
 
     def _auth(self, request: Request) -> Response | None:
         header = request.headers.get("authorization", "")

@@ -1,0 +1,33 @@
+"""What every simulator offers the tests besides its API: scripted faults and the requests it saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+class Controls:
+    """`POST /_sim/faults` queues faults, consumed one per API request; `GET /_sim/requests` lists
+    what was received (`DELETE` clears it)."""
+
+    def __init__(self) -> None:
+        self.faults: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
+
+    def control_routes(self) -> list[Route]:
+        return [
+            Route("/_sim/faults", self.set_faults, methods=["POST"]),
+            Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
+        ]
+
+    async def set_faults(self, request: Request) -> Response:
+        self.faults = list(await request.json())
+        return JSONResponse({"ok": True})
+
+    async def get_requests(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.requests.clear()
+        return JSONResponse(self.requests)
