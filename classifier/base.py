@@ -22,7 +22,13 @@ def _heuristic() -> Classifier:
     return HeuristicClassifier()
 
 
-REGISTRY: dict[str, Callable[[], Classifier]] = {"heuristic": _heuristic}
+def _learned() -> Classifier:
+    from classifier.learned import LearnedClassifier
+
+    return LearnedClassifier()
+
+
+REGISTRY: dict[str, Callable[[], Classifier]] = {"heuristic": _heuristic, "learned": _learned}
 
 
 def classifier_factory(name: str) -> Callable[[], Classifier]:

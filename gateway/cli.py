@@ -74,6 +74,17 @@ def app_from_env() -> object:
     return create_app(_settings(path), loader=loader)
 
 
+def _classifier(args: argparse.Namespace) -> int:
+    """Offline tools (their heavy dependencies are the `train` extra)."""
+    if args.action == "train":
+        from classifier.train import main as train_main
+
+        return train_main(args.rest)
+    from classifier.evaluate import main as eval_main
+
+    return eval_main(args.rest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="crossover", description="OpenAI-compatible routing gateway.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_arguments(report_cmd)
     report_cmd.set_defaults(run=report.run)
+    classifier_cmd = commands.add_parser("classifier", help="train or evaluate the learned classifier")
+    classifier_cmd.add_argument("action", choices=["train", "eval"])
+    classifier_cmd.add_argument("rest", nargs=argparse.REMAINDER)
+    classifier_cmd.set_defaults(run=_classifier)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     code: int = args.run(args)
