@@ -1,4 +1,4 @@
-"""The `crossover` command: serve, check, report."""
+"""The `crossover` command: serve, check, report, classify, calibrate, classifier train|eval."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway import report
+from gateway import report, tools
 from gateway.config import ConfigError, Settings, embedded_default, load
 
 
@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     report.add_arguments(report_cmd)
     report_cmd.set_defaults(run=report.run)
+    for name, help_text in (
+        ("classify", "score requests from JSONL (and say the route they would take)"),
+        ("calibrate", "the threshold that sends a target share of requests to the API"),
+    ):
+        tool = commands.add_parser(name, help=help_text)
+        tools.add_arguments(tool, calibrating=name == "calibrate")
+        tool.set_defaults(run=tools.run)
     classifier_cmd = commands.add_parser("classifier", help="train or evaluate the learned classifier")
     classifier_cmd.add_argument("action", choices=["train", "eval"])
     classifier_cmd.add_argument("rest", nargs=argparse.REMAINDER)

@@ -1,0 +1,143 @@
+"""Offline commands over traffic logs: `crossover classify` and `crossover calibrate`.
+
+Input is JSONL, one chat request per line: `{"messages": [...]}` or a whole request object (a
+completion's `prompt` works too). Users run these over their own traffic logs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from classifier import Classifier, extract_features, load_classifier
+from gateway.config import ConfigError, Router, load
+from gateway.routing import decide
+
+
+class ToolError(Exception):
+    """A problem the user can fix: said on stderr, exit status 2."""
+
+
+def _requests(stream: IO[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(stream, 1):
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ToolError(f"line {number}: not JSON ({exc.msg})") from None
+        if not isinstance(request, dict) or not ("messages" in request or "prompt" in request):
+            raise ToolError(f"line {number}: expected an object with 'messages' (or 'prompt')")
+        yield number, request
+
+
+def _router(args: argparse.Namespace) -> tuple[Router | None, Classifier]:
+    if args.config is None:
+        return None, load_classifier(args.classifier)
+    try:
+        settings = load(args.config)
+    except ConfigError as exc:
+        raise ToolError(f"invalid config: {exc}") from None
+    name = args.router or next(iter(settings.routers), None)
+    if name is None or name not in settings.routers:
+        raise ToolError(f"the config has no router {name!r}")
+    router = settings.routers[name]
+    return router, load_classifier(router.classifier)
+
+
+def classify(args: argparse.Namespace, out: IO[str]) -> int:
+    router, classifier = _router(args)
+    with _open(args.input) as stream:
+        for _, request in _requests(stream):
+            line: dict[str, Any] = {"score": round(classifier.score(extract_features(request)), 6)}
+            if router is not None:
+                line.update(router=router.name, route=decide(router, line["score"]).route)
+            out.write(json.dumps(line) + "\n")
+    return 0
+
+
+def quantile_threshold(scores: list[float], api_share: float) -> float:
+    """The lowest score sent to the API so that about `api_share` of these requests go there (the
+    decision is score >= threshold), as RouteLLM calibrates: a quantile of the observed scores."""
+    if not scores:
+        raise ToolError("no requests to calibrate on")
+    ordered = sorted(scores)
+    if api_share <= 0:
+        return 1.0 if ordered[-1] < 1.0 else math.nextafter(1.0, 2.0)  # nothing reaches it
+    index = max(0, min(len(ordered) - 1, math.ceil(len(ordered) * (1 - api_share))))
+    return ordered[index]
+
+
+def _write_threshold(path: Path, router: str, threshold: float) -> None:
+    """Replace `threshold:` inside `routers.<router>` in place, keeping the file's comments; the new
+    file is validated before it replaces the old one (a running gateway then reloads it)."""
+    text = path.read_text(encoding="utf-8")
+    block = re.search(rf"(?ms)^routers:\s*\n.*?^(\s+){re.escape(router)}:\s*\n(.*?)(?=^\1\S|^\S|\Z)", text)
+    line = re.search(r"(?m)^(\s+threshold:\s*)[^\s#]+", block.group(2)) if block else None
+    if block is None or line is None:
+        raise ToolError(f"write needs a 'threshold:' line under routers.{router} in {path}")
+    start = block.start(2) + line.start()
+    new = text[:start] + line.group(1) + f"{threshold:.4f}" + text[block.start(2) + line.end() :]
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as tmp:
+        tmp.write(new)
+    try:
+        load(tmp.name)
+    except ConfigError as exc:
+        os.unlink(tmp.name)
+        raise ToolError(f"the updated config would be invalid: {exc}") from None
+    os.replace(tmp.name, path)
+
+
+def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
+    if not 0 <= args.target_api_share <= 1:
+        raise ToolError("--target-api-share must be between 0 and 1")
+    router, classifier = _router(args)
+    with _open(args.input) as stream:
+        scores = [classifier.score(extract_features(request)) for _, request in _requests(stream)]
+    threshold = quantile_threshold(scores, args.target_api_share)
+    share = sum(s >= threshold for s in scores) / len(scores)
+    out.write(
+        f"threshold {threshold:.4f}: {share:.1%} of {len(scores)} requests to the API "
+        f"(target {args.target_api_share:.1%})\n"
+    )
+    if args.write:
+        if router is None or args.config is None:
+            raise ToolError("--write needs --config")
+        _write_threshold(Path(args.config), router.name, threshold)
+        out.write(f"written to {args.config} (routers.{router.name}.threshold)\n")
+    return 0
+
+
+def _open(path: str | None) -> IO[str]:
+    if path is None or path == "-":
+        return os.fdopen(os.dup(sys.stdin.fileno()), encoding="utf-8")
+    try:
+        return open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser, calibrating: bool) -> None:
+    parser.add_argument("--input", help="JSONL file of requests (default: standard input)")
+    parser.add_argument("--config", help="gateway config: use its router's classifier and threshold")
+    parser.add_argument("--router", help="router model in --config (default: the first)")
+    parser.add_argument("--classifier", default="heuristic", help="without --config: which classifier")
+    if calibrating:
+        parser.add_argument("--target-api-share", type=float, required=True, help="e.g. 0.3 for 30%%")
+        parser.add_argument("--write", action="store_true", help="write the threshold into --config")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        return (calibrate if args.command == "calibrate" else classify)(args, sys.stdout)
+    except (ToolError, ValueError) as exc:
+        print(f"crossover {args.command}: {exc}", file=sys.stderr)
+        return 2
