@@ -11,6 +11,27 @@ from typing import Any
 MAX_SCORED_CHARS = 8_000
 
 
+# Cues of code and of mathematics, counted on the scored text by every classifier that uses them.
+CODE_MARKS = ("```", "def ", "class ", "return ", "#include", "=>", "();", "{\n", "};", "import ")
+MATH_MARKS = (
+    "=",
+    "^",
+    "\u221a",
+    "\u2211",
+    "\u222b",
+    "\u2264",
+    "\u2265",
+    "\u00b1",
+    "\u00d7",
+    "\u00f7",
+)  # root, sum, integral, <=, >=, +-, times, divide
+
+
+def count_marks(text: str, marks: tuple[str, ...], cap_each: int) -> int:
+    """Occurrences of each mark, each counted at most `cap_each` times (str.count: C speed)."""
+    return sum(min(text.count(mark), cap_each) for mark in marks)
+
+
 @dataclass(frozen=True, slots=True)
 class Features:
     text: str  # the last user turn (or completion prompt), cut to MAX_SCORED_CHARS from the end

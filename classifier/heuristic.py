@@ -9,21 +9,8 @@ from __future__ import annotations
 import math
 import string
 
-from classifier.features import Features
+from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_marks
 
-_CODE_MARKS = ("```", "def ", "class ", "return ", "#include", "=>", "();", "{\n", "};", "import ")
-_MATH_MARKS = (
-    "=",
-    "^",
-    "\u221a",
-    "\u2211",
-    "\u222b",
-    "\u2264",
-    "\u2265",
-    "\u00b1",
-    "\u00d7",
-    "\u00f7",
-)  # square root, sums, integrals, inequalities, plus-minus, times, divide
 _MATH_WORDS = frozenset(
     [
         "prove",
@@ -82,8 +69,8 @@ class HeuristicClassifier:
     def score(self, features: Features) -> float:
         text = features.text
         words = frozenset(text.lower().translate(_WORDS_ONLY).split())
-        code = sum(_capped(text.count(mark), 2) for mark in _CODE_MARKS)
-        math_cues = sum(_capped(text.count(mark), 2) for mark in _MATH_MARKS) + len(words & _MATH_WORDS)
+        code = count_marks(text, CODE_MARKS, 2)
+        math_cues = count_marks(text, MATH_MARKS, 2) + len(words & _MATH_WORDS)
         steps = len(words & _MULTISTEP_WORDS) + ("step by step" in text.lower())
         z = -2.2
         z += 0.55 * math.log1p(features.total_chars / 500)

@@ -20,15 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from classifier.features import Features
+from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_marks
 
 DEFAULT_ARTIFACT = Path(__file__).parent / "models" / "learned-v1"
 
 # ---------------------------------------------------------------------------------------------------
 # Structural features. Names and order are part of the artifact format (head.json lists them).
 
-_CODE_MARKS = ("```", "def ", "class ", "return ", "#include", "=>", "();", "{\n", "};", "import ")
-_MATH_MARKS = ("=", "^", "\u221a", "\u2211", "\u222b", "\u2264", "\u2265", "\u00b1", "\u00d7", "\u00f7")
 
 STRUCTURAL_NAMES = (
     "log_total_chars",
@@ -48,8 +46,8 @@ def structural_features(features: Features) -> list[float]:
     """The request's shape, as floats in the order of STRUCTURAL_NAMES."""
     text = features.text
     n = len(text)
-    code = sum(min(text.count(mark), 3) for mark in _CODE_MARKS)
-    math_marks = sum(min(text.count(mark), 3) for mark in _MATH_MARKS)
+    code = count_marks(text, CODE_MARKS, 3)
+    math_marks = count_marks(text, MATH_MARKS, 3)
     digits = sum(text.count(d) for d in string.digits) if n else 0
     return [
         math.log1p(features.total_chars),

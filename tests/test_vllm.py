@@ -42,6 +42,15 @@ def test_streamed_usage_from_vllm(gateway: Server) -> None:
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content is not None) >= 6
 
 
+def tokens_generated_after_hangup(vllm: Server, before: float) -> float:
+    """Waits for vLLM to have nothing running, then says how many tokens it made since `before`."""
+    deadline = time.monotonic() + 10
+    while vllm_metric(vllm, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert vllm_metric(vllm, "vllm:num_requests_running") == 0
+    return vllm_metric(vllm, "vllm:generation_tokens_total") - before
+
+
 def test_client_disconnect_aborts_generation_upstream(gateway: Server, vllm: Server) -> None:
     generated = vllm_metric(vllm, "vllm:generation_tokens_total")
     request = {
@@ -58,11 +67,7 @@ def test_client_disconnect_aborts_generation_upstream(gateway: Server, vllm: Ser
             next(lines)
         assert vllm_metric(vllm, "vllm:num_requests_running") == 1
     # Hanging up must stop generation: the whole answer (2,000 tokens, ~8 s here) is never produced.
-    deadline = time.monotonic() + 10
-    while vllm_metric(vllm, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert vllm_metric(vllm, "vllm:num_requests_running") == 0
-    assert vllm_metric(vllm, "vllm:generation_tokens_total") - generated < 1000
+    assert tokens_generated_after_hangup(vllm, generated) < 1000
     metrics = httpx.get(gateway.url + "/metrics").text
     assert 'status_class="cancelled"' in metrics
 
@@ -77,11 +82,7 @@ def test_abandoned_non_streamed_request_stops_generation(gateway: Server, vllm: 
     }
     with pytest.raises(httpx.ReadTimeout):  # the client gives up after 1.5 s; the answer needs ~8 s
         httpx.post(gateway.url + "/v1/chat/completions", json=request, timeout=1.5)
-    deadline = time.monotonic() + 10
-    while vllm_metric(vllm, "vllm:num_requests_running") > 0 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert vllm_metric(vllm, "vllm:num_requests_running") == 0
-    assert vllm_metric(vllm, "vllm:generation_tokens_total") - generated < 1000
+    assert tokens_generated_after_hangup(vllm, generated) < 1000
 
 
 def test_self_hosted_cost_is_amortised_and_vllm_state_scraped(
