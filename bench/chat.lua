@@ -1,15 +1,18 @@
--- wrk script: non-streaming chat completion (bench/run.sh).
--- Model from env BENCH_MODEL (default "auto", the gateway's router model); targets that ignore the
--- model (nginx, the bare forwarder) get the same body. done() prints one machine-readable line:
+-- wrk script: a chat completion (bench/run.sh), non-streaming, or streaming with BENCH_MODE=sse
+-- (then the whole SSE stream is one response).
+-- Model from env BENCH_MODEL (default "auto", the gateway's router model; with sse "bench-sse", its
+-- SSE model); targets that ignore the model (nginx, the bare forwarder) get the same body.
+-- done() prints one machine-readable line:
 --   BENCH requests=... rps=... p50_us=... p90_us=... p99_us=... non200=... badbody=... errors=...
 -- (latencies in microseconds; errors = socket connect/read/write errors and timeouts)
--- chat_stream.lua is the same with "stream":true and a different body check; keep them in step.
-local model = os.getenv("BENCH_MODEL") or "auto"
-local expect = '"choices"'   -- every good answer contains this
+local sse = os.getenv("BENCH_MODE") == "sse"
+local model = os.getenv("BENCH_MODEL") or (sse and "bench-sse" or "auto")
+-- Every good answer contains this: a complete stream ends with [DONE].
+local expect = sse and 'data: [DONE]' or '"choices"'
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16}'
+wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16' .. (sse and ',"stream":true}' or '}')
 
 local threads = {}
 

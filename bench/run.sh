@@ -6,8 +6,8 @@
 #   BENCH_LITELLM=1 bash bench/run.sh    # also LiteLLM's proxy (installed into a cache venv once)
 #   BENCH_PIN=1 bash bench/run.sh        # also c=1 with every process pinned to one CPU (see README)
 #
-# Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON) or
-# bench/chat_stream.lua (SSE):
+# Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON, or SSE
+# with BENCH_MODE=sse):
 #   nginx direct        bench/nginx.conf, static answers: the baseline (client + loopback cost)
 #   crossover w1 / w2   `crossover serve` with bench/crossover.yaml, --workers 1 then 2
 #   forwarder aiohttp   bench/forwarder.py: the floor for a Python forwarder on the same stack
@@ -153,12 +153,12 @@ RESULTS="$WORK/results.tsv"   # target mode conc rps p50_us p99_us non200 badbod
 : >"$RESULTS"
 RUN=0
 
-lua_for() { if [ "$1" = sse ]; then echo "$HERE/chat_stream.lua"; else echo "$HERE/chat.lua"; fi; }
+
 
 warmup() {  # warmup MODE URL [MODEL]
     local model=${3:-}
-    timeout $((WARMUP + 30)) env ${model:+BENCH_MODEL=$model} \
-        wrk -t1 -c10 -d"${WARMUP}s" --timeout 10s -s "$(lua_for "$1")" "$2" >/dev/null 2>&1 || true
+    timeout $((WARMUP + 30)) env BENCH_MODE="$1" ${model:+BENCH_MODEL=$model} \
+        wrk -t1 -c10 -d"${WARMUP}s" --timeout 10s -s "$HERE/chat.lua" "$2" >/dev/null 2>&1 || true
 }
 
 cpu_snapshot() { awk '$1 == "cpu" { print $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; exit }' /proc/stat; }
@@ -188,8 +188,8 @@ run_wrk() {  # run_wrk TARGET MODE CONC URL [MODEL]; CONC "1p": c=1 with wrk pin
     log "run $RUN: $target $mode c=$conc for ${DURATION}s"
     local cpu_before cpu_after
     cpu_before=$(cpu_snapshot)
-    if ! timeout $((DURATION + 30)) env ${model:+BENCH_MODEL=$model} ${prefix[@]+"${prefix[@]}"} \
-        wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$(lua_for "$mode")" "$url" >"$out" 2>&1; then
+    if ! timeout $((DURATION + 30)) env BENCH_MODE="$mode" ${model:+BENCH_MODEL=$model} ${prefix[@]+"${prefix[@]}"} \
+        wrk -t1 -c"$connections" -d"${DURATION}s" --timeout 10s -s "$HERE/chat.lua" "$url" >"$out" 2>&1; then
         cat "$out" >&2
         log "wrk failed against $target"
         return 1
