@@ -16,6 +16,15 @@ class Classifier(Protocol):
     def score(self, features: Features) -> float: ...
 
 
+@runtime_checkable
+class Explainer(Protocol):
+    """Optional: the named terms of the score's logit (signed; larger magnitude weighed more), for the
+    `x-crossover-explain` header and `crossover classify --explain`. Their sum need not be the logit:
+    constant parts (a bias) are left out."""
+
+    def explain(self, features: Features) -> list[tuple[str, float]]: ...
+
+
 def _heuristic() -> Classifier:
     from classifier.heuristic import HeuristicClassifier
 

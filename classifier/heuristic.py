@@ -66,20 +66,26 @@ class HeuristicClassifier:
     """Weights were set by hand so that a short chit-chat turn scores ~0.1 and a long, code- or
     math-heavy, multi-step request with a strict output format scores above 0.8."""
 
-    def score(self, features: Features) -> float:
+    BIAS = -2.2
+
+    def explain(self, features: Features) -> list[tuple[str, float]]:
+        """The logit's terms but the bias; score() is the logistic of their sum plus BIAS."""
         text = features.text
         words = frozenset(text.lower().translate(_WORDS_ONLY).split())
         code = count_marks(text, CODE_MARKS, 2)
         math_cues = count_marks(text, MATH_MARKS, 2) + len(words & _MATH_WORDS)
         steps = len(words & _MULTISTEP_WORDS) + ("step by step" in text.lower())
-        z = -2.2
-        z += 0.55 * math.log1p(features.total_chars / 500)
-        z += 0.45 * _capped(code, 4)
-        z += 0.35 * _capped(math_cues, 5)
-        z += 0.6 * _capped(steps, 3)
-        z += 0.15 * min(features.turns - 1, 6) if features.turns > 1 else 0.0
-        z += 0.8 if features.has_tools else 0.0
-        z += {"json_schema": 1.0, "json_object": 0.5}.get(features.response_format, 0.0)
-        if features.max_tokens is not None and features.max_tokens > 2000:
-            z += 0.4
+        return [
+            ("length", 0.55 * math.log1p(features.total_chars / 500)),
+            ("code", 0.45 * _capped(code, 4)),
+            ("math", 0.35 * _capped(math_cues, 5)),
+            ("multi_step", 0.6 * _capped(steps, 3)),
+            ("turns", 0.15 * min(features.turns - 1, 6) if features.turns > 1 else 0.0),
+            ("tools", 0.8 if features.has_tools else 0.0),
+            ("response_format", {"json_schema": 1.0, "json_object": 0.5}.get(features.response_format, 0.0)),
+            ("max_tokens", 0.4 if features.max_tokens is not None and features.max_tokens > 2000 else 0.0),
+        ]
+
+    def score(self, features: Features) -> float:
+        z = self.BIAS + sum(value for _, value in self.explain(features))
         return 1.0 / (1.0 + math.exp(-z))

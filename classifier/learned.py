@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import string
 import threading
 import unicodedata
@@ -89,12 +90,10 @@ def _is_cjk(cp: int) -> bool:
     )
 
 
-_ASCII_SPLIT = str.maketrans(
-    {c: f" {c} " for c in string.punctuation}
-    | {c: " " for c in "\t\n\r\x0b\x0c"}
-    | {chr(i): "" for i in range(32) if chr(i) not in "\t\n\r"}
-    | {"\x7f": ""}
-)
+# BERT drops control characters before lower-casing (which matters to Greek final sigma), then splits
+# at whitespace and around each punctuation mark. For ASCII that is two regular expressions at C speed.
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CHUNK = re.compile(r"[^\s!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")  # a run between spaces and marks, or a mark
 
 
 def _normalise_slow(text: str) -> list[str]:
@@ -129,10 +128,24 @@ def _normalise_slow(text: str) -> list[str]:
 
 
 def pre_tokenize(text: str) -> list[str]:
-    """Lower-cased, accent-stripped words and single punctuation marks, as BERT's pre-tokenizer."""
+    """Lower-cased, accent-stripped words and single punctuation marks, as BERT's pre-tokenizer.
+
+    ASCII is split at C speed; only the words holding other characters take the character-by-character
+    Unicode path, so a prompt with a few symbols costs what ASCII does. (One known difference from the
+    all-Unicode path: a non-ASCII format character, such as a zero-width space, between a capital sigma
+    and a letter changes which lower-case sigma it becomes.)"""
+    if _ASCII_CONTROL.search(text):
+        text = _ASCII_CONTROL.sub("", text)
+    words = _CHUNK.findall(text.lower())
     if text.isascii():
-        return text.translate(_ASCII_SPLIT).lower().split()
-    return _normalise_slow(text)
+        return words
+    out: list[str] = []
+    for word in words:
+        if word.isascii():
+            out.append(word)
+        else:
+            out.extend(_normalise_slow(word))
+    return out
 
 
 def wordpiece(word: str, vocab: dict[str, int]) -> list[int]:
@@ -177,6 +190,7 @@ class LearnedModel:
     structural_weights: tuple[float, ...]  # per STRUCTURAL_NAMES, already divided by the feature's std
     structural_means: tuple[float, ...]
     empty_text_logit: float  # the embedding part's contribution when no token is known
+    text_mean_logit: float  # the embedding part's mean over the training prompts (for explanations)
     meta: dict[str, Any]
 
 
@@ -198,6 +212,7 @@ def load_model(directory: Path = DEFAULT_ARTIFACT) -> LearnedModel:
         structural_weights=tuple(float(w) for w in head["structural_weights"]),
         structural_means=tuple(float(m) for m in head["structural_means"]),
         empty_text_logit=float(head["empty_text_logit"]),
+        text_mean_logit=float(head.get("text_mean_logit", 0.0)),
         meta=head.get("meta", {}),
     )
 
@@ -249,6 +264,32 @@ class LearnedClassifier:
         ):
             z += w * (x - m)
         return z
+
+    def explain(self, features: Features) -> list[tuple[str, float]]:
+        """Each distinct word's share of the embedding term, relative to the average training prompt
+        (so a common word weighs ~0), and each structural feature's term. With the bias, they add up
+        to the logit."""
+        model = self.load()
+        per_word: dict[str, tuple[float, int]] = {}
+        count = 0
+        for word in pre_tokenize(features.text):
+            s, n = self._word(word, model)
+            if n:
+                total, pieces = per_word.get(word, (0.0, 0))
+                per_word[word] = (total + s, pieces + n)
+                count += n
+        mean = model.text_mean_logit
+        terms = [(f"word:{word}", (s - n * mean) / count) for word, (s, n) in per_word.items()]
+        for name, w, m, x in zip(
+            STRUCTURAL_NAMES,
+            model.structural_weights,
+            model.structural_means,
+            structural_features(features),
+            strict=True,
+        ):
+            if w:
+                terms.append((name, w * (x - m)))
+        return terms
 
     def score(self, features: Features) -> float:
         z = self.logit(features)

@@ -253,6 +253,7 @@ def save_artifact(
         "format": 1,
         "bias": bias,
         "empty_text_logit": 0.0,  # no known token: the embedding part contributes E=0, as in training
+        "text_mean_logit": float(head.mean[:dims] @ emb_w),
         "structural_names": list(STRUCTURAL_NAMES),
         "structural_weights": [float(v) for v in struct_w],
         "structural_means": [float(v) for v in head.mean[dims:]],

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from gateway.rules import Rule
 
 
 class ConfigError(ValueError):
@@ -72,12 +74,41 @@ class AnthropicSpec(_BackendSpec):
 BackendSpec = Annotated[OpenAICompatibleSpec | AnthropicSpec, Field(discriminator="kind")]
 
 
+class RuleWhenSpec(_Strict):
+    """Conditions of a rule (see gateway/rules.py); every one given must hold."""
+
+    tools: bool | None = None
+    response_format: list[Literal["text", "json_object", "json_schema"]] | None = None
+    context_tokens_over: Annotated[int, Field(ge=0)] | None = None  # estimated: characters / 4
+    max_tokens_over: Annotated[int, Field(ge=0)] | None = None
+    turns_over: Annotated[int, Field(ge=0)] | None = None
+    header: dict[str, str] | None = None
+    api_key: list[str] | None = None  # env references to keys of server.api_keys
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RuleWhenSpec:
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("a rule needs at least one condition")
+        return self
+
+
+class RuleSpec(_Strict):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    when: RuleWhenSpec
+    route: Literal["local", "api"]
+    fallback: bool | None = None  # None: the router's; false keeps a pinned request where it was sent
+
+
 class RouterSpec(_Strict):
     classifier: str = "heuristic"
     threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
     local: str  # "backend" or "backend/model"
     api: str
     fallback: bool = True  # on a retryable failure of one target, try the other
+    rules: list[RuleSpec] = []
+    # Hold this share of requests on the API by moving the threshold over the last `share_window`.
+    target_api_share: Annotated[float, Field(ge=0, le=1)] | None = None
+    share_window: Annotated[int, Field(ge=10, le=100_000)] = 1000
 
 
 class ServerSpec(_Strict):
@@ -148,6 +179,9 @@ class Router:
     local: Target
     api: Target
     fallback: bool
+    rules: tuple[Rule, ...] = ()
+    target_api_share: float | None = None
+    share_window: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +274,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             gpu_usd_per_hour=(getattr(b, "gpu_usd_per_hour", None) or 0.0) * getattr(b, "gpus", 1),
             scrape_metrics=getattr(b, "scrape_metrics", False),
         )
+    keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
     routers: dict[str, Router] = {}
     for name, r in spec.routers.items():
         path = f"routers.{name}"
@@ -256,9 +291,14 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             local=_target(r.local, f"{path}.local", backends),
             api=_target(r.api, f"{path}.api", backends),
             fallback=r.fallback,
+            rules=tuple(_rule(rule, f"{path}.rules[{i}]", keys, env) for i, rule in enumerate(r.rules)),
+            target_api_share=r.target_api_share,
+            share_window=r.share_window,
         )
+        names = [rule.name for rule in r.rules]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}.rules: rule names must be unique")
     baseline = _baseline(spec, routers, backends)
-    keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
     return Settings(
         backends=backends,
         routers=routers,
@@ -268,6 +308,28 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         source=source,
         baseline=baseline,
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
+    )
+
+
+def _rule(spec: RuleSpec, path: str, keys: frozenset[str], env: Mapping[str, str]) -> Rule:
+    when = spec.when
+    api_keys = None
+    if when.api_key is not None:
+        resolved = (_secret(k, f"{path}.when.api_key[{i}]", env) for i, k in enumerate(when.api_key))
+        api_keys = frozenset(k for k in resolved if k)
+        if not api_keys <= keys:
+            raise ConfigError(f"{path}.when.api_key: every key must also be one of server.api_keys")
+    return Rule(
+        name=spec.name,
+        route=spec.route,
+        fallback=spec.fallback,
+        tools=when.tools,
+        response_format=frozenset(when.response_format) if when.response_format is not None else None,
+        context_tokens_over=when.context_tokens_over,
+        max_tokens_over=when.max_tokens_over,
+        turns_over=when.turns_over,
+        headers={k.lower(): v for k, v in when.header.items()} if when.header is not None else None,
+        api_keys=api_keys,
     )
 
 

@@ -101,6 +101,19 @@ class Metrics:
             buckets=CLASSIFIER_BUCKETS,
             registry=r,
         )
+        self.threshold = Gauge(
+            "crossover_router_threshold",
+            "The score threshold a router uses now (moving when it holds a target API share).",
+            ["router"],
+            registry=r,
+            multiprocess_mode="mostrecent",
+        )
+        self.rule_matches = Counter(
+            "crossover_rule_matches",
+            "Requests whose route a config rule pinned, by rule.",
+            ["router", "rule"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "crossover_upstream_errors",
             "Failed upstream calls, by backend and error code.",

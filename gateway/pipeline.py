@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -14,20 +15,23 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from classifier import extract_features
+from classifier import Explainer, extract_features
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
 from gateway.routing import ROUTES, Decision, decide, direct
+from gateway.rules import first_match
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
 from providers.base import Completion, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
 
 ROUTE_HEADER = "x-crossover-route"
-NO_ROUTE = ("none", "none", "none")
+EXPLAIN_HEADER = "x-crossover-explain"  # sent with any value but "0"/"false": the answer explains its route
+EXPLAIN_TERMS = 5
+NO_ROUTE = ("none", "none", "none")  # labels of a request refused before routing (bad body, no such model)
 # A request still waiting on its backend after this long gets a disconnect watcher.
-WATCH_AFTER_SECONDS = 0.25  # labels of a request refused before routing (bad body, no such model)
+WATCH_AFTER_SECONDS = 0.25
 
 
 def gateway_state(request: Request) -> GatewayState:
@@ -35,9 +39,10 @@ def gateway_state(request: Request) -> GatewayState:
     return state
 
 
-def authenticate(request: Request, keys: frozenset[str]) -> None:
+def authenticate(request: Request, keys: frozenset[str]) -> str | None:
+    """The gateway key the client sent, once checked; None when the gateway asks for none."""
     if not keys:
-        return
+        return None
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         token = request.headers.get("x-api-key", "")  # what Anthropic's SDK sends
@@ -49,9 +54,18 @@ def authenticate(request: Request, keys: frozenset[str]) -> None:
             "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",
             code="invalid_api_key",
         )
+    return token
 
 
-async def route(runtime: Runtime, state: GatewayState, request: Request, body: dict[str, Any]) -> Decision:
+async def route(
+    runtime: Runtime,
+    state: GatewayState,
+    request: Request,
+    body: dict[str, Any],
+    api_key: str | None,
+    record: bool = True,
+) -> Decision:
+    """`record=False` decides without counting the decision (token counting asks where it would go)."""
     model: str = body["model"]
     router = runtime.settings.routers.get(model)
     if router is None:
@@ -63,16 +77,49 @@ async def route(runtime: Runtime, state: GatewayState, request: Request, body: d
             param=ROUTE_HEADER,
             code="invalid_value",
         )
+    m = state.metrics
+    started = time.perf_counter()
+    features = extract_features(body) if router.rules or forced is None else None
+    rule = (
+        first_match(router.rules, features, request.headers, api_key) if features and router.rules else None
+    )
     score = None
-    if forced is None:
-        started = time.perf_counter()
-        score = runtime.classifiers[model].score(extract_features(body))
-        m = state.metrics
-        m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
-        m.at(m.score, model).observe(score)
-    decision = decide(router, score, forced)
-    state.metrics.at(state.metrics.decisions, model, decision.route, decision.reason).inc()
+    if rule is None and forced is None and features is not None:
+        score = runtime.classifiers[model].score(features)
+        if record:
+            m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
+            m.at(m.score, model).observe(score)
+    decision = decide(router, score, forced, rule, runtime.threshold(model))
+    if not record:
+        return decision
+    m.at(m.decisions, model, decision.route, decision.reason).inc()
+    if rule is not None:
+        m.at(m.rule_matches, model, rule.name).inc()
+    online = runtime.online_thresholds.get(model)
+    if online is not None:
+        before = online.threshold
+        if score is None:
+            online.observe_pinned(decision.route)
+        else:
+            online.observe(score)
+        if online.threshold != before:
+            m.at(m.threshold, model).set(online.threshold)
     return decision
+
+
+def explanation(runtime: Runtime, decision: Decision, body: dict[str, Any]) -> str:
+    """What the `x-crossover-explain` response header says: the decision, and for a scored request
+    the terms that weighed most in the classifier's logit (when the classifier can say)."""
+    out: dict[str, Any] = {"route": decision.route, "reason": decision.reason}
+    if decision.rule is not None:
+        out["rule"] = decision.rule
+    if decision.score is not None:
+        out.update(score=round(decision.score, 4), threshold=round(decision.threshold or 0.0, 4))
+        classifier = runtime.classifiers.get(body["model"])
+        if isinstance(classifier, Explainer):
+            terms = sorted(classifier.explain(extract_features(body)), key=lambda t: -abs(t[1]))
+            out["top"] = [[name[:40], round(value, 3)] for name, value in terms[:EXPLAIN_TERMS]]
+    return json.dumps(out, ensure_ascii=True, separators=(",", ":"))
 
 
 @dataclass(slots=True)
@@ -171,7 +218,7 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Answ
 
 
 def _headers(
-    decision: Decision, resolved: Resolved, overhead: float, fell_back: str | None
+    decision: Decision, resolved: Resolved, overhead: float, fell_back: str | None, explained: str | None
 ) -> dict[str, str]:
     headers = {
         "x-crossover-route": decision.route,
@@ -183,6 +230,10 @@ def _headers(
         headers["x-crossover-score"] = f"{decision.score:.4f}"
     if decision.threshold is not None:
         headers["x-crossover-threshold"] = f"{decision.threshold:.4f}"
+    if decision.rule is not None:
+        headers["x-crossover-rule"] = decision.rule
+    if explained is not None:
+        headers[EXPLAIN_HEADER] = explained
     if fell_back is not None:
         headers["x-crossover-fallback-from"] = fell_back
     return headers
@@ -198,10 +249,12 @@ async def serve(
     released = False
     decision: Decision | None = None
     try:
-        authenticate(request, runtime.settings.api_keys)
+        api_key = authenticate(request, runtime.settings.api_keys)
         body = await read_json(request, runtime.settings.max_body_bytes)
         validate(body)
-        decision = await route(runtime, state, request, body)
+        decision = await route(runtime, state, request, body, api_key)
+        wants = request.headers.get(EXPLAIN_HEADER, "0").lower() not in ("0", "false")
+        explained = explanation(runtime, decision, body) if wants else None
         answer = await _unless_client_leaves(request, call(runtime, state, decision, dialect, path, body))
         if answer.fell_back_from is not None and decision.route in ROUTES:
             # Account the request to the route that actually answered it.
@@ -223,13 +276,15 @@ async def serve(
         if isinstance(answer.reply, Completion):
             content, exchange.usage = answer.bridge.response(answer.reply)
             headers = _headers(
-                decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from
+                decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from, explained
             )
             exchange.finish()
             return Response(content, media_type="application/json", headers=headers)
 
         events = answer.reply
-        headers = _headers(decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from)
+        headers = _headers(
+            decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from, explained
+        )
 
         async def on_close(disconnected: bool) -> None:
             await events.aclose()  # idempotent; covers a stream cancelled before its first event

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
+from gateway.online_threshold import OnlineThreshold
 from providers.anthropic import AnthropicProvider
 from providers.base import Provider, UpstreamError
 from providers.http import HttpConfig
@@ -72,12 +73,33 @@ class Runtime:
         self.classifiers: dict[str, Classifier] = {
             name: load_classifier(r.classifier) for name, r in settings.routers.items()
         }
+        self.online_thresholds: dict[str, OnlineThreshold] = {
+            name: OnlineThreshold(r.target_api_share, r.share_window, r.threshold)
+            for name, r in settings.routers.items()
+            if r.target_api_share is not None
+        }
         self._models: dict[str, list[ModelEntry]] = {
             name: list(b.models) for name, b in settings.backends.items()
         }
         self._discovered_at: dict[str, float] = {}
         self._discovery_locks = {name: asyncio.Lock() for name in settings.backends}
         self.in_flight = 0
+
+    def threshold(self, router: str) -> float:
+        online = self.online_thresholds.get(router)
+        return online.threshold if online is not None else self.settings.routers[router].threshold
+
+    def carry_over(self, previous: Runtime) -> None:
+        """Keep the score history of online thresholds across a reload, unless the classifier changed."""
+        for name, online in self.online_thresholds.items():
+            old = previous.online_thresholds.get(name)
+            old_router = previous.settings.routers.get(name)
+            if (
+                old is not None
+                and old_router is not None
+                and old_router.classifier == self.settings.routers[name].classifier
+            ):
+                online.carry_over(old)
 
     async def start(self) -> None:
         """Discover models where asked; a backend that is down now is asked again on demand."""

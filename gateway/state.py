@@ -26,6 +26,7 @@ class GatewayState:
         # GPU meters outlive reloads, so a request that started before one is charged correctly.
         self.meters: dict[str, GpuMeter] = {}
         self._sync_meters()
+        self.export_thresholds()
 
     def _sync_meters(self) -> None:
         workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
@@ -38,6 +39,10 @@ class GatewayState:
             else:
                 self.meters[name] = GpuMeter(rate)
             self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
+
+    def export_thresholds(self) -> None:
+        for name in self.runtime.settings.routers:
+            self.metrics.at(self.metrics.threshold, name).set(self.runtime.threshold(name))
 
     def acquire(self) -> Runtime:
         """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.
@@ -73,8 +78,10 @@ class GatewayState:
             log.error("config reload rejected, still serving the previous config: %s", exc)
             self.metrics.config_reloads.labels("rejected").inc()
             return False
+        new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
         self._sync_meters()
+        self.export_thresholds()
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded")
         if old.in_flight == 0:

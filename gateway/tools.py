@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import re
 import sys
@@ -17,9 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from classifier import Classifier, extract_features, load_classifier
+from classifier import Classifier, Explainer, Features, extract_features, load_classifier
 from gateway.config import ConfigError, Router, load
+from gateway.online_threshold import threshold_for
 from gateway.routing import decide
+from gateway.rules import Rule, first_match
 
 
 class ToolError(Exception):
@@ -53,27 +54,29 @@ def _router(args: argparse.Namespace) -> tuple[Router | None, Classifier]:
     return router, load_classifier(router.classifier)
 
 
+def _pinned(router: Router | None, features: Features) -> Rule | None:
+    """The rule that would pin this request. Offline there are no headers or keys: only rules on the
+    request itself can match."""
+    return first_match(router.rules, features, {}, None) if router is not None else None
+
+
 def classify(args: argparse.Namespace, out: IO[str]) -> int:
     router, classifier = _router(args)
     with _open(args.input) as stream:
         for _, request in _requests(stream):
-            line: dict[str, Any] = {"score": round(classifier.score(extract_features(request)), 6)}
+            features = extract_features(request)
+            score = classifier.score(features)
+            line: dict[str, Any] = {"score": round(score, 6)}
             if router is not None:
-                line.update(router=router.name, route=decide(router, line["score"]).route)
+                decision = decide(router, score, rule=_pinned(router, features))
+                line.update(router=router.name, route=decision.route)
+                if decision.rule is not None:
+                    line["rule"] = decision.rule
+            if args.explain and isinstance(classifier, Explainer):
+                terms = sorted(classifier.explain(features), key=lambda t: -abs(t[1]))[: args.explain]
+                line["top"] = [[name, round(value, 4)] for name, value in terms]
             out.write(json.dumps(line) + "\n")
     return 0
-
-
-def quantile_threshold(scores: list[float], api_share: float) -> float:
-    """The lowest score sent to the API so that about `api_share` of these requests go there (the
-    decision is score >= threshold), as RouteLLM calibrates: a quantile of the observed scores."""
-    if not scores:
-        raise ToolError("no requests to calibrate on")
-    ordered = sorted(scores)
-    if api_share <= 0:
-        return 1.0 if ordered[-1] < 1.0 else math.nextafter(1.0, 2.0)  # nothing reaches it
-    index = max(0, min(len(ordered) - 1, math.ceil(len(ordered) * (1 - api_share))))
-    return ordered[index]
 
 
 def _write_threshold(path: Path, router: str, threshold: float) -> None:
@@ -100,12 +103,25 @@ def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
     if not 0 <= args.target_api_share <= 1:
         raise ToolError("--target-api-share must be between 0 and 1")
     router, classifier = _router(args)
+    scores: list[float] = []
+    pinned_api = total = 0
     with _open(args.input) as stream:
-        scores = [classifier.score(extract_features(request)) for _, request in _requests(stream)]
-    threshold = quantile_threshold(scores, args.target_api_share)
-    share = sum(s >= threshold for s in scores) / len(scores)
+        for _, request in _requests(stream):
+            total += 1
+            features = extract_features(request)
+            rule = _pinned(router, features)
+            if rule is None:
+                scores.append(classifier.score(features))
+            else:
+                pinned_api += rule.route == "api"
+    if not total:
+        raise ToolError("no requests to calibrate on")
+    # Requests the config's rules send to the API count towards the share, as online.
+    threshold = threshold_for(sorted(scores), round(args.target_api_share * total) - pinned_api)
+    share = (sum(s >= threshold for s in scores) + pinned_api) / total
+    pinned = f", {pinned_api} of them pinned by rules" if pinned_api else ""
     out.write(
-        f"threshold {threshold:.4f}: {share:.1%} of {len(scores)} requests to the API "
+        f"threshold {threshold:.4f}: {share:.1%} of {total} requests to the API{pinned} "
         f"(target {args.target_api_share:.1%})\n"
     )
     if args.write:
@@ -133,6 +149,10 @@ def add_arguments(parser: argparse.ArgumentParser, calibrating: bool) -> None:
     if calibrating:
         parser.add_argument("--target-api-share", type=float, required=True, help="e.g. 0.3 for 30%%")
         parser.add_argument("--write", action="store_true", help="write the threshold into --config")
+    else:
+        parser.add_argument(
+            "--explain", type=int, default=0, metavar="N", help="add the N terms that weighed most"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

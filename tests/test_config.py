@@ -137,7 +137,13 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
     example = ROOT / "examples" / "crossover.yaml"
     settings = load(
         example,
-        env={"OPENAI_API_KEY": "k", "VLLM_API_KEY": "v", "CROSSOVER_TEAM_KEY": "t", "ANTHROPIC_API_KEY": "a"},
+        env={
+            "OPENAI_API_KEY": "k",
+            "VLLM_API_KEY": "v",
+            "CROSSOVER_TEAM_KEY": "t",
+            "CROSSOVER_LOCAL_ONLY_KEY": "l",
+            "ANTHROPIC_API_KEY": "a",
+        },
     )
     assert settings.routers
     text = example.read_text()
@@ -151,6 +157,8 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
         c.PriceSpec,
         c.TimeoutSpec,
         c.RouterSpec,
+        c.RuleSpec,
+        c.RuleWhenSpec,
     ):
         for key in model.model_fields:
             assert f"{key}:" in text, f"examples/crossover.yaml does not document {model.__name__}.{key}"

@@ -110,6 +110,17 @@ def test_ascii_fast_path_matches_the_unicode_path() -> None:
         assert pre_tokenize(text) == _normalise_slow(text)
 
 
+def test_mixed_unicode_takes_the_slow_path_word_by_word_with_the_same_result() -> None:
+    rng = np.random.default_rng(5)
+    alphabet = (
+        string.printable
+        + "\u00e9\u00ef\u00df\u0130\u03b1\u03a3\u2211\u222b\u2264\u00a0\u3000\u4e2d\u6587\u201c\u201d\u2014\u00b7\u0301"
+    )
+    for _ in range(500):
+        text = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), 80))
+        assert pre_tokenize(text) == _normalise_slow(text), repr(text)
+
+
 def test_wordpiece_splits_and_drops_unknowns() -> None:
     model = LearnedClassifier().load()
     vocab = model.vocab

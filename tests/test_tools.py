@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load
-from gateway.tools import quantile_threshold
+from gateway.online_threshold import threshold_for
 
 CONFIG = """\
 # a comment that must survive --write
@@ -22,6 +22,12 @@ routers:
     local: local
     api: openai/gpt-4o
     threshold: 0.5   # tuned by hand
+"""
+RULES = """\
+    rules:
+      - name: tools
+        when: {tools: true}
+        route: api
 """
 EASY = {"messages": [{"role": "user", "content": "hi"}]}
 HARD = {
@@ -48,6 +54,35 @@ def test_classify_scores_and_routes_each_line(tmp_path: Path) -> None:
     assert [json.loads(line)["route"] for line in routed.stdout.splitlines()] == ["local", "api", "local"]
 
 
+def test_classify_applies_rules_and_explains(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG + RULES)
+    tools = {**EASY, "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}
+    lines = "".join(json.dumps(r) + "\n" for r in (EASY, tools))
+    result = crossover("classify", "--config", str(config), "--explain", "3", stdin=lines)
+    assert result.returncode == 0, result.stderr
+    easy, pinned = (json.loads(line) for line in result.stdout.splitlines())
+    assert (easy["route"], "rule" in easy) == ("local", False)
+    assert (pinned["route"], pinned["rule"]) == ("api", "tools")
+    assert len(easy["top"]) == 3 and all(isinstance(v, float) for _, v in easy["top"])
+
+
+def test_calibrate_counts_requests_rules_pin_to_the_api(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(CONFIG + RULES)
+    tool = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    requests = [{"messages": [{"role": "user", "content": "q " * (5 * i)}]} for i in range(80)]
+    requests += [{"messages": [{"role": "user", "content": "hi"}], "tools": tool}] * 20
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    result = crossover(
+        "calibrate", "--target-api-share", "0.3", "--input", str(traffic), "--config", str(config)
+    )
+    assert result.returncode == 0, result.stderr
+    # 20 of 100 are pinned to the API, so the score sends 10 of the other 80: 30% in all.
+    assert "30.0% of 100 requests to the API, 20 of them pinned by rules" in result.stdout
+
+
 def test_bad_lines_are_named() -> None:
     result = crossover("classify", stdin=json.dumps(EASY) + "\n{oops\n")
     assert result.returncode == 2
@@ -55,12 +90,13 @@ def test_bad_lines_are_named() -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_quantile_threshold_hits_the_share() -> None:
+def test_threshold_for_sends_exactly_the_asked_count() -> None:
     scores = [i / 100 for i in range(100)]
-    threshold = quantile_threshold(scores, 0.3)
-    assert sum(s >= threshold for s in scores) == 30
-    assert sum(s >= quantile_threshold(scores, 1.0) for s in scores) == 100
-    assert sum(s >= quantile_threshold(scores, 0.0) for s in scores) == 0
+    for count in (0, 1, 30, 99, 100, 150):
+        assert sum(s >= threshold_for(scores, count) for s in scores) == min(count, 100)
+    ties = [0.2, 0.5, 0.5, 0.5, 0.9]
+    assert threshold_for(ties, 2) == 0.5  # ties at the threshold all go: 4 of 5
+    assert threshold_for([0.3, 1.0], 0) > 1.0  # a score of exactly 1.0 stays local too
 
 
 def test_calibrate_writes_the_threshold_keeping_comments(tmp_path: Path) -> None:

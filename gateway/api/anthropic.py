@@ -24,10 +24,10 @@ async def count_tokens(request: Request) -> Response:
     state = gateway_state(request)
     runtime = state.acquire()
     try:
-        authenticate(request, runtime.settings.api_keys)
+        api_key = authenticate(request, runtime.settings.api_keys)
         body = await read_json(request, runtime.settings.max_body_bytes)
         validate_messages({"max_tokens": 1, **body})
-        decision = await route(runtime, state, request, body)
+        decision = await route(runtime, state, request, body, api_key, record=False)
         resolved = await runtime.resolve(decision.target)
         bridge = bridge_for("anthropic", "/messages", resolved.provider, body)
         count = await resolved.provider.count_tokens(bridge.request(resolved.model.upstream))

@@ -1,0 +1,77 @@
+"""Holding a target API share online: the threshold follows the recent scores.
+
+Over the last `window` routed requests, the threshold is the score above which the target share of
+them would have gone to the API, counting the requests rules and the route header already sent there
+(and those they kept local). It is a quantile of recent scores, as `crossover calibrate` computes
+offline, recomputed on every request in O(window) memory moves: a few microseconds for 1,000.
+Until `warmup` requests have been seen, the configured threshold holds.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from collections.abc import Sequence
+
+
+def threshold_for(ordered: Sequence[float], api_count: int) -> float:
+    """The lowest threshold that sends `api_count` of these ascending scores to the API (the decision is
+    score >= threshold); ties at the threshold all go. 0 sends all, above every score sends none."""
+    if api_count <= 0:
+        top = ordered[-1] if ordered else 0.0
+        return 1.0 if top < 1.0 else math.nextafter(1.0, 2.0)
+    if api_count >= len(ordered):
+        return 0.0
+    return ordered[len(ordered) - api_count]
+
+
+class OnlineThreshold:
+    def __init__(self, target_api_share: float, window: int, initial: float, warmup: int = 100) -> None:
+        self.target = target_api_share
+        self.window = window
+        self.warmup = min(warmup, window)
+        self.threshold = initial
+        # Each entry is a score, or None with the pinned route kept in `_pinned`.
+        self._recent: deque[float | None] = deque()
+        self._pinned: deque[bool] = deque()  # for entries: True when pinned to the API
+        self._scores: list[float] = []  # the window's scores, ascending
+        self._pinned_api = 0
+
+    def observe(self, score: float) -> None:
+        """A request the score decided."""
+        self._push(score, False)
+        bisect.insort(self._scores, score)
+        self._update()
+
+    def observe_pinned(self, route: str) -> None:
+        """A request a rule or the route header decided: it counts towards the share all the same."""
+        to_api = route == "api"
+        self._push(None, to_api)
+        self._pinned_api += to_api
+        self._update()
+
+    def _push(self, score: float | None, to_api: bool) -> None:
+        if len(self._recent) == self.window:
+            old = self._recent.popleft()
+            old_api = self._pinned.popleft()
+            if old is None:
+                self._pinned_api -= old_api
+            else:
+                del self._scores[bisect.bisect_left(self._scores, old)]
+        self._recent.append(score)
+        self._pinned.append(to_api)
+
+    def _update(self) -> None:
+        if len(self._recent) < self.warmup or not self._scores:
+            return
+        wanted = round(self.target * len(self._recent)) - self._pinned_api
+        self.threshold = threshold_for(self._scores, wanted)
+
+    def carry_over(self, previous: OnlineThreshold) -> None:
+        """Start from another window's most recent requests (a config reload keeps the history)."""
+        for score, to_api in list(zip(previous._recent, previous._pinned, strict=True))[-self.window :]:
+            if score is None:
+                self.observe_pinned("api" if to_api else "local")
+            else:
+                self.observe(score)
