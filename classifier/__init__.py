@@ -1,6 +1,14 @@
 """Request complexity scoring. No HTTP here, and never imports `gateway`."""
 
-from classifier.base import Classifier, Explainer, classifier_factory, load_classifier
+from classifier.base import Classifier, Explainer, classifier_factory, default_threshold, load_classifier
 from classifier.features import Features, extract_features
 
-__all__ = ["Classifier", "Explainer", "Features", "classifier_factory", "extract_features", "load_classifier"]
+__all__ = [
+    "Classifier",
+    "Explainer",
+    "Features",
+    "classifier_factory",
+    "default_threshold",
+    "extract_features",
+    "load_classifier",
+]

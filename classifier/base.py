@@ -11,9 +11,22 @@ from classifier.features import Features
 
 @runtime_checkable
 class Classifier(Protocol):
-    """score() is the estimated probability that the local model fails where the API model succeeds."""
+    """score() is the estimated probability that the local model fails where the API model succeeds.
+
+    A classifier may also have a `default_threshold` attribute: the threshold a router uses when its
+    config sets none (otherwise DEFAULT_THRESHOLD)."""
 
     def score(self, features: Features) -> float: ...
+
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def default_threshold(classifier: Classifier) -> float:
+    value = getattr(classifier, "default_threshold", DEFAULT_THRESHOLD)
+    if not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ValueError(f"default_threshold must be a number in [0, 1], not {value!r}")
+    return float(value)
 
 
 @runtime_checkable

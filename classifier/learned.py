@@ -231,6 +231,15 @@ class LearnedClassifier:
         self._model: LearnedModel | None = None
         self._lock = threading.Lock()
         self._word_cache: dict[str, tuple[float, int]] = {}
+        self._default_threshold: float | None = None
+
+    @property
+    def default_threshold(self) -> float:
+        """The artifact's own: the score that sent 30% of its training prompts to the API."""
+        if self._default_threshold is None:
+            head = json.loads((self._directory / "head.json").read_text(encoding="utf-8"))
+            self._default_threshold = float(head["default_threshold"])
+        return self._default_threshold
 
     def load(self) -> LearnedModel:
         if self._model is None:

@@ -46,6 +46,7 @@ DEFAULT_LOCAL = "llama-3.1-8b-instruct"
 DEFAULT_API = "gpt-4o-2024-05-13"
 SEED = 20240701
 TEST_SHARE = 0.2
+DEFAULT_API_SHARE = 0.3
 PCA_DIMS = 256
 L2_GRID = (1.0, 10.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "crossover" / "learned"
@@ -237,7 +238,12 @@ def labels(examples: Sequence[Example]) -> npt.NDArray[np.int64]:
 
 
 def save_artifact(
-    out: Path, tokens: list[str], matrix: FloatArray, head: Head, meta: dict[str, object]
+    out: Path,
+    tokens: list[str],
+    matrix: FloatArray,
+    head: Head,
+    default_threshold: float,
+    meta: dict[str, object],
 ) -> None:
     """Folds the head into one float per token (see classifier/learned.py) and writes the artifact."""
     dims = matrix.shape[1]
@@ -254,6 +260,7 @@ def save_artifact(
         "bias": bias,
         "empty_text_logit": 0.0,  # no known token: the embedding part contributes E=0, as in training
         "text_mean_logit": float(head.mean[:dims] @ emb_w),
+        "default_threshold": default_threshold,
         "structural_names": list(STRUCTURAL_NAMES),
         "structural_weights": [float(v) for v in struct_w],
         "structural_means": [float(v) for v in head.mean[dims:]],
@@ -294,7 +301,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "l2": l2,
         "trained": datetime.date.today().isoformat(),
     }
-    save_artifact(args.out, tokens, matrix, head, meta)
+    # The default threshold sends DEFAULT_API_SHARE of the training prompts to the API (a quantile, as
+    # `crossover calibrate` computes on a user's own traffic, which should replace it).
+    threshold = round(float(np.quantile(head.scores(x), 1 - DEFAULT_API_SHARE)), 4)
+    meta["default_threshold"] = (
+        f"{threshold}: sends {DEFAULT_API_SHARE:.0%} of the training prompts to the API"
+    )
+    save_artifact(args.out, tokens, matrix, head, threshold, meta)
     print(f"wrote {args.out} (l2={l2:g})")
     return 0
 

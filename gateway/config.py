@@ -100,8 +100,8 @@ class RuleSpec(_Strict):
 
 
 class RouterSpec(_Strict):
-    classifier: str = "heuristic"
-    threshold: Annotated[float, Field(ge=0, le=1)] = 0.5
+    classifier: str = "learned"
+    threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # None: the classifier's default
     local: str  # "backend" or "backend/model"
     api: str
     fallback: bool = True  # on a retryable failure of one target, try the other
@@ -278,16 +278,11 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
     routers: dict[str, Router] = {}
     for name, r in spec.routers.items():
         path = f"routers.{name}"
-        try:
-            from classifier import classifier_factory
-
-            classifier_factory(r.classifier)
-        except ValueError as exc:
-            raise ConfigError(f"{path}.classifier: {exc}") from None
+        threshold = _threshold(r, f"{path}.classifier")
         routers[name] = Router(
             name=name,
             classifier=r.classifier,
-            threshold=r.threshold,
+            threshold=threshold,
             local=_target(r.local, f"{path}.local", backends),
             api=_target(r.api, f"{path}.api", backends),
             fallback=r.fallback,
@@ -309,6 +304,20 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         baseline=baseline,
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
     )
+
+
+def _threshold(router: RouterSpec, path: str) -> float:
+    """The router's threshold; without one in the file, its classifier's own default (which builds the
+    classifier: the registered ones only read a small file)."""
+    from classifier import classifier_factory, default_threshold
+
+    try:
+        factory = classifier_factory(router.classifier)
+        return router.threshold if router.threshold is not None else default_threshold(factory())
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except Exception as exc:  # a user's classifier failing to build
+        raise ConfigError(f"{path}: cannot build {router.classifier!r}: {exc!r}") from None
 
 
 def _rule(spec: RuleSpec, path: str, keys: frozenset[str], env: Mapping[str, str]) -> Rule:
@@ -412,7 +421,18 @@ def embedded_default(env: Mapping[str, str] | None = None) -> Settings:
                     "models": [{"name": api_model}],
                 },
             },
-            "routers": {"auto": {"local": "local", "api": f"openai/{api_model}"}},
+            "routers": {
+                "auto": {
+                    "local": "local",
+                    "api": f"openai/{api_model}",
+                    # What open models still do worst goes to the API without asking the classifier.
+                    "rules": [
+                        {"name": "tools", "when": {"tools": True}, "route": "api"},
+                        {"name": "strict-json", "when": {"response_format": ["json_schema"]}, "route": "api"},
+                        {"name": "long-context", "when": {"context_tokens_over": 24_000}, "route": "api"},
+                    ],
+                }
+            },
             "server": {"watch_config": False},
         }
     )

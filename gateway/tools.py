@@ -80,15 +80,20 @@ def classify(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def _write_threshold(path: Path, router: str, threshold: float) -> None:
-    """Replace `threshold:` inside `routers.<router>` in place, keeping the file's comments; the new
-    file is validated before it replaces the old one (a running gateway then reloads it)."""
+    """Replace (or add) `threshold:` inside `routers.<router>` in place, keeping the file's comments;
+    the new file is validated before it replaces the old one (a running gateway then reloads it)."""
     text = path.read_text(encoding="utf-8")
     block = re.search(rf"(?ms)^routers:\s*\n.*?^(\s+){re.escape(router)}:\s*\n(.*?)(?=^\1\S|^\S|\Z)", text)
-    line = re.search(r"(?m)^(\s+threshold:\s*)[^\s#]+", block.group(2)) if block else None
-    if block is None or line is None:
-        raise ToolError(f"write needs a 'threshold:' line under routers.{router} in {path}")
-    start = block.start(2) + line.start()
-    new = text[:start] + line.group(1) + f"{threshold:.4f}" + text[block.start(2) + line.end() :]
+    first_key = re.search(r"(?m)^([ \t]+)\S", block.group(2)) if block else None
+    if block is None or first_key is None:
+        raise ToolError(f"write needs routers.{router} written as a block (one key a line) in {path}")
+    line = re.search(r"(?m)^(\s+threshold:\s*)[^\s#]+", block.group(2))
+    if line is None:  # the router used its classifier's default: add the line
+        start = block.start(2)
+        new = text[:start] + f"{first_key.group(1)}threshold: {threshold:.4f}\n" + text[start:]
+    else:
+        start = block.start(2) + line.start()
+        new = text[:start] + line.group(1) + f"{threshold:.4f}" + text[block.start(2) + line.end() :]
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as tmp:
         tmp.write(new)
     try:
@@ -145,7 +150,7 @@ def add_arguments(parser: argparse.ArgumentParser, calibrating: bool) -> None:
     parser.add_argument("--input", help="JSONL file of requests (default: standard input)")
     parser.add_argument("--config", help="gateway config: use its router's classifier and threshold")
     parser.add_argument("--router", help="router model in --config (default: the first)")
-    parser.add_argument("--classifier", default="heuristic", help="without --config: which classifier")
+    parser.add_argument("--classifier", default="learned", help="without --config: which classifier")
     if calibrating:
         parser.add_argument("--target-api-share", type=float, required=True, help="e.g. 0.3 for 30%%")
         parser.add_argument("--write", action="store_true", help="write the threshold into --config")

@@ -77,8 +77,14 @@ def base_config(vllm_url: str, sim_url: str, anthropic_url: str) -> dict[str, An
             },
         },
         "routers": {
-            "auto": {"local": "local", "api": "openai/gpt-4o", "threshold": 0.5},
-            "hybrid": {"local": "local", "api": f"anthropic/{CLAUDE}", "threshold": 0.5},
+            # The heuristic: its cues make "hard" test prompts predictable (the default is `learned`).
+            "auto": {"local": "local", "api": "openai/gpt-4o", "classifier": "heuristic", "threshold": 0.5},
+            "hybrid": {
+                "local": "local",
+                "api": f"anthropic/{CLAUDE}",
+                "classifier": "heuristic",
+                "threshold": 0.5,
+            },
         },
     }
 

@@ -98,6 +98,19 @@ def test_target_naming_no_model_of_its_backend() -> None:
     assert error_for(data) == "routers.auto.api: backend 'openai' declares no model 'gpt-5'"
 
 
+def test_threshold_defaults_to_the_classifiers_own() -> None:
+    from classifier.learned import LearnedClassifier
+
+    data = minimal()
+    del data["routers"]["auto"]["threshold"]
+    router = build(parse(data), ENV).routers["auto"]
+    assert (router.classifier, router.threshold) == ("learned", LearnedClassifier().default_threshold)
+    data["routers"]["auto"]["classifier"] = "heuristic"
+    assert build(parse(data), ENV).routers["auto"].threshold == 0.5
+    data["routers"]["auto"]["classifier"] = "json:JSONDecodeError"  # a class that needs arguments
+    assert "routers.auto.classifier: cannot build 'json:JSONDecodeError'" in error_for(data)
+
+
 def test_unknown_classifier_and_kind() -> None:
     data = minimal()
     data["routers"]["auto"]["classifier"] = "magic"

@@ -8,9 +8,19 @@ from pathlib import Path
 import httpx
 import openai
 
+from classifier.learned import LearnedClassifier
 from tests.conftest import SIM_KEY
 from tests.servers import Server, free_port, start
-from tests.test_openai_sdk import HARD, SIMPLE
+from tests.test_openai_sdk import SIMPLE, TOOLS
+
+# The learned classifier (trained on MMLU-Pro) scores this physics problem ~0.5, above its default threshold.
+MMLU_HARD = [
+    {
+        "role": "user",
+        "content": "A 2 kg block slides down a frictionless incline of 30 degrees. "
+        "Find the acceleration and the normal force.",
+    }
+]
 
 
 def test_serve_without_config_routes_between_vllm_and_openai(
@@ -41,10 +51,21 @@ def test_serve_without_config_routes_between_vllm_and_openai(
                 model="auto", messages=SIMPLE, max_tokens=2
             )
             assert (easy.headers["x-crossover-backend"], easy.parse().model) == ("local", "tiny-llama")
-            hard = client.chat.completions.with_raw_response.create(model="auto", messages=HARD)
+            # The default classifier is `learned`, with its own threshold; a question like its
+            # training data's hardest goes to the API.
+            hard = client.chat.completions.with_raw_response.create(model="auto", messages=MMLU_HARD)
+            assert float(hard.headers["x-crossover-threshold"]) == LearnedClassifier().default_threshold
             assert (hard.headers["x-crossover-backend"], hard.headers["x-crossover-model"]) == (
                 "openai",
                 "gpt-4o",
+            )
+            # Tool use is pinned to the API by the default rules, whatever the score.
+            tools = client.chat.completions.with_raw_response.create(
+                model="auto", messages=SIMPLE, tools=TOOLS
+            )
+            assert (tools.headers["x-crossover-rule"], tools.headers["x-crossover-backend"]) == (
+                "tools",
+                "openai",
             )
     finally:
         server.stop()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from classifier import extract_features, load_classifier
-from classifier.evaluate import apgr, auroc, call_performance, cpt, metrics
+from classifier.evaluate import apgr, auroc, call_performance, cpt, metrics, paired_bootstrap
 from classifier.learned import DEFAULT_ARTIFACT, LearnedClassifier, _normalise_slow, pre_tokenize, tokenize
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
@@ -58,6 +58,21 @@ def test_random_router_apgr_is_about_half() -> None:
     assert m.cpt50 == pytest.approx(50.0, abs=3.0)
     assert m.cpt80 == pytest.approx(80.0, abs=3.0)
     assert m.auroc == pytest.approx(0.5, abs=0.02)
+
+
+def test_paired_bootstrap_of_a_method_against_itself_is_zero_and_a_better_one_is_positive() -> None:
+    rng = np.random.default_rng(4)
+    n = 600
+    weak = rng.random(n) < 0.5
+    strong = weak | (rng.random(n) < 0.6)
+    label = (~weak) & strong
+    good = label + rng.random(n)  # ranks every needed call first: a near-perfect router
+    noise = rng.random(n)
+    point, (lo, hi) = paired_bootstrap(noise, noise, weak, strong, reps=200)
+    assert np.all(point == 0) and np.all(lo == 0) and np.all(hi == 0)
+    point, (lo, hi) = paired_bootstrap(good, noise, weak, strong, reps=200)
+    assert point[0] > 0.2 and lo[0] > 0.1  # APGR up, interval clear of zero
+    assert point[3] > 0.3 and lo[3] > 0.2  # AUROC up
 
 
 def test_auroc_counts_ties_as_half() -> None:

@@ -117,3 +117,10 @@ def test_calibrate_writes_the_threshold_keeping_comments(tmp_path: Path) -> None
     assert "# a comment that must survive --write" in text and "# tuned by hand" in text
     assert load(config).routers["auto"].threshold == float(result.stdout.split()[1].rstrip(":"))
     assert crossover("calibrate", "--target-api-share", "2", stdin="").returncode == 2
+    # A router without a threshold line (its classifier's default) gets one.
+    config.write_text(CONFIG.replace("    threshold: 0.5   # tuned by hand\n", ""))
+    result = crossover(
+        "calibrate", "--target-api-share", "0.3", "--input", str(traffic), "--config", str(config), "--write"
+    )
+    assert result.returncode == 0, result.stderr
+    assert load(config).routers["auto"].threshold == float(result.stdout.split()[1].rstrip(":"))
