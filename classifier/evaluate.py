@@ -123,20 +123,26 @@ def metrics(scores: FloatArray, weak: BoolArray, strong: BoolArray) -> Metrics:
     return Metrics(apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8), auroc(scores, label))
 
 
+def _interval(
+    statistic: Callable[[npt.NDArray[np.int64]], Sequence[float]], n: int, reps: int, seed: int
+) -> FloatArray:
+    """2 x k: the 2.5% and 97.5% percentiles of `statistic` over `reps` resamples of n items (a
+    resample whose curve cannot be cut into quantiles is skipped)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(reps):
+        try:
+            rows.append(statistic(rng.integers(0, n, n)))
+        except ValueError:
+            continue
+    return np.asarray(np.percentile(np.array(rows), [2.5, 97.5], axis=0), dtype=np.float64)
+
+
 def bootstrap(
     scores: FloatArray, weak: BoolArray, strong: BoolArray, reps: int = BOOTSTRAP, seed: int = 0
 ) -> FloatArray:
     """2 x 4 array: the 2.5% and 97.5% percentiles of (APGR, CPT50, CPT80, AUROC) over resamples."""
-    rng = np.random.default_rng(seed)
-    n = len(scores)
-    rows = []
-    for _ in range(reps):
-        idx = rng.integers(0, n, n)
-        try:
-            rows.append(metrics(scores[idx], weak[idx], strong[idx]).as_tuple())
-        except ValueError:
-            continue
-    return np.asarray(np.percentile(np.array(rows), [2.5, 97.5], axis=0), dtype=np.float64)
+    return _interval(lambda i: metrics(scores[i], weak[i], strong[i]).as_tuple(), len(scores), reps, seed)
 
 
 def paired_bootstrap(
@@ -149,20 +155,14 @@ def paired_bootstrap(
 ) -> tuple[FloatArray, FloatArray]:
     """The difference scores - baseline in (APGR, CPT50, CPT80, AUROC), and its 2 x 4 interval: both
     methods measured on the same resample each time, so shared noise cancels."""
-    rng = np.random.default_rng(seed)
-    n = len(scores)
-    rows = []
-    for _ in range(reps):
-        idx = rng.integers(0, n, n)
-        try:
-            a = metrics(scores[idx], weak[idx], strong[idx]).as_tuple()
-            b = metrics(baseline[idx], weak[idx], strong[idx]).as_tuple()
-        except ValueError:
-            continue
-        rows.append(np.subtract(a, b))
-    point = np.subtract(metrics(scores, weak, strong).as_tuple(), metrics(baseline, weak, strong).as_tuple())
-    interval = np.asarray(np.percentile(np.array(rows), [2.5, 97.5], axis=0), dtype=np.float64)
-    return np.asarray(point, dtype=np.float64), interval
+
+    def difference(i: npt.NDArray[np.int64]) -> Sequence[float]:
+        a = metrics(scores[i], weak[i], strong[i]).as_tuple()
+        b = metrics(baseline[i], weak[i], strong[i]).as_tuple()
+        return [x - y for x, y in zip(a, b, strict=True)]
+
+    point = np.asarray(difference(np.arange(len(scores))), dtype=np.float64)
+    return point, _interval(difference, len(scores), reps, seed)
 
 
 # ---------------------------------------------------------------------------------------------------
