@@ -18,7 +18,8 @@
 #
 # Environment: BENCH_DURATION (seconds per run, default 10), BENCH_WARMUP (seconds, default 1),
 # BENCH_LITELLM (1 to include LiteLLM), BENCH_PIN (1 to add pinned c=1 runs, conc "1p"; BENCH_PIN_CPU,
-# default 0, is the CPU), PYTHON (default python3), PYTHON311 (for LiteLLM's venv).
+# default 0, is the CPU), BENCH_CLASSIFIER (the router's classifier, default heuristic), PYTHON (default
+# python3), PYTHON311 (for LiteLLM's venv).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -263,6 +264,8 @@ bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions" "" "$NGINX_P
 
 # Crossover, one worker then two
 GATEWAY="http://$HOST:$GATEWAY_PORT"
+CONFIG="$WORK/crossover.yaml"
+sed "s/^    classifier: heuristic$/    classifier: ${BENCH_CLASSIFIER:-heuristic}/" "$HERE/crossover.yaml" > "$CONFIG"
 for workers in 1 2; do
     metrics_env=(env -u PROMETHEUS_MULTIPROC_DIR)
     if [ "$workers" -gt 1 ]; then
@@ -270,7 +273,7 @@ for workers in 1 2; do
         metrics_env=(env "PROMETHEUS_MULTIPROC_DIR=$WORK/metrics-w$workers")
     fi
     start_bg "crossover-w$workers" "${metrics_env[@]}" "$PY" -m gateway.cli serve \
-        --config "$HERE/crossover.yaml" --host "$HOST" --port "$GATEWAY_PORT" --workers "$workers" \
+        --config "$CONFIG" --host "$HOST" --port "$GATEWAY_PORT" --workers "$workers" \
         --log-level warning
     GW_PID=$BG_PID
     wait_http "$GATEWAY/healthz" "crossover-w$workers" "$GW_PID" 30

@@ -289,6 +289,8 @@ class LearnedClassifier:
                 count += n
         mean = model.text_mean_logit
         terms = [(f"word:{word}", (s - n * mean) / count) for word, (s, n) in per_word.items()]
+        if not count:
+            terms.append(("no_known_words", model.empty_text_logit - mean))
         for name, w, m, x in zip(
             STRUCTURAL_NAMES,
             model.structural_weights,

@@ -125,16 +125,17 @@ def test_online_threshold_carries_over_a_reload() -> None:
 
 
 @pytest.mark.parametrize("name", ["heuristic", "learned"])
-def test_explanations_add_up_to_the_logit(name: str) -> None:
+@pytest.mark.parametrize("content", [HARD, "", "\u2603\u2603"])
+def test_explanations_add_up_to_the_logit(name: str, content: str) -> None:
     classifier: Any = load_classifier(name)
-    f = extract_features({"messages": [{"role": "user", "content": HARD}], "tools": TOOLS})
+    f = extract_features({"messages": [{"role": "user", "content": content}], "tools": TOOLS})
     terms = classifier.explain(f)
     if name == "heuristic":
         z = classifier.BIAS + sum(v for _, v in terms)
     else:
         model = classifier.load()
         z = model.bias + model.text_mean_logit + sum(v for _, v in terms)
-        assert any(n == "word:integral" for n, _ in terms)
+        assert any(n == "word:integral" for n, _ in terms) == (content == HARD)
     assert 1 / (1 + pytest.importorskip("math").exp(-z)) == pytest.approx(classifier.score(f), abs=1e-9)
 
 
