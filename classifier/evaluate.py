@@ -186,9 +186,11 @@ def _baselines(examples: Sequence[object], seed: int) -> dict[str, FloatArray]:
     }
 
 
-def _row(name: str, scores: FloatArray, weak: BoolArray, strong: BoolArray) -> dict[str, object]:
+def _row(
+    name: str, scores: FloatArray, weak: BoolArray, strong: BoolArray, reps: int = BOOTSTRAP
+) -> dict[str, object]:
     m = metrics(scores, weak, strong)
-    lo, hi = bootstrap(scores, weak, strong)
+    lo, hi = bootstrap(scores, weak, strong, reps)
     return {
         "method": name,
         "APGR": m.apgr,
@@ -263,6 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--cache", type=Path, default=CACHE_DIR)
     parser.add_argument("--no-loso", action="store_true", help="skip the leave-one-source-out table")
+    parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="resamples per interval")
     args = parser.parse_args(argv)
     out: Path = args.out or args.artifact
 
@@ -273,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     learned = LearnedClassifier(args.artifact)
     scores = {"learned": np.array([learned.score(e.features()) for e in test])}
     scores |= _baselines(test, args.seed)
-    rows = [_row(name, s, weak, strong) for name, s in scores.items()]
+    rows = [_row(name, s, weak, strong, args.bootstrap) for name, s in scores.items()]
     print(f"held-out split: {len(test)} questions, local {weak.mean():.3f}, API {strong.mean():.3f} accuracy")
     print(TABLE_HEAD)
     for row in rows:
@@ -282,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| comparison | ΔAPGR | ΔCPT(50%) | ΔCPT(80%) | ΔAUROC |\n|---|---|---|---|---|")
     paired = []
     for name in ("heuristic", "length", "random"):
-        point, (lo, hi) = paired_bootstrap(scores["learned"], scores[name], weak, strong)
+        point, (lo, hi) = paired_bootstrap(scores["learned"], scores[name], weak, strong, args.bootstrap)
         paired.append(
             {"baseline": name, "difference": point.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
         )
@@ -314,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             s = np.array([e.api_correct for e in held])
             per = {"learned": head.scores(x_all[~inside])} | _baselines(held, args.seed)
             for name, sc in per.items():
-                row = _row(f"{source} (n={len(held)}): {name}", sc, w, s)
+                row = _row(f"{source} (n={len(held)}): {name}", sc, w, s, args.bootstrap)
                 loso.append(row)
         print("\nleave-one-source-out (trained on the other sources, l2 from the artifact):")
         print(TABLE_HEAD)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -170,8 +173,6 @@ def test_folded_artifact_equals_the_logistic_regression_it_was_trained_as() -> N
 
     if not (CACHE_DIR / f"minilm-m2v-pca{PCA_DIMS}.npz").exists() or not DATA.exists():
         pytest.skip("needs the distilled embedding cache (python -m classifier.train) and the data")
-    import json
-
     from classifier.train import (
         DEFAULT_API,
         DEFAULT_LOCAL,
@@ -192,3 +193,52 @@ def test_folded_artifact_equals_the_logistic_regression_it_was_trained_as() -> N
     learned = LearnedClassifier()
     served = np.array([learned.score(e.features()) for e in sample])
     assert np.allclose(served, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(not DATA.exists(), reason="../shared/data/routing is not beside the project")
+def test_eval_command_writes_the_table_the_paired_differences_and_the_plot(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "classifier",
+            "eval",
+            "--no-loso",
+            "--bootstrap",
+            "50",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| learned | 0.578" in result.stdout  # the artifact's held-out APGR, as the README says
+    report = json.loads((tmp_path / "eval.json").read_text())
+    apgr = {row["method"]: row["APGR"] for row in report["held_out"]}
+    assert apgr["learned"] > max(apgr["heuristic"], apgr["length"], apgr["random"])
+    paired = {row["baseline"]: row for row in report["paired"]}
+    assert paired["heuristic"]["difference"][0] == pytest.approx(apgr["learned"] - apgr["heuristic"])
+    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_reproduces_the_artifact_byte_for_byte(tmp_path: Path) -> None:
+    from classifier.train import CACHE_DIR, PCA_DIMS
+
+    if not (CACHE_DIR / f"minilm-m2v-pca{PCA_DIMS}.npz").exists() or not DATA.exists():
+        pytest.skip("needs the distilled embedding cache (python -m classifier.train) and the data")
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "classifier", "train", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("vocab.txt", "token_weights.f32"):
+        assert (tmp_path / name).read_bytes() == (DEFAULT_ARTIFACT / name).read_bytes(), name
+    new, shipped = (json.loads((d / "head.json").read_text()) for d in (tmp_path, DEFAULT_ARTIFACT))
+    new["meta"].pop("trained")
+    shipped["meta"].pop("trained")
+    assert new == shipped
