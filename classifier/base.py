@@ -22,9 +22,13 @@ class Classifier(Protocol):
 DEFAULT_THRESHOLD = 0.5
 
 
-def default_threshold(classifier: Classifier) -> float:
-    value = getattr(classifier, "default_threshold", DEFAULT_THRESHOLD)
-    if not isinstance(value, int | float) or not 0 <= value <= 1:
+def default_threshold(factory: Callable[[], Classifier]) -> float:
+    """The classifier's `default_threshold`. A class that has none, or has it as a plain class
+    attribute, is not built to find out; a property (read from an artifact, say) needs an instance."""
+    value = getattr(factory, "default_threshold", DEFAULT_THRESHOLD)
+    if isinstance(value, property) or not isinstance(factory, type):
+        value = getattr(factory(), "default_threshold", DEFAULT_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
         raise ValueError(f"default_threshold must be a number in [0, 1], not {value!r}")
     return float(value)
 

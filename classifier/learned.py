@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from classifier.base import DEFAULT_THRESHOLD
 from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_marks
 
 DEFAULT_ARTIFACT = Path(__file__).parent / "models" / "learned-v1"
@@ -90,9 +91,10 @@ def _is_cjk(cp: int) -> bool:
     )
 
 
-# BERT drops control characters before lower-casing (which matters to Greek final sigma), then splits
-# at whitespace and around each punctuation mark. For ASCII that is two regular expressions at C speed.
-_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Control characters (C0, DEL, C1) and U+FFFD are dropped before lower-casing, as the all-Unicode path
+# (`_normalise_slow`, BERT's normaliser) drops them: Python's lower-casing of a capital sigma depends on
+# its neighbours. Then the text splits at whitespace and around each ASCII punctuation mark, at C speed.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
 _CHUNK = re.compile(r"[^\s!-/:-@\[-`{-~]+|[!-/:-@\[-`{-~]")  # a run between spaces and marks, or a mark
 
 
@@ -134,8 +136,8 @@ def pre_tokenize(text: str) -> list[str]:
     Unicode path, so a prompt with a few symbols costs what ASCII does. (One known difference from the
     all-Unicode path: a non-ASCII format character, such as a zero-width space, between a capital sigma
     and a letter changes which lower-case sigma it becomes.)"""
-    if _ASCII_CONTROL.search(text):
-        text = _ASCII_CONTROL.sub("", text)
+    if _CONTROL.search(text):
+        text = _CONTROL.sub("", text)
     words = _CHUNK.findall(text.lower())
     if text.isascii():
         return words
@@ -148,9 +150,13 @@ def pre_tokenize(text: str) -> list[str]:
     return out
 
 
+MAX_WORD_CHARS = 100  # BERT's: a longer word is unknown
+_UNKNOWN = (0.0, 0)
+
+
 def wordpiece(word: str, vocab: dict[str, int]) -> list[int]:
     """Greedy longest-match-first pieces of one word; [] when the word cannot be split (unknown)."""
-    if len(word) > 100:
+    if len(word) > MAX_WORD_CHARS:
         return []
     ids: list[int] = []
     start = 0
@@ -238,7 +244,7 @@ class LearnedClassifier:
         """The artifact's own: the score that sent 30% of its training prompts to the API."""
         if self._default_threshold is None:
             head = json.loads((self._directory / "head.json").read_text(encoding="utf-8"))
-            self._default_threshold = float(head["default_threshold"])
+            self._default_threshold = float(head.get("default_threshold", DEFAULT_THRESHOLD))
         return self._default_threshold
 
     def load(self) -> LearnedModel:
@@ -249,6 +255,8 @@ class LearnedClassifier:
         return self._model
 
     def _word(self, word: str, model: LearnedModel) -> tuple[float, int]:
+        if len(word) > MAX_WORD_CHARS:
+            return _UNKNOWN  # never in the cache: a prompt of long junk words must not fill memory
         cached = self._word_cache.get(word)
         if cached is None:
             ids = wordpiece(word, model.vocab)
@@ -276,8 +284,8 @@ class LearnedClassifier:
 
     def explain(self, features: Features) -> list[tuple[str, float]]:
         """Each distinct word's share of the embedding term, relative to the average training prompt
-        (so a common word weighs ~0), and each structural feature's term. With the bias, they add up
-        to the logit."""
+        (so a common word weighs ~0), and each structural feature's term. With the bias and the
+        training mean (`text_mean_logit`), they add up to the logit."""
         model = self.load()
         per_word: dict[str, tuple[float, int]] = {}
         count = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -78,12 +78,15 @@ class RuleWhenSpec(_Strict):
     """Conditions of a rule (see gateway/rules.py); every one given must hold."""
 
     tools: bool | None = None
-    response_format: list[Literal["text", "json_object", "json_schema"]] | None = None
+    # "text" also matches a request without response_format
+    response_format: (
+        Annotated[list[Literal["text", "json_object", "json_schema"]], Field(min_length=1)] | None
+    ) = None
     context_tokens_over: Annotated[int, Field(ge=0)] | None = None  # estimated: characters / 4
     max_tokens_over: Annotated[int, Field(ge=0)] | None = None
     turns_over: Annotated[int, Field(ge=0)] | None = None
-    header: dict[str, str] | None = None
-    api_key: list[str] | None = None  # env references to keys of server.api_keys
+    header: Annotated[dict[str, str], Field(min_length=1)] | None = None
+    api_key: Annotated[list[str], Field(min_length=1)] | None = None  # env references to server.api_keys
 
     @model_validator(mode="after")
     def _not_empty(self) -> RuleWhenSpec:
@@ -111,9 +114,15 @@ class RouterSpec(_Strict):
     share_window: Annotated[int, Field(ge=10, le=100_000)] = 1000
 
 
+class KeyScopeSpec(_Strict):
+    key: str  # an env reference to one of server.api_keys
+    backends: Annotated[list[str], Field(min_length=1)]  # all this key may reach
+
+
 class ServerSpec(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     api_keys: list[str] = []  # env references; empty means no client authentication
+    key_scopes: list[KeyScopeSpec] = []  # keys limited to some backends; others reach all
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
 
 
@@ -194,6 +203,7 @@ class Settings:
     source: Path | None  # the file it came from; None for the embedded default
     baseline: ModelEntry | None = None  # what every request would have cost on the API alone
     ops_usd_per_month: float = 0.0
+    key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> backends it may reach
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -303,17 +313,34 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         source=source,
         baseline=baseline,
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
+        key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
     )
 
 
+def _key_scopes(
+    specs: list[KeyScopeSpec], keys: frozenset[str], backends: Mapping[str, Backend], env: Mapping[str, str]
+) -> dict[str, frozenset[str]]:
+    scopes: dict[str, frozenset[str]] = {}
+    for i, scope in enumerate(specs):
+        path = f"server.key_scopes[{i}]"
+        key = _secret(scope.key, f"{path}.key", env)
+        if not key or key not in keys:
+            raise ConfigError(f"{path}.key: must be one of server.api_keys")
+        for j, name in enumerate(scope.backends):
+            if name not in backends:
+                raise ConfigError(f"{path}.backends[{j}]: {name!r} names no backend")
+        scopes[key] = frozenset(scope.backends)
+    return scopes
+
+
 def _threshold(router: RouterSpec, path: str) -> float:
-    """The router's threshold; without one in the file, its classifier's own default (which builds the
-    classifier: the registered ones only read a small file)."""
+    """The router's threshold; without one in the file, its classifier's own default (see
+    `classifier.default_threshold`: the registered ones only read a small file)."""
     from classifier import classifier_factory, default_threshold
 
     try:
         factory = classifier_factory(router.classifier)
-        return router.threshold if router.threshold is not None else default_threshold(factory())
+        return router.threshold if router.threshold is not None else default_threshold(factory)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     except Exception as exc:  # a user's classifier failing to build
@@ -337,7 +364,7 @@ def _rule(spec: RuleSpec, path: str, keys: frozenset[str], env: Mapping[str, str
         context_tokens_over=when.context_tokens_over,
         max_tokens_over=when.max_tokens_over,
         turns_over=when.turns_over,
-        headers={k.lower(): v for k, v in when.header.items()} if when.header is not None else None,
+        headers=tuple((k.lower(), v) for k, v in when.header.items()) if when.header is not None else None,
         api_keys=api_keys,
     )
 

@@ -37,6 +37,11 @@ class Unauthenticated(GatewayError):
     type = "invalid_request_error"
 
 
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+
+
 class ModelNotFound(GatewayError):
     status = 404
     type = "invalid_request_error"

@@ -96,7 +96,7 @@ class Metrics:
         )
         self.classifier_seconds = Histogram(
             "crossover_classifier_duration_seconds",
-            "Time to extract features and score a request.",
+            "Time to extract features, match rules and score a request (scored requests only).",
             ["router"],
             buckets=CLASSIFIER_BUCKETS,
             registry=r,

@@ -16,14 +16,24 @@ from collections.abc import Sequence
 
 
 def threshold_for(ordered: Sequence[float], api_count: int) -> float:
-    """The lowest threshold that sends `api_count` of these ascending scores to the API (the decision is
-    score >= threshold); ties at the threshold all go. 0 sends all, above every score sends none."""
-    if api_count <= 0:
-        top = ordered[-1] if ordered else 0.0
-        return 1.0 if top < 1.0 else math.nextafter(1.0, 2.0)
-    if api_count >= len(ordered):
+    """The threshold (the decision is score >= threshold) that sends as close to `api_count` of these
+    ascending scores to the API as ties allow: a run of equal scores goes one way, so the threshold is
+    either the tied score or the next score above it, whichever lands nearer (fewer on a draw).
+    0 sends all; a value above every score sends none."""
+    n = len(ordered)
+    if api_count >= n:
         return 0.0
-    return ordered[len(ordered) - api_count]
+    top = ordered[-1] if ordered else 0.0
+    above_all = 1.0 if top < 1.0 else math.nextafter(top, math.inf)
+    if api_count <= 0:
+        return above_all
+    tied = ordered[n - api_count]
+    with_ties = n - bisect.bisect_left(ordered, tied)  # sent when the tied score is the threshold
+    first_above = bisect.bisect_right(ordered, tied)
+    without = n - first_above  # sent when the next distinct score is
+    if with_ties - api_count < api_count - without:
+        return tied
+    return ordered[first_above] if first_above < n else above_all
 
 
 class OnlineThreshold:
@@ -69,9 +79,13 @@ class OnlineThreshold:
         self.threshold = threshold_for(self._scores, wanted)
 
     def carry_over(self, previous: OnlineThreshold) -> None:
-        """Start from another window's most recent requests (a config reload keeps the history)."""
-        for score, to_api in list(zip(previous._recent, previous._pinned, strict=True))[-self.window :]:
-            if score is None:
-                self.observe_pinned("api" if to_api else "local")
-            else:
-                self.observe(score)
+        """Start from another window's most recent requests (a config reload keeps the history).
+        Rebuilt in one sort, not replayed, so a large window does not stall the reload."""
+        keep = min(self.window, len(previous._recent))
+        self._recent = deque(list(previous._recent)[len(previous._recent) - keep :])
+        self._pinned = deque(list(previous._pinned)[len(previous._pinned) - keep :])
+        self._scores = sorted(score for score in self._recent if score is not None)
+        self._pinned_api = sum(
+            to_api for score, to_api in zip(self._recent, self._pinned, strict=True) if score is None
+        )
+        self._update()

@@ -19,7 +19,7 @@ from classifier import Explainer, extract_features
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
-from gateway.routing import ROUTES, Decision, decide, direct
+from gateway.routing import ROUTES, Decision, decide, direct, within_scope
 from gateway.rules import first_match
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
@@ -27,7 +27,7 @@ from providers.base import Completion, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
 
 ROUTE_HEADER = "x-crossover-route"
-EXPLAIN_HEADER = "x-crossover-explain"  # sent with any value but "0"/"false": the answer explains its route
+EXPLAIN_HEADER = "x-crossover-explain"  # sent as "1" or "true": the answer explains its route
 EXPLAIN_TERMS = 5
 NO_ROUTE = ("none", "none", "none")  # labels of a request refused before routing (bad body, no such model)
 # A request still waiting on its backend after this long gets a disconnect watcher.
@@ -68,8 +68,10 @@ async def route(
     """`record=False` decides without counting the decision (token counting asks where it would go)."""
     model: str = body["model"]
     router = runtime.settings.routers.get(model)
+    scope = runtime.settings.key_scopes.get(api_key) if api_key is not None else None
     if router is None:
-        return direct(await runtime.target_for_model(model))
+        decision = direct(await runtime.target_for_model(model))
+        return decision if scope is None else within_scope(decision, scope, None)
     forced = request.headers.get(ROUTE_HEADER)
     if forced is not None and forced not in ROUTES:
         raise InvalidRequest(
@@ -80,9 +82,9 @@ async def route(
     m = state.metrics
     started = time.perf_counter()
     features = extract_features(body) if router.rules or forced is None else None
-    rule = (
-        first_match(router.rules, features, request.headers, api_key) if features and router.rules else None
-    )
+    rule = None
+    if features is not None and router.rules:
+        rule = first_match(router.rules, features, request.headers, api_key)
     score = None
     if rule is None and forced is None and features is not None:
         score = runtime.classifiers[model].score(features)
@@ -90,12 +92,21 @@ async def route(
             m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
             m.at(m.score, model).observe(score)
     decision = decide(router, score, forced, rule, runtime.threshold(model))
-    if not record:
-        return decision
-    m.at(m.decisions, model, decision.route, decision.reason).inc()
-    if rule is not None:
-        m.at(m.rule_matches, model, rule.name).inc()
-    online = runtime.online_thresholds.get(model)
+    if scope is not None:
+        decision = within_scope(decision, scope, router.local if decision.route == "api" else router.api)
+    if record:
+        _record(state, runtime, model, decision, score)
+    return decision
+
+
+def _record(
+    state: GatewayState, runtime: Runtime, router: str, decision: Decision, score: float | None
+) -> None:
+    m = state.metrics
+    m.at(m.decisions, router, decision.route, decision.reason).inc()
+    if decision.rule is not None:
+        m.at(m.rule_matches, router, decision.rule).inc()
+    online = runtime.online_thresholds.get(router)
     if online is not None:
         before = online.threshold
         if score is None:
@@ -103,8 +114,7 @@ async def route(
         else:
             online.observe(score)
         if online.threshold != before:
-            m.at(m.threshold, model).set(online.threshold)
-    return decision
+            m.at(m.threshold, router).set(online.threshold)
 
 
 def explanation(runtime: Runtime, decision: Decision, body: dict[str, Any]) -> str:
@@ -253,7 +263,7 @@ async def serve(
         body = await read_json(request, runtime.settings.max_body_bytes)
         validate(body)
         decision = await route(runtime, state, request, body, api_key)
-        wants = request.headers.get(EXPLAIN_HEADER, "0").lower() not in ("0", "false")
+        wants = request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
         explained = explanation(runtime, decision, body) if wants else None
         answer = await _unless_client_leaves(request, call(runtime, state, decision, dialect, path, body))
         if answer.fell_back_from is not None and decision.route in ROUTES:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import Router, Target
+from gateway.errors import PermissionDenied
 from gateway.rules import Rule
 
 ROUTES = ("local", "api")
@@ -15,7 +16,7 @@ class Decision:
     route: str  # "local", "api", or "direct" for a request naming a concrete model
     target: Target
     fallback: Target | None
-    reason: str  # "score", "rule", "header", "model", or "fallback" once the other target answered
+    reason: str  # "score", "rule", "header", "model", "scope", or "fallback" once the other target answered
     score: float | None = None
     threshold: float | None = None
     rule: str | None = None  # the rule's name, when one decided
@@ -36,6 +37,7 @@ def decide(
     """
     threshold = router.threshold if threshold is None else threshold
     fallback = router.fallback
+    route: str
     if rule is not None:
         route, reason = rule.route, "rule"
         fallback = fallback if rule.fallback is None else rule.fallback
@@ -59,3 +61,20 @@ def decide(
 
 def direct(target: Target) -> Decision:
     return Decision(route="direct", target=target, fallback=None, reason="model")
+
+
+def within_scope(decision: Decision, backends: frozenset[str], other: Target | None) -> Decision:
+    """The decision for a key limited to `backends` (`server.key_scopes`): kept when its target is
+    allowed (without a fallback that is not), moved to `other` (the router's other target) when that
+    one is, refused otherwise. A scope is enforcement, so it wins over rules, the header and the score."""
+    fallback = decision.fallback if decision.fallback and decision.fallback.backend in backends else None
+    if decision.target.backend in backends:
+        return replace(decision, fallback=fallback)
+    if other is not None and other.backend in backends:
+        route = "local" if decision.route == "api" else "api"
+        return replace(decision, route=route, target=other, fallback=None, reason="scope", threshold=None)
+    allowed = ", ".join(sorted(backends))
+    raise PermissionDenied(
+        f"This key may not use backend '{decision.target.backend}'; it is limited to: {allowed}.",
+        code="backend_not_allowed",
+    )

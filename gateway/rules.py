@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from classifier import Features
 
@@ -23,7 +24,7 @@ def estimated_context_tokens(features: Features) -> int:
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
-    route: str  # "local" or "api"
+    route: Literal["local", "api"]
     fallback: bool | None = None  # None: the router's setting; False keeps e.g. local-only data local
     # Conditions; None means "not checked". All that are set must hold.
     tools: bool | None = None
@@ -31,7 +32,7 @@ class Rule:
     context_tokens_over: int | None = None
     max_tokens_over: int | None = None
     turns_over: int | None = None
-    headers: Mapping[str, str] | None = None  # lower-case name -> exact value
+    headers: tuple[tuple[str, str], ...] | None = None  # (lower-case name, exact value)
     api_keys: frozenset[str] | None = None  # the gateway key the client authenticated with
 
     def matches(self, features: Features, headers: Mapping[str, str], api_key: str | None) -> bool:
@@ -48,7 +49,7 @@ class Rule:
             return False
         if self.turns_over is not None and features.turns <= self.turns_over:
             return False
-        if self.headers is not None and any(headers.get(k) != v for k, v in self.headers.items()):
+        if self.headers is not None and any(headers.get(k) != v for k, v in self.headers):
             return False
         return self.api_keys is None or api_key in self.api_keys
 

@@ -102,7 +102,12 @@ class Runtime:
                 online.carry_over(old)
 
     async def start(self) -> None:
-        """Discover models where asked; a backend that is down now is asked again on demand."""
+        """Load classifier artifacts off the event loop, so the first request does not pay for it,
+        and discover models where asked (a backend that is down now is asked again on demand)."""
+        for classifier in self.classifiers.values():
+            load = getattr(classifier, "load", None)
+            if callable(load):
+                await asyncio.to_thread(load)
         await asyncio.gather(
             *(self._discover(name) for name, b in self.settings.backends.items() if b.discover_models)
         )

@@ -119,8 +119,13 @@ def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
                 scores.append(classifier.score(features))
             else:
                 pinned_api += rule.route == "api"
-    if not total:
-        raise ToolError("no requests to calibrate on")
+    if not scores:
+        # Nothing the threshold decides: writing one would only change requests this log never had.
+        raise ToolError(
+            f"none of the {total} requests is decided by the score (rules pin them all)"
+            if total
+            else "no requests to calibrate on"
+        )
     # Requests the config's rules send to the API count towards the share, as online.
     threshold = threshold_for(sorted(scores), round(args.target_api_share * total) - pinned_api)
     share = (sum(s >= threshold for s in scores) + pinned_api) / total

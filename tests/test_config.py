@@ -107,8 +107,10 @@ def test_threshold_defaults_to_the_classifiers_own() -> None:
     assert (router.classifier, router.threshold) == ("learned", LearnedClassifier().default_threshold)
     data["routers"]["auto"]["classifier"] = "heuristic"
     assert build(parse(data), ENV).routers["auto"].threshold == 0.5
-    data["routers"]["auto"]["classifier"] = "json:JSONDecodeError"  # a class that needs arguments
-    assert "routers.auto.classifier: cannot build 'json:JSONDecodeError'" in error_for(data)
+    data["routers"]["auto"]["classifier"] = "json:loads"  # a factory that fails without arguments
+    assert "routers.auto.classifier: cannot build 'json:loads'" in error_for(data)
+    data["routers"]["auto"]["classifier"] = "json:JSONDecoder"  # a class without default_threshold:
+    assert build(parse(data), ENV).routers["auto"].threshold == 0.5  # not even built to find out
 
 
 def test_unknown_classifier_and_kind() -> None:
@@ -155,6 +157,7 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
             "VLLM_API_KEY": "v",
             "CROSSOVER_TEAM_KEY": "t",
             "CROSSOVER_LOCAL_ONLY_KEY": "l",
+            "CROSSOVER_RESIDENT_KEY": "r",
             "ANTHROPIC_API_KEY": "a",
         },
     )
@@ -164,6 +167,7 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
 
     for model in (
         c.ServerSpec,
+        c.KeyScopeSpec,
         c.OpenAICompatibleSpec,
         c.AnthropicSpec,
         c.ModelSpec,

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from classifier import extract_features, load_classifier
 from classifier.evaluate import apgr, auroc, call_performance, cpt, metrics, paired_bootstrap
@@ -137,6 +139,16 @@ def test_mixed_unicode_takes_the_slow_path_word_by_word_with_the_same_result() -
     for _ in range(500):
         text = "".join(alphabet[i] for i in rng.integers(0, len(alphabet), 80))
         assert pre_tokenize(text) == _normalise_slow(text), repr(text)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=("Cf", "Cs")), max_size=60))
+@example("foo\x85bar")  # NEL, a C1 control: dropped, not a space
+@example("\u039f\u0394\u039f\u03a3\x85x\ufffd")
+def test_fast_pre_tokenizer_equals_the_unicode_path_on_any_text(text: str) -> None:
+    # Format characters (Cf) are the one documented exception: next to a capital sigma they change
+    # which lower-case sigma Python picks.
+    assert pre_tokenize(text) == _normalise_slow(text)
 
 
 def test_wordpiece_splits_and_drops_unknowns() -> None:

@@ -94,8 +94,11 @@ def test_threshold_for_sends_exactly_the_asked_count() -> None:
     scores = [i / 100 for i in range(100)]
     for count in (0, 1, 30, 99, 100, 150):
         assert sum(s >= threshold_for(scores, count) for s in scores) == min(count, 100)
-    ties = [0.2, 0.5, 0.5, 0.5, 0.9]
-    assert threshold_for(ties, 2) == 0.5  # ties at the threshold all go: 4 of 5
+    ties = [0.2, 0.5, 0.5, 0.5, 0.9]  # equal scores go the same way: 1 or 4 can go, not 2
+    assert threshold_for(ties, 2) == 0.9  # 1 is nearer 2 than 4 is
+    assert threshold_for(ties, 3) == 0.5  # 4 is nearer 3 than 1 is
+    assert threshold_for([0.7] * 10, 3) > 0.7  # nothing rather than everything
+    assert threshold_for([0.7] * 10, 6) == 0.7
     assert threshold_for([0.3, 1.0], 0) > 1.0  # a score of exactly 1.0 stays local too
 
 
