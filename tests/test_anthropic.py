@@ -264,7 +264,16 @@ def test_anthropic_client_errors_keep_their_shape(
         stream.get_final_message()
 
 
-def test_count_tokens_native_and_on_vllm(claude: anthropic.Anthropic) -> None:
+def hybrid_decisions(gateway: Server) -> float:
+    lines = httpx.get(gateway.url + "/metrics").text.splitlines()
+    return sum(
+        float(line.split()[-1])
+        for line in lines
+        if line.startswith("crossover_routing_decisions_total{") and 'router="hybrid"' in line
+    )
+
+
+def test_count_tokens_native_and_on_vllm(claude: anthropic.Anthropic, gateway: Server) -> None:
     native = claude.messages.count_tokens(
         model=CLAUDE, messages=[{"role": "user", "content": "one two three"}]
     )
@@ -273,6 +282,14 @@ def test_count_tokens_native_and_on_vllm(claude: anthropic.Anthropic) -> None:
         model="tiny-llama", messages=[{"role": "user", "content": "one two three"}]
     )
     assert local.input_tokens > 3  # vLLM's own tokenizer, chat template included
+    # Through a router: counted where the request would go, without counting as a routing decision.
+    before = hybrid_decisions(gateway)
+    routed = claude.messages.with_raw_response.count_tokens(
+        model="hybrid", messages=[{"role": "user", "content": "one two three"}]
+    )
+    assert routed.headers["x-crossover-route"] == "local"
+    assert routed.parse().input_tokens == local.input_tokens
+    assert hybrid_decisions(gateway) == before
 
 
 # ---- Anthropic SDK → the real vLLM (translated) ---------------------------------------------------
