@@ -124,7 +124,9 @@ def explanation(runtime: Runtime, decision: Decision, body: dict[str, Any]) -> s
     if decision.rule is not None:
         out["rule"] = decision.rule
     if decision.score is not None:
-        out.update(score=round(decision.score, 4), threshold=round(decision.threshold or 0.0, 4))
+        out["score"] = round(decision.score, 4)
+        if decision.threshold is not None:  # none when a key's scope moved the request
+            out["threshold"] = round(decision.threshold, 4)
         classifier = runtime.classifiers.get(body["model"])
         if isinstance(classifier, Explainer):
             terms = sorted(classifier.explain(extract_features(body)), key=lambda t: -abs(t[1]))

@@ -337,6 +337,15 @@ def test_a_scoped_key_reaches_only_its_backends(ruled: Server) -> None:
         headers = ask(ruled, HARD, key=RESIDENT_KEY, **extra)
         assert (headers["x-crossover-route"], headers["x-crossover-backend"]) == ("local", "local")
     assert ask(ruled, "hi", key=RESIDENT_KEY, model="gpt-4o-mini")["x-crossover-backend"] == "local"
+    moved = json.loads(
+        ask(ruled, HARD, key=RESIDENT_KEY, extra_headers={"x-crossover-explain": "1"})["x-crossover-explain"]
+    )
+    assert (moved["route"], moved["reason"], "threshold" in moved, "score" in moved) == (
+        "local",
+        "scope",
+        False,
+        True,
+    )
     with (
         anthropic.Anthropic(base_url=ruled.url, api_key=RESIDENT_KEY, max_retries=0) as claude,
         pytest.raises(anthropic.PermissionDeniedError) as refused,
