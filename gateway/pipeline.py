@@ -144,10 +144,27 @@ class Answer:
     gpu_mark: float | None  # the backend's GPU meter mark, when it is self-hosted
 
 
+# Headers of a client's own API that go on to a backend speaking that API (Anthropic's beta features);
+# a request translated to another dialect has no use for them.
+PASSTHROUGH_HEADERS = {"anthropic": ("anthropic-beta",)}
+
+
+def passthrough_headers(request: Request, dialect: str) -> dict[str, str]:
+    names = PASSTHROUGH_HEADERS.get(dialect, ())
+    return {name: value for name in names if (value := request.headers.get(name)) is not None}
+
+
 async def call(
-    runtime: Runtime, state: GatewayState, decision: Decision, dialect: str, path: str, body: dict[str, Any]
+    runtime: Runtime,
+    state: GatewayState,
+    decision: Decision,
+    dialect: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
 ) -> Answer:
-    """Try the decided target, then its fallback on a retryable failure."""
+    """Try the decided target, then its fallback on a retryable failure. `headers` go only to a
+    backend of the client's own dialect."""
     targets = [decision.target] if decision.fallback is None else [decision.target, decision.fallback]
     stream = body.get("stream") is True
     upstream_seconds = 0.0
@@ -160,14 +177,15 @@ async def call(
             bridge = bridge_for(dialect, path, resolved.provider, body)
             outgoing = bridge.request(resolved.model.upstream)
             provider = resolved.provider
+            extra = headers if headers and provider.dialect == dialect else None
             meter = state.meters.get(target.backend)
             mark = meter.start() if meter is not None else None
             reply: Completion | EventStream
             try:
                 if stream:
-                    reply = await provider.stream(bridge.backend_path, outgoing)
+                    reply = await provider.stream(bridge.backend_path, outgoing, extra)
                 else:
-                    reply = await provider.complete(bridge.backend_path, outgoing)
+                    reply = await provider.complete(bridge.backend_path, outgoing, extra)
             except BaseException:
                 if meter is not None and mark is not None:
                     meter.stop(mark)  # a refused call is not charged GPU time
@@ -267,7 +285,10 @@ async def serve(
         decision = await route(runtime, state, request, body, api_key)
         wants = request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
         explained = explanation(runtime, decision, body) if wants else None
-        answer = await _unless_client_leaves(request, call(runtime, state, decision, dialect, path, body))
+        answer = await _unless_client_leaves(
+            request,
+            call(runtime, state, decision, dialect, path, body, passthrough_headers(request, dialect)),
+        )
         if answer.fell_back_from is not None and decision.route in ROUTES:
             # Account the request to the route that actually answered it.
             other = "local" if decision.route == "api" else "api"

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import Completion, UpstreamError, Usage
+from providers.base import Completion, Headers, UpstreamError, Usage
 from providers.http import HttpClient, HttpConfig, SSEStream
 from providers.sse import Event
 
@@ -52,26 +52,26 @@ class AnthropicProvider:
             raise self.http.error(_stream_error_status(event.data), {}, event.data)
         return event
 
-    async def complete(self, path: str, body: dict[str, Any]) -> Completion:
+    async def complete(self, path: str, body: dict[str, Any], headers: Headers = None) -> Completion:
         started = time.perf_counter()
-        parsed, raw = await self.http.post_json(self.http.base + path, body)
+        parsed, raw = await self.http.post_json(self.http.base + path, body, headers)
         return Completion(parsed, raw, time.perf_counter() - started)
 
-    async def stream(self, path: str, body: dict[str, Any]) -> SSEStream:
-        resp = await self.http.open_stream(self.http.base + path, body)
+    async def stream(self, path: str, body: dict[str, Any], headers: Headers = None) -> SSEStream:
+        resp = await self.http.open_stream(self.http.base + path, body, headers)
         return SSEStream(self.name, resp, self._event)
 
     async def list_models(self) -> list[str]:
         return await self.http.model_ids()
 
-    async def count_tokens(self, body: dict[str, Any]) -> int:
+    async def count_tokens(self, body: dict[str, Any], headers: Headers = None) -> int:
         payload = {
             k: v
             for k, v in body.items()
             if k
             not in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata")
         }
-        parsed, _ = await self.http.post_json(self.http.base + "/messages/count_tokens", payload)
+        parsed, _ = await self.http.post_json(self.http.base + "/messages/count_tokens", payload, headers)
         count = parsed.get("input_tokens")
         if not isinstance(count, int):
             raise UpstreamError(502, f"backend '{self.name}' returned an unreadable token count")

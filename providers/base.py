@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -76,6 +76,9 @@ class EventStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+Headers = Mapping[str, str] | None
+
+
 class Provider(Protocol):
     """`dialect` names the wire format of `complete` and `stream` bodies and paths:
     "openai" (`/chat/completions`, `/completions`) or "anthropic" (`/messages`)."""
@@ -83,15 +86,17 @@ class Provider(Protocol):
     name: str
     dialect: str
 
-    async def complete(self, path: str, body: dict[str, Any]) -> Completion: ...
+    # `headers`: per-request headers a client sent for this backend's own API (e.g. `anthropic-beta`),
+    # added to the backend's configured ones.
+    async def complete(self, path: str, body: dict[str, Any], headers: Headers = None) -> Completion: ...
 
-    async def stream(self, path: str, body: dict[str, Any]) -> EventStream:
+    async def stream(self, path: str, body: dict[str, Any], headers: Headers = None) -> EventStream:
         """Open the stream; raises UpstreamError before the first event if the backend refuses."""
         ...
 
     async def list_models(self) -> list[str]: ...
 
-    async def count_tokens(self, body: dict[str, Any]) -> int:
+    async def count_tokens(self, body: dict[str, Any], headers: Headers = None) -> int:
         """Input tokens of a request in the provider's dialect; UnsupportedRequest if it cannot tell."""
         ...
 

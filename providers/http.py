@@ -54,7 +54,12 @@ class HttpClient:
         return error_from_response(self.config.name, status, headers, raw, self.config.secrets)
 
     async def call(
-        self, method: str, url: str, body: Any = None, limit_seconds: float | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        limit_seconds: float | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, bytes]:
         """One whole exchange; returns (status, body) and raises UpstreamError for status >= 400,
         except 404, which the caller may want to read as "not supported"."""
@@ -62,6 +67,8 @@ class HttpClient:
         kwargs: dict[str, Any] = {}
         if limit_seconds is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=limit_seconds)
+        if headers:
+            kwargs["headers"] = headers
         try:
             async with self._client().request(method, url, data=data, **kwargs) as resp:
                 raw = await resp.read()
@@ -71,8 +78,10 @@ class HttpClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise error_from_transport(self.config.name, exc) from None
 
-    async def post_json(self, url: str, body: Any) -> tuple[dict[str, Any], bytes]:
-        status, raw = await self.call("POST", url, body)
+    async def post_json(
+        self, url: str, body: Any, headers: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, Any], bytes]:
+        status, raw = await self.call("POST", url, body, headers=headers)
         if status == 404:
             raise self.error(404, {}, raw)
         return self.parse(raw), raw
@@ -100,9 +109,11 @@ class HttpClient:
                 502, f"backend '{self.config.name}' returned an unreadable model list"
             ) from None
 
-    async def open_stream(self, url: str, body: Any) -> aiohttp.ClientResponse:
+    async def open_stream(
+        self, url: str, body: Any, headers: Mapping[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
         try:
-            resp = await self._client().post(url, data=orjson.dumps(body))
+            resp = await self._client().post(url, data=orjson.dumps(body), headers=headers or None)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise error_from_transport(self.config.name, exc) from None
         if resp.status >= 400 or not resp.content_type.startswith("text/event-stream"):

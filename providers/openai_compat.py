@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import Completion, UnsupportedRequest, UpstreamError, Usage
+from providers.base import Completion, Headers, UnsupportedRequest, UpstreamError, Usage
 from providers.errors import error_from_response
 from providers.http import HttpClient, HttpConfig, SSEStream
 from providers.sse import Event
@@ -77,26 +77,26 @@ class OpenAICompatProvider:
         self.name = config.name
         self.http = HttpClient(replace(config, headers=headers, secrets=secrets))
 
-    async def complete(self, path: str, body: dict[str, Any]) -> Completion:
+    async def complete(self, path: str, body: dict[str, Any], headers: Headers = None) -> Completion:
         started = time.perf_counter()
-        status, raw = await self.http.call("POST", self.http.base + path, body)
+        status, raw = await self.http.call("POST", self.http.base + path, body, headers=headers)
         if status == 404:
             raise self.http.error(404, {}, raw)
         raw = strip_disallowed_nulls(raw)
         return Completion(self.http.parse(raw), raw, time.perf_counter() - started)
 
-    async def stream(self, path: str, body: dict[str, Any]) -> SSEStream:
-        resp = await self.http.open_stream(self.http.base + path, body)
+    async def stream(self, path: str, body: dict[str, Any], headers: Headers = None) -> SSEStream:
+        resp = await self.http.open_stream(self.http.base + path, body, headers)
         return SSEStream(self.name, resp, _stream_transform(self.name, self.http.config.secrets))
 
     async def list_models(self) -> list[str]:
         return await self.http.model_ids()
 
-    async def count_tokens(self, body: dict[str, Any]) -> int:
+    async def count_tokens(self, body: dict[str, Any], headers: Headers = None) -> int:
         """vLLM (and SGLang) answer `POST /tokenize` beside `/v1`; other servers cannot count."""
         root = self.http.base.removesuffix("/v1")
         payload = {k: body[k] for k in ("model", "messages", "prompt", "tools") if k in body}
-        status, raw = await self.http.call("POST", root + "/tokenize", payload)
+        status, raw = await self.http.call("POST", root + "/tokenize", payload, headers=headers)
         if status == 404:
             raise UnsupportedRequest(f"backend '{self.name}' cannot count tokens (it has no /tokenize)")
         try:

@@ -192,6 +192,29 @@ def test_anthropic_client_native_text_and_stream(claude: anthropic.Anthropic) ->
     assert final.usage.output_tokens == message.usage.output_tokens
 
 
+def test_anthropic_beta_reaches_anthropic_but_not_a_translated_backend(
+    claude: anthropic.Anthropic, oai: openai.OpenAI, anthropic_sim: Server
+) -> None:
+    def sim_headers() -> dict[str, Any]:
+        headers: dict[str, Any] = httpx.get(anthropic_sim.url + "/_sim/requests").json()[-1]["headers"]
+        return headers
+
+    betas = ["prompt-caching-2024-07-31", "token-efficient-tools-2025-02-19"]
+    hi: Any = [{"role": "user", "content": "hi"}]
+    claude.beta.messages.create(model=CLAUDE, max_tokens=8, messages=hi, betas=betas)
+    assert sim_headers()["anthropic-beta"] == ",".join(betas)
+    with claude.beta.messages.stream(model=CLAUDE, max_tokens=8, messages=hi, betas=betas) as stream:
+        stream.get_final_message()
+    assert sim_headers()["anthropic-beta"] == ",".join(betas)
+    claude.beta.messages.count_tokens(model=CLAUDE, messages=hi, betas=betas)
+    assert set(betas) <= set(sim_headers()["anthropic-beta"].split(","))  # the SDK adds its own
+    claude.messages.create(model=CLAUDE, max_tokens=8, messages=hi)
+    assert sim_headers()["anthropic-beta"] is None  # per request, not remembered
+    # An OpenAI client's request is translated: Anthropic's beta header is not its to send.
+    oai.chat.completions.create(model=CLAUDE, messages=hi, extra_headers={"anthropic-beta": "x"})
+    assert sim_headers()["anthropic-beta"] is None
+
+
 def test_anthropic_client_routed_by_score_and_header(claude: anthropic.Anthropic) -> None:
     hard = claude.messages.with_raw_response.create(
         model="hybrid",

@@ -11,7 +11,7 @@ from starlette.responses import Response
 
 from gateway.errors import error_response
 from gateway.inbound import read_json, validate_messages
-from gateway.pipeline import authenticate, gateway_state, route, serve
+from gateway.pipeline import authenticate, gateway_state, passthrough_headers, route, serve
 from providers.bridges import bridge_for
 
 
@@ -30,7 +30,9 @@ async def count_tokens(request: Request) -> Response:
         decision = await route(runtime, state, request, body, api_key, record=False)
         resolved = await runtime.resolve(decision.target)
         bridge = bridge_for("anthropic", "/messages", resolved.provider, body)
-        count = await resolved.provider.count_tokens(bridge.request(resolved.model.upstream))
+        native = resolved.provider.dialect == "anthropic"
+        extra = passthrough_headers(request, "anthropic") if native else None
+        count = await resolved.provider.count_tokens(bridge.request(resolved.model.upstream), extra)
         headers = {"x-crossover-route": decision.route, "x-crossover-backend": resolved.backend.name}
         return Response(orjson.dumps({"input_tokens": count}), media_type="application/json", headers=headers)
     except Exception as exc:
