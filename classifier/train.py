@@ -285,7 +285,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(examples)} MMLU-Pro questions: {len(train)} train, {len(test)} held out; label rate {y.mean():.3f}"
     )
-    tokens, matrix = distill_embedding(args.cache)
+    try:
+        tokens, matrix = distill_embedding(args.cache)
+    except ImportError as exc:
+        print(f"training needs the `train` extra: pip install -e '.[train]' ({exc})", file=sys.stderr)
+        return 2
     x = design_matrix(train, tokens, matrix, "featurising train")
     l2 = choose_l2(x, y, args.seed)
     head = fit_head(x, y, l2)

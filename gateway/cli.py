@@ -76,13 +76,24 @@ def app_from_env() -> object:
 
 def _classifier(args: argparse.Namespace) -> int:
     """Offline tools (their heavy dependencies are the `train` extra)."""
-    if args.action == "train":
-        from classifier.train import main as train_main
+    try:
+        if args.action == "train":
+            from classifier.train import main as train_main
 
-        return train_main(args.rest)
-    from classifier.evaluate import main as eval_main
+            return train_main(args.rest)
+        from classifier.evaluate import main as eval_main
 
-    return eval_main(args.rest)
+        return eval_main(args.rest)
+    except ImportError as exc:
+        print(
+            f"crossover classifier {args.action}: needs the `train` extra: pip install -e '.[train]' ({exc})",
+            file=sys.stderr,
+        )
+    except OSError as exc:
+        print(
+            f"crossover classifier {args.action}: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr
+        )
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

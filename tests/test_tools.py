@@ -83,6 +83,14 @@ def test_calibrate_counts_requests_rules_pin_to_the_api(tmp_path: Path) -> None:
     assert "30.0% of 100 requests to the API, 20 of them pinned by rules" in result.stdout
 
 
+@pytest.mark.parametrize("action", ["train", "eval"])
+def test_classifier_commands_name_missing_data(tmp_path: Path, action: str) -> None:
+    result = crossover("classifier", action, "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert f"crossover classifier {action}: cannot read {tmp_path / 'nowhere'}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_bad_lines_are_named() -> None:
     result = crossover("classify", stdin=json.dumps(EASY) + "\n{oops\n")
     assert result.returncode == 2
