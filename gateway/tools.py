@@ -61,6 +61,8 @@ def _pinned(router: Router | None, features: Features) -> Rule | None:
 
 
 def classify(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.explain < 0:
+        raise ToolError("--explain must be 0 or more")
     router, classifier = _router(args)
     with _open(args.input) as stream:
         for _, request in _requests(stream):

@@ -96,6 +96,11 @@ def test_bad_lines_are_named() -> None:
     assert result.returncode == 2
     assert "line 2: not JSON" in result.stderr
     assert "Traceback" not in result.stderr
+    negative = crossover("classify", "--explain", "-1", stdin=json.dumps(EASY) + "\n")
+    assert (negative.returncode, negative.stderr.strip()) == (
+        2,
+        "crossover classify: --explain must be 0 or more",
+    )
 
 
 def test_threshold_for_sends_exactly_the_asked_count() -> None:
