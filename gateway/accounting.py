@@ -15,8 +15,9 @@ def cost_usd(usage: Usage, price: Price) -> float:
     return uncached * price.input + usage.cached * price.cached_input + usage.output * price.output
 
 
-class GpuMeter:
-    """Amortises a self-hosted deployment's GPU cost over the requests it serves, by busy-time share.
+class BackendMeter:
+    """Counts this worker's requests running on one backend (spill-over reads it) and, for a
+    self-hosted deployment, amortises its GPU cost over them by busy-time share.
 
     At every instant the deployment's cost rate is split evenly among the requests running on it; while
     none runs, the cost accrues as idle (reported, not hidden). One integral per backend keeps it O(1):
@@ -40,6 +41,10 @@ class GpuMeter:
             self._share += cost / self._running
         else:
             self._idle += cost
+
+    @property
+    def running(self) -> int:
+        return self._running
 
     def start(self) -> float:
         """A request begins using the deployment; returns its mark."""

@@ -61,7 +61,8 @@ async def _housekeeping(state: GatewayState) -> None:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
         history.record(snapshot(m.render(), time.monotonic()))
         for name, meter in state.meters.items():
-            m.at(m.gpu_idle_cost, name).inc(meter.take_idle())
+            if meter.usd_per_hour > 0:
+                m.at(m.gpu_idle_cost, name).inc(meter.take_idle())
         runtime = state.runtime
         for name, backend in runtime.settings.backends.items():
             provider = runtime.providers[name]

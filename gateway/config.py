@@ -53,6 +53,9 @@ class _BackendSpec(_Strict):
     timeout: TimeoutSpec = TimeoutSpec()
     max_connections: Annotated[int, Field(ge=1)] = 256
     headers: dict[str, str] = {}
+    # Spill-over: once this many requests of this worker run here, router requests decided for this
+    # backend go to the router's other target first (when they may fall back and it is not full too).
+    max_in_flight: Annotated[int, Field(ge=1)] | None = None
 
 
 class OpenAICompatibleSpec(_BackendSpec):
@@ -172,6 +175,7 @@ class Backend:
     options: Mapping[str, Any]  # what only this kind has, e.g. anthropic_version
     gpu_usd_per_hour: float = 0.0  # the whole deployment (per-GPU rate x GPUs); 0 when not self-hosted
     scrape_metrics: bool = False
+    max_in_flight: int | None = None  # spill-over limit, per worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +287,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             options=b.model_dump(include={"anthropic_version", "default_max_tokens"}),
             gpu_usd_per_hour=(getattr(b, "gpu_usd_per_hour", None) or 0.0) * getattr(b, "gpus", 1),
             scrape_metrics=getattr(b, "scrape_metrics", False),
+            max_in_flight=b.max_in_flight,
         )
     keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
     routers: dict[str, Router] = {}

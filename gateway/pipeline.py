@@ -16,10 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from classifier import Explainer, extract_features
+from gateway.config import Target
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
-from gateway.routing import ROUTES, Decision, decide, direct, within_scope
+from gateway.routing import ROUTES, Decision, decide, direct, spilled, within_scope
 from gateway.rules import first_match
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
@@ -92,11 +93,22 @@ async def route(
             m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
             m.at(m.score, model).observe(score)
     decision = decide(router, score, forced, rule, runtime.threshold(model))
+    if (
+        decision.fallback is not None
+        and _full(runtime, state, decision.target)
+        and not _full(runtime, state, decision.fallback)
+    ):
+        decision = spilled(decision)
     if scope is not None:
         decision = within_scope(decision, scope, router.local if decision.route == "api" else router.api)
     if record:
         _record(state, runtime, model, decision, score)
     return decision
+
+
+def _full(runtime: Runtime, state: GatewayState, target: Target) -> bool:
+    limit = runtime.settings.backends[target.backend].max_in_flight
+    return limit is not None and state.meters[target.backend].running >= limit
 
 
 def _record(
@@ -141,7 +153,7 @@ class Answer:
     reply: Completion | EventStream
     upstream_seconds: float
     fell_back_from: str | None
-    gpu_mark: float | None  # the backend's GPU meter mark, when it is self-hosted
+    gpu_mark: float | None  # the backend meter's mark (its GPU cost share, its running count)
 
 
 # Headers of a client's own API that go on to a backend speaking that API (Anthropic's beta features);

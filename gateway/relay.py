@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from classifier import extract_features
-from gateway.accounting import GpuMeter, cost_usd, estimate_tokens
+from gateway.accounting import BackendMeter, cost_usd, estimate_tokens
 from gateway.config import ModelEntry
 from gateway.errors import error_code, error_frame
 from gateway.metrics import Metrics
@@ -39,7 +39,7 @@ class Exchange:
     upstream_seconds: float = 0.0
     body: dict[str, Any] = field(default_factory=dict)  # the client's request, for usage estimates
     baseline: ModelEntry | None = None
-    meter: GpuMeter | None = None
+    meter: BackendMeter | None = None
     gpu_mark: float | None = None
     first_token_at: float | None = None
     last_event_at: float | None = None

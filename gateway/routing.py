@@ -16,7 +16,8 @@ class Decision:
     route: str  # "local", "api", or "direct" for a request naming a concrete model
     target: Target
     fallback: Target | None
-    reason: str  # "score", "rule", "header", "model", "scope", or "fallback" once the other target answered
+    # "score", "rule", "header", "model", "spill", "scope", or "fallback" once the other target answered
+    reason: str
     score: float | None = None
     threshold: float | None = None
     rule: str | None = None  # the rule's name, when one decided
@@ -77,4 +78,20 @@ def within_scope(decision: Decision, backends: frozenset[str], other: Target | N
     raise PermissionDenied(
         f"This key may not use backend '{decision.target.backend}'; it is limited to: {allowed}.",
         code="backend_not_allowed",
+    )
+
+
+def spilled(decision: Decision) -> Decision:
+    """Its target is full (`max_in_flight`): the fallback serves first, and the target becomes the
+    fallback. Only for a decision that may fall back at all: a rule's `fallback: false` keeps it."""
+    if decision.fallback is None:
+        return decision
+    route = "local" if decision.route == "api" else "api"
+    return replace(
+        decision,
+        route=route,
+        target=decision.fallback,
+        fallback=decision.target,
+        reason="spill",
+        threshold=None,
     )

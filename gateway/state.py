@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from gateway.accounting import GpuMeter
+from gateway.accounting import BackendMeter
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -23,8 +23,8 @@ class GatewayState:
         self._loader = loader  # re-reads the config file; None for the embedded default
         self._retired: set[Runtime] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # GPU meters outlive reloads, so a request that started before one is charged correctly.
-        self.meters: dict[str, GpuMeter] = {}
+        # Meters outlive reloads, so a request that started before one is counted and charged correctly.
+        self.meters: dict[str, BackendMeter] = {}
         self._sync_meters()
         self.export_thresholds()
 
@@ -32,13 +32,12 @@ class GatewayState:
         workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
         for name, backend in self.runtime.settings.backends.items():
             rate = backend.gpu_usd_per_hour / workers
-            if rate <= 0:
-                continue
             if name in self.meters:
                 self.meters[name].usd_per_hour = rate
             else:
-                self.meters[name] = GpuMeter(rate)
-            self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
+                self.meters[name] = BackendMeter(rate)
+            if rate > 0:
+                self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
 
     def export_thresholds(self) -> None:
         for name in self.runtime.settings.routers:

@@ -21,7 +21,7 @@ from classifier import extract_features, load_classifier
 from classifier.learned import LearnedClassifier
 from gateway.config import ConfigError, Router, Target, build, parse
 from gateway.online_threshold import OnlineThreshold
-from gateway.routing import decide
+from gateway.routing import decide, spilled
 from gateway.rules import Rule, first_match
 from tests.conftest import SIM_KEY
 from tests.servers import Server, start_gateway
@@ -73,6 +73,19 @@ def test_a_rule_wins_over_the_header_and_may_forbid_fallback() -> None:
     )
     assert decide(router, None, rule=Rule("t", "api", tools=True)).fallback == router.local
     assert decide(router, 0.4, threshold=0.3).route == "api"  # an online threshold replaces the router's
+
+
+def test_spilling_swaps_target_and_fallback_unless_fallback_is_forbidden() -> None:
+    router = Router("auto", "heuristic", 0.5, Target("local", None), Target("openai", None), fallback=True)
+    moved = spilled(decide(router, 0.1))
+    assert (moved.route, moved.target, moved.fallback, moved.reason) == (
+        "api",
+        router.api,
+        router.local,
+        "spill",
+    )
+    pinned = decide(router, None, rule=Rule("local-only", "local", fallback=False, tools=True))
+    assert spilled(pinned) == pinned
 
 
 def route_with(online: OnlineThreshold, score: float) -> bool:

@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from classifier import extract_features, load_classifier
-from gateway.accounting import GpuMeter, cost_usd
+from gateway.accounting import BackendMeter, cost_usd
 from gateway.config import Price, Router, Target
 from gateway.routing import decide
 from providers.base import Usage
@@ -201,7 +201,7 @@ def test_agent_turns_keep_the_task_text_and_count_system_and_tool_results() -> N
 
 def test_gpu_meter_splits_busy_time_and_reports_idle() -> None:
     now = [0.0]
-    meter = GpuMeter(3.6, clock=lambda: now[0])  # 3.6 USD/hour = 0.001 USD/second
+    meter = BackendMeter(3.6, clock=lambda: now[0])  # 3.6 USD/hour = 0.001 USD/second
     a = meter.start()
     now[0] = 10.0
     b = meter.start()  # from here A and B share the GPU

@@ -131,3 +131,42 @@ def test_self_hosted_cost_is_amortised_and_vllm_state_scraped(
         assert ("crossover_backend_kv_cache_usage_ratio", (("backend", "local"),)) in samples
     finally:
         server.stop()
+
+
+def test_a_full_local_backend_spills_router_requests_to_the_api(
+    tmp_path: Path, vllm: Server, openai_sim: Server, anthropic_sim: Server
+) -> None:
+    """With `max_in_flight: 1`, a second request while vLLM streams a long answer goes to the API."""
+    config = base_config(vllm.url, openai_sim.url, anthropic_sim.url)
+    config["backends"]["local"]["max_in_flight"] = 1
+    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    server = start_gateway(tmp_path, config, env=env)
+    explain = {"x-crossover-explain": "1"}
+    hi = [{"role": "user", "content": "hi"}]
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as client:
+
+            def ask(model: str = "auto") -> httpx.Headers:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=model, messages=hi, max_tokens=2, extra_headers=explain
+                )
+                return raw.headers
+
+            assert ask()["x-crossover-route"] == "local"  # nothing running: the score decides
+            long = client.chat.completions.create(
+                model="auto", messages=hi, max_tokens=2000, stream=True, extra_body={"ignore_eos": True}
+            )
+            with long:
+                next(iter(long))  # vLLM is generating for this one
+                spilled = ask()
+                assert (spilled["x-crossover-route"], spilled["x-crossover-backend"]) == ("api", "openai")
+                assert '"reason":"spill"' in spilled["x-crossover-explain"]
+                assert ask("tiny-llama")["x-crossover-backend"] == "local"  # a named model still goes there
+            deadline = time.monotonic() + 5
+            while ask()["x-crossover-route"] != "local":  # the stream's slot frees once it is closed
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        metrics = httpx.get(server.url + "/metrics").text
+        assert 'crossover_routing_decisions_total{reason="spill",route="api",router="auto"} 1.0' in metrics
+    finally:
+        server.stop()
