@@ -45,6 +45,11 @@ class TimeoutSpec(_Strict):
     read: Annotated[float, Field(gt=0)] = 600.0  # longest silence between two bytes of an answer
 
 
+class CircuitBreakerSpec(_Strict):
+    failures: Annotated[int, Field(ge=1)] = 5  # retryable failures in a row that open the circuit
+    cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0  # refused this long, then one trial call
+
+
 class _BackendSpec(_Strict):
     base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
     api_key: str | None = None
@@ -56,6 +61,7 @@ class _BackendSpec(_Strict):
     # Spill-over: once this many requests of this worker run here, router requests decided for this
     # backend go to the router's other target first (when they may fall back and it is not full too).
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
+    circuit_breaker: CircuitBreakerSpec | None = None  # none: always call, however often it fails
 
 
 class OpenAICompatibleSpec(_BackendSpec):
@@ -176,6 +182,7 @@ class Backend:
     gpu_usd_per_hour: float = 0.0  # the whole deployment (per-GPU rate x GPUs); 0 when not self-hosted
     scrape_metrics: bool = False
     max_in_flight: int | None = None  # spill-over limit, per worker
+    circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +295,11 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             gpu_usd_per_hour=(getattr(b, "gpu_usd_per_hour", None) or 0.0) * getattr(b, "gpus", 1),
             scrape_metrics=getattr(b, "scrape_metrics", False),
             max_in_flight=b.max_in_flight,
+            circuit_breaker=(
+                (b.circuit_breaker.failures, b.circuit_breaker.cooldown_seconds)
+                if b.circuit_breaker
+                else None
+            ),
         )
     keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))
     routers: dict[str, Router] = {}

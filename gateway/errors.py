@@ -80,6 +80,7 @@ _UPSTREAM_CODES = frozenset(
         "upstream_timeout",
         "backend_unreachable",
         "backend_unavailable",
+        "circuit_open",
     }
 )
 

@@ -108,6 +108,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.circuit_open = Gauge(
+            "crossover_circuit_open",
+            "1 while a backend's circuit breaker is open (calls refused at once), else 0.",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self.rule_matches = Counter(
             "crossover_rule_matches",
             "Requests whose route a config rule pinned, by rule.",

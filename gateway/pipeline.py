@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from classifier import Explainer, extract_features
+from gateway.breaker import CircuitBreaker
 from gateway.config import Target
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
@@ -26,6 +28,8 @@ from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
 from providers.base import Completion, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
+
+log = logging.getLogger("crossover")
 
 ROUTE_HEADER = "x-crossover-route"
 EXPLAIN_HEADER = "x-crossover-explain"  # sent as "1" or "true": the answer explains its route
@@ -184,7 +188,18 @@ async def call(
     first_error: UpstreamError | None = None
     for attempt, target in enumerate(targets):
         started = time.perf_counter()
+        breaker = state.breakers.get(target.backend)
+        called = False
         try:
+            if breaker is not None and not breaker.allow():
+                raise UpstreamError(
+                    503,
+                    f"backend '{target.backend}' is failing; its circuit is open",
+                    type="service_unavailable",
+                    code="circuit_open",
+                    retry_after=breaker.retry_after(),
+                    retryable=True,
+                )
             resolved = await runtime.resolve(target)
             bridge = bridge_for(dialect, path, resolved.provider, body)
             outgoing = bridge.request(resolved.model.upstream)
@@ -193,6 +208,7 @@ async def call(
             meter = state.meters.get(target.backend)
             mark = meter.start() if meter is not None else None
             reply: Completion | EventStream
+            called = True
             try:
                 if stream:
                     reply = await provider.stream(bridge.backend_path, outgoing, extra)
@@ -203,9 +219,13 @@ async def call(
                     meter.stop(mark)  # a refused call is not charged GPU time
                 raise
             waited = upstream_seconds + time.perf_counter() - started
+            if breaker is not None:
+                _record_call(state, target.backend, breaker, ok=True)
             return Answer(resolved, bridge, reply, waited, failed, mark)
         except UpstreamError as exc:
             upstream_seconds += time.perf_counter() - started
+            if breaker is not None and called:
+                _record_call(state, target.backend, breaker, ok=not exc.retryable)
             state.metrics.at(state.metrics.upstream_errors, target.backend, error_code(exc)).inc()
             if first_error is not None:
                 # Both targets failed: say so, with the last one's status and retry hint.
@@ -215,6 +235,14 @@ async def call(
             failed, first_error = target.backend, exc
             state.metrics.fallbacks.labels(target.backend, targets[attempt + 1].backend).inc()
     raise AssertionError("unreachable")
+
+
+def _record_call(state: GatewayState, backend: str, breaker: CircuitBreaker, ok: bool) -> None:
+    was_open = breaker.open
+    breaker.record(ok)
+    if breaker.open != was_open:
+        state.metrics.at(state.metrics.circuit_open, backend).set(1 if breaker.open else 0)
+        log.warning("circuit of backend %r %s", backend, "opened" if breaker.open else "closed")
 
 
 async def _disconnected(request: Request) -> None:

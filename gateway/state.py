@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.accounting import BackendMeter
+from gateway.breaker import CircuitBreaker
 from gateway.config import Settings
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
@@ -25,6 +26,7 @@ class GatewayState:
         self._tasks: set[asyncio.Task[Any]] = set()
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
         self.meters: dict[str, BackendMeter] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
         self._sync_meters()
         self.export_thresholds()
 
@@ -38,6 +40,13 @@ class GatewayState:
                 self.meters[name] = BackendMeter(rate)
             if rate > 0:
                 self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
+            if backend.circuit_breaker is None:
+                self.breakers.pop(name, None)
+            elif name in self.breakers:
+                self.breakers[name].failures, self.breakers[name].cooldown = backend.circuit_breaker
+            else:
+                self.breakers[name] = CircuitBreaker(*backend.circuit_breaker)
+                self.metrics.at(self.metrics.circuit_open, name).set(0)
 
     def export_thresholds(self) -> None:
         for name in self.runtime.settings.routers:
