@@ -50,6 +50,12 @@ class CircuitBreakerSpec(_Strict):
     cooldown_seconds: Annotated[float, Field(gt=0)] = 30.0  # refused this long, then one trial call
 
 
+class RetriesSpec(_Strict):
+    attempts: Annotated[int, Field(ge=1, le=10)] = 2  # tries after the first, before any fallback
+    backoff_seconds: Annotated[float, Field(gt=0)] = 0.25  # doubles each time, with jitter
+    max_wait_seconds: Annotated[float, Field(gt=0)] = 5.0  # a longer Retry-After: fall back instead
+
+
 class _BackendSpec(_Strict):
     base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
     api_key: str | None = None
@@ -62,6 +68,7 @@ class _BackendSpec(_Strict):
     # backend go to the router's other target first (when they may fall back and it is not full too).
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
     circuit_breaker: CircuitBreakerSpec | None = None  # none: always call, however often it fails
+    retries: RetriesSpec | None = None  # none: a retryable failure goes straight to the fallback
 
 
 class OpenAICompatibleSpec(_BackendSpec):
@@ -167,6 +174,13 @@ class ModelEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class Retries:
+    attempts: int
+    backoff: float
+    max_wait: float
+
+
+@dataclass(frozen=True, slots=True)
 class Backend:
     name: str
     kind: str
@@ -183,6 +197,7 @@ class Backend:
     scrape_metrics: bool = False
     max_in_flight: int | None = None  # spill-over limit, per worker
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown seconds)
+    retries: Retries | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +313,11 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             circuit_breaker=(
                 (b.circuit_breaker.failures, b.circuit_breaker.cooldown_seconds)
                 if b.circuit_breaker
+                else None
+            ),
+            retries=(
+                Retries(b.retries.attempts, b.retries.backoff_seconds, b.retries.max_wait_seconds)
+                if b.retries
                 else None
             ),
         )

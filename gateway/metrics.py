@@ -108,6 +108,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="mostrecent",
         )
+        self.retries = Counter(
+            "crossover_retries",
+            "Calls tried again on the same backend after a retryable failure.",
+            ["backend"],
+            registry=r,
+        )
         self.circuit_open = Gauge(
             "crossover_circuit_open",
             "1 while a backend's circuit breaker is open (calls refused at once), else 0.",

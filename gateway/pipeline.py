@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
@@ -18,7 +19,7 @@ from starlette.responses import Response
 
 from classifier import Explainer, extract_features
 from gateway.breaker import CircuitBreaker
-from gateway.config import Target
+from gateway.config import Retries, Target
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
@@ -170,6 +171,63 @@ def passthrough_headers(request: Request, dialect: str) -> dict[str, str]:
     return {name: value for name in names if (value := request.headers.get(name)) is not None}
 
 
+async def _call_once(
+    runtime: Runtime,
+    state: GatewayState,
+    target: Target,
+    dialect: str,
+    path: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
+) -> tuple[Resolved, Bridge, Completion | EventStream, float]:
+    """One call to one target: (resolved, bridge, reply, meter mark). Raises UpstreamError."""
+    breaker = state.breakers.get(target.backend)
+    if breaker is not None and not breaker.allow():
+        raise UpstreamError(
+            503,
+            f"backend '{target.backend}' is failing; its circuit is open",
+            type="service_unavailable",
+            code="circuit_open",
+            retry_after=breaker.retry_after(),
+            retryable=True,
+        )
+    resolved = await runtime.resolve(target)
+    bridge = bridge_for(dialect, path, resolved.provider, body)
+    outgoing = bridge.request(resolved.model.upstream)
+    provider = resolved.provider
+    extra = headers if headers and provider.dialect == dialect else None
+    meter = state.meters[target.backend]
+    mark = meter.start()
+    reply: Completion | EventStream
+    try:
+        if body.get("stream") is True:
+            reply = await provider.stream(bridge.backend_path, outgoing, extra)
+        else:
+            reply = await provider.complete(bridge.backend_path, outgoing, extra)
+    except UpstreamError as exc:
+        meter.stop(mark)  # a refused call is not charged GPU time
+        if breaker is not None:
+            _record_call(state, target.backend, breaker, ok=not exc.retryable)
+        raise
+    except BaseException:
+        meter.stop(mark)
+        raise
+    if breaker is not None:
+        _record_call(state, target.backend, breaker, ok=True)
+    return resolved, bridge, reply, mark
+
+
+def _retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | None:
+    """Seconds to wait before retry number `attempt + 1`, or None to stop: exponential backoff with
+    jitter, or the backend's own Retry-After when it gives one no longer than `max_wait`."""
+    if attempt >= retries.attempts or exc.code == "circuit_open":
+        return None
+    if exc.retry_after is not None:
+        return exc.retry_after if exc.retry_after <= retries.max_wait else None
+    step = retries.backoff * 2.0**attempt
+    return min(step / 2 + random.uniform(0, step / 2), retries.max_wait)
+
+
 async def call(
     runtime: Runtime,
     state: GatewayState,
@@ -179,61 +237,41 @@ async def call(
     body: dict[str, Any],
     headers: dict[str, str],
 ) -> Answer:
-    """Try the decided target, then its fallback on a retryable failure. `headers` go only to a
-    backend of the client's own dialect."""
+    """Try the decided target (again, if its backend allows retries), then its fallback, on a
+    retryable failure. `headers` go only to a backend of the client's own dialect."""
     targets = [decision.target] if decision.fallback is None else [decision.target, decision.fallback]
-    stream = body.get("stream") is True
-    upstream_seconds = 0.0
+    upstream_seconds = 0.0  # waiting on backends (and between retries): not the gateway's overhead
     failed: str | None = None
     first_error: UpstreamError | None = None
-    for attempt, target in enumerate(targets):
-        started = time.perf_counter()
-        breaker = state.breakers.get(target.backend)
-        called = False
-        try:
-            if breaker is not None and not breaker.allow():
-                raise UpstreamError(
-                    503,
-                    f"backend '{target.backend}' is failing; its circuit is open",
-                    type="service_unavailable",
-                    code="circuit_open",
-                    retry_after=breaker.retry_after(),
-                    retryable=True,
-                )
-            resolved = await runtime.resolve(target)
-            bridge = bridge_for(dialect, path, resolved.provider, body)
-            outgoing = bridge.request(resolved.model.upstream)
-            provider = resolved.provider
-            extra = headers if headers and provider.dialect == dialect else None
-            meter = state.meters.get(target.backend)
-            mark = meter.start() if meter is not None else None
-            reply: Completion | EventStream
-            called = True
+    for index, target in enumerate(targets):
+        retries = runtime.settings.backends[target.backend].retries
+        attempt = 0
+        while True:
+            started = time.perf_counter()
             try:
-                if stream:
-                    reply = await provider.stream(bridge.backend_path, outgoing, extra)
-                else:
-                    reply = await provider.complete(bridge.backend_path, outgoing, extra)
-            except BaseException:
-                if meter is not None and mark is not None:
-                    meter.stop(mark)  # a refused call is not charged GPU time
-                raise
-            waited = upstream_seconds + time.perf_counter() - started
-            if breaker is not None:
-                _record_call(state, target.backend, breaker, ok=True)
-            return Answer(resolved, bridge, reply, waited, failed, mark)
-        except UpstreamError as exc:
-            upstream_seconds += time.perf_counter() - started
-            if breaker is not None and called:
-                _record_call(state, target.backend, breaker, ok=not exc.retryable)
-            state.metrics.at(state.metrics.upstream_errors, target.backend, error_code(exc)).inc()
-            if first_error is not None:
-                # Both targets failed: say so, with the last one's status and retry hint.
-                exc.message = f"{first_error.message}; fallback: {exc.message}"
-            if not exc.retryable or attempt == len(targets) - 1:
-                raise
-            failed, first_error = target.backend, exc
-            state.metrics.fallbacks.labels(target.backend, targets[attempt + 1].backend).inc()
+                resolved, bridge, reply, mark = await _call_once(
+                    runtime, state, target, dialect, path, body, headers
+                )
+                waited = upstream_seconds + time.perf_counter() - started
+                return Answer(resolved, bridge, reply, waited, failed, mark)
+            except UpstreamError as exc:
+                upstream_seconds += time.perf_counter() - started
+                state.metrics.at(state.metrics.upstream_errors, target.backend, error_code(exc)).inc()
+                if first_error is not None:
+                    # Both targets failed: say so, with the last one's status and retry hint.
+                    exc.message = f"{first_error.message}; fallback: {exc.message}"
+                delay = _retry_delay(retries, attempt, exc) if retries and exc.retryable else None
+                if delay is not None:
+                    state.metrics.at(state.metrics.retries, target.backend).inc()
+                    await asyncio.sleep(delay)
+                    upstream_seconds += delay
+                    attempt += 1
+                    continue
+                if not exc.retryable or index == len(targets) - 1:
+                    raise
+                failed, first_error = target.backend, exc
+                state.metrics.fallbacks.labels(target.backend, targets[index + 1].backend).inc()
+                break
     raise AssertionError("unreachable")
 
 

@@ -51,7 +51,11 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Ite
                 "models": [{"name": "gpt-4o-mini"}],
                 "circuit_breaker": {"failures": 2, "cooldown_seconds": 1.5},
             },
-            "openai": {**sim, "models": [{"name": "gpt-4o"}]},
+            "openai": {
+                **sim,
+                "models": [{"name": "gpt-4o"}],
+                "retries": {"attempts": 2, "backoff_seconds": 0.05, "max_wait_seconds": 2},
+            },
         },
         "routers": {"auto": {"local": "local", "api": "openai", "classifier": "heuristic", "threshold": 0.5}},
     }
@@ -62,6 +66,10 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Ite
 
 def sim_models(openai_sim: Server) -> list[str]:
     return [body["model"] for body in httpx.get(openai_sim.url + "/_sim/requests").json()]
+
+
+def fault(sim: Server, faults: list[dict[str, Any]]) -> None:
+    httpx.post(sim.url + "/_sim/faults", json=faults)
 
 
 def circuit(server: Server) -> str:
@@ -78,7 +86,7 @@ def test_a_failing_backend_is_skipped_until_its_cooldown_ends(guarded: Server, o
     try:
         with openai.OpenAI(base_url=guarded.url + "/v1", api_key="x", max_retries=0) as client:
             assert circuit(guarded) == "0.0"
-            httpx.post(openai_sim.url + "/_sim/faults", json=[{"status": 503}, {}, {"status": 503}])
+            fault(openai_sim, [{"status": 503}, {}, {"status": 503}])
             for _ in range(2):  # local fails, the API answers
                 raw = client.chat.completions.with_raw_response.create(model="auto", messages=hi)
                 assert (raw.headers["x-crossover-route"], raw.headers["x-crossover-fallback-from"]) == (
@@ -109,4 +117,33 @@ def test_a_failing_backend_is_skipped_until_its_cooldown_ends(guarded: Server, o
         metrics = httpx.get(guarded.url + "/metrics").text
         assert 'crossover_upstream_errors_total{backend="local",code="circuit_open"} 2.0' in metrics
     finally:
-        httpx.post(openai_sim.url + "/_sim/faults", json=[])
+        fault(openai_sim, [])
+
+
+def test_retries_back_off_and_honour_a_short_retry_after(guarded: Server, openai_sim: Server) -> None:
+    hi: Any = [{"role": "user", "content": "hi"}]
+    httpx.delete(openai_sim.url + "/_sim/requests")
+    try:
+        with openai.OpenAI(base_url=guarded.url + "/v1", api_key="x", max_retries=0) as client:
+            fault(openai_sim, [{"status": 503}, {"status": 500}])
+            reply = client.chat.completions.create(model="gpt-4o", messages=hi)  # third time lucky
+            assert reply.choices[0].message.content and len(sim_models(openai_sim)) == 3
+            fault(openai_sim, [{"status": 429, "retry_after": 1}])
+            started = time.monotonic()
+            client.chat.completions.create(model="gpt-4o", messages=hi)
+            assert time.monotonic() - started >= 1.0  # waited as the backend asked
+            # Asked to wait longer than max_wait_seconds: no retry, the client gets the 429 at once.
+            fault(openai_sim, [{"status": 429, "retry_after": 30}])
+            started = time.monotonic()
+            with pytest.raises(openai.RateLimitError) as info:
+                client.chat.completions.create(model="gpt-4o", messages=hi)
+            assert time.monotonic() - started < 1.0 and info.value.response.headers["retry-after"] == "30"
+            # Out of attempts: three failures, then the error.
+            fault(openai_sim, [{"status": 503}] * 3)
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model="gpt-4o", messages=hi)
+            assert len(sim_models(openai_sim)) == 3 + 2 + 1 + 3
+        metrics = httpx.get(guarded.url + "/metrics").text
+        assert 'crossover_retries_total{backend="openai"} 5.0' in metrics  # 2 + 1 + 0 + 2
+    finally:
+        fault(openai_sim, [])
