@@ -90,9 +90,7 @@ def _classifier(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     except OSError as exc:
-        print(
-            f"crossover classifier {args.action}: cannot read {exc.filename}: {exc.strerror}", file=sys.stderr
-        )
+        print(f"crossover classifier {args.action}: {exc.filename}: {exc.strerror}", file=sys.stderr)
     return 2
 
 

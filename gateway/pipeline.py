@@ -27,7 +27,7 @@ from gateway.routing import ROUTES, Decision, decide, direct, spilled, within_sc
 from gateway.rules import first_match
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
-from providers.base import Completion, EventStream, UpstreamError
+from providers.base import Completion, EventStream, UpstreamError, Usage
 from providers.bridges import Bridge, bridge_for
 
 log = logging.getLogger("crossover")
@@ -98,14 +98,14 @@ async def route(
             m.at(m.classifier_seconds, model).observe(time.perf_counter() - started)
             m.at(m.score, model).observe(score)
     decision = decide(router, score, forced, rule, runtime.threshold(model))
+    if scope is not None:  # first: spill-over may then only use a fallback the key may reach
+        decision = within_scope(decision, scope, router.local if decision.route == "api" else router.api)
     if (
         decision.fallback is not None
         and _full(runtime, state, decision.target)
         and not _full(runtime, state, decision.fallback)
     ):
         decision = spilled(decision)
-    if scope is not None:
-        decision = within_scope(decision, scope, router.local if decision.route == "api" else router.api)
     if record:
         _record(state, runtime, model, decision, score)
     return decision
@@ -158,7 +158,7 @@ class Answer:
     reply: Completion | EventStream
     upstream_seconds: float
     fell_back_from: str | None
-    gpu_mark: float | None  # the backend meter's mark (its GPU cost share, its running count)
+    gpu_mark: float  # the backend meter's mark (its GPU cost share, its running count)
 
 
 # Headers of a client's own API that go on to a backend speaking that API (Anthropic's beta features);
@@ -167,8 +167,9 @@ PASSTHROUGH_HEADERS = {"anthropic": ("anthropic-beta",)}
 
 
 def passthrough_headers(request: Request, dialect: str) -> dict[str, str]:
+    """Each header once, its values joined by commas (a client may send several `anthropic-beta` lines)."""
     names = PASSTHROUGH_HEADERS.get(dialect, ())
-    return {name: value for name in names if (value := request.headers.get(name)) is not None}
+    return {name: ",".join(values) for name in names if (values := request.headers.getlist(name))}
 
 
 async def _call_once(
@@ -181,8 +182,13 @@ async def _call_once(
     headers: dict[str, str],
 ) -> tuple[Resolved, Bridge, Completion | EventStream, float]:
     """One call to one target: (resolved, bridge, reply, meter mark). Raises UpstreamError."""
+    resolved = await runtime.resolve(target)
+    bridge = bridge_for(dialect, path, resolved.provider, body)
+    outgoing = bridge.request(resolved.model.upstream)
+    provider = resolved.provider
+    extra = headers if headers and provider.dialect == dialect else None
     breaker = state.breakers.get(target.backend)
-    if breaker is not None and not breaker.allow():
+    if breaker is not None and not breaker.allow():  # asked last: an allowed call always reports
         raise UpstreamError(
             503,
             f"backend '{target.backend}' is failing; its circuit is open",
@@ -191,11 +197,6 @@ async def _call_once(
             retry_after=breaker.retry_after(),
             retryable=True,
         )
-    resolved = await runtime.resolve(target)
-    bridge = bridge_for(dialect, path, resolved.provider, body)
-    outgoing = bridge.request(resolved.model.upstream)
-    provider = resolved.provider
-    extra = headers if headers and provider.dialect == dialect else None
     meter = state.meters[target.backend]
     mark = meter.start()
     reply: Completion | EventStream
@@ -217,12 +218,17 @@ async def _call_once(
     return resolved, bridge, reply, mark
 
 
+# Failures not worth the same backend again: its circuit is open, a timeout (which may have taken the
+# whole read timeout already), its refusal of the gateway's own key, no model discovered yet.
+NOT_RETRIED = frozenset({"circuit_open", "upstream_timeout", "upstream_auth_failed", "backend_unavailable"})
+
+
 def _retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | None:
     """Seconds to wait before retry number `attempt + 1`, or None to stop: exponential backoff with
     jitter, or the backend's own Retry-After when it gives one no longer than `max_wait`."""
-    if attempt >= retries.attempts or exc.code == "circuit_open":
+    if attempt >= retries.attempts or not exc.retryable or exc.code in NOT_RETRIED:
         return None
-    if exc.retry_after is not None:
+    if exc.backend_asked and exc.retry_after is not None:
         return exc.retry_after if exc.retry_after <= retries.max_wait else None
     step = retries.backoff * 2.0**attempt
     return min(step / 2 + random.uniform(0, step / 2), retries.max_wait)
@@ -260,7 +266,7 @@ async def call(
                 if first_error is not None:
                     # Both targets failed: say so, with the last one's status and retry hint.
                     exc.message = f"{first_error.message}; fallback: {exc.message}"
-                delay = _retry_delay(retries, attempt, exc) if retries and exc.retryable else None
+                delay = _retry_delay(retries, attempt, exc) if retries else None
                 if delay is not None:
                     state.metrics.at(state.metrics.retries, target.backend).inc()
                     await asyncio.sleep(delay)
@@ -325,6 +331,19 @@ async def _unless_client_leaves(request: Request, work: Coroutine[Any, Any, Answ
             watcher.cancel()
 
 
+def _translated(answer: Answer, reply: Completion) -> tuple[bytes, Usage | None]:
+    """The whole answer in the client's dialect; a body the bridge cannot read is the backend's fault."""
+    try:
+        return answer.bridge.response(reply)
+    except Exception as exc:
+        log.exception("translating an answer of backend %r failed", answer.resolved.backend.name)
+        raise UpstreamError(
+            502,
+            f"backend '{answer.resolved.backend.name}' returned an answer the gateway could not read",
+            code="upstream_error",
+        ) from exc
+
+
 def _headers(
     decision: Decision, resolved: Resolved, overhead: float, fell_back: str | None, explained: str | None
 ) -> dict[str, str]:
@@ -356,6 +375,7 @@ async def serve(
     runtime = state.acquire()
     released = False
     decision: Decision | None = None
+    answer: Answer | None = None  # once set, its meter slot (and stream) is ours until handed over
     try:
         api_key = authenticate(request, runtime.settings.api_keys)
         body = await read_json(request, runtime.settings.max_body_bytes)
@@ -385,10 +405,11 @@ async def serve(
             gpu_mark=answer.gpu_mark,
         )
         if isinstance(answer.reply, Completion):
-            content, exchange.usage = answer.bridge.response(answer.reply)
+            content, exchange.usage = _translated(answer, answer.reply)
             headers = _headers(
                 decision, resolved, exchange.overhead(time.perf_counter()), answer.fell_back_from, explained
             )
+            answer = None  # finish() frees the meter slot
             exchange.finish()
             return Response(content, media_type="application/json", headers=headers)
 
@@ -404,10 +425,14 @@ async def serve(
             exchange.finish()
             state.release(runtime)
 
-        released = True  # from here the stream owns the runtime lease
         relay = relay_events(events, answer.bridge.stream(), exchange, dialect)
+        released, answer = True, None  # from here the stream owns the lease, the slot and the upstream
         return EventStreamResponse(relay, headers, on_close)
     except Exception as exc:
+        if answer is not None:  # answered, then failed here: free what the answer holds
+            state.meters[answer.resolved.backend.name].stop(answer.gpu_mark)
+            if not isinstance(answer.reply, Completion):
+                await answer.reply.aclose()
         response = error_response(exc, dialect)
         # Refused before any backend answered: counted too, under the decision when there was one.
         where = (

@@ -30,9 +30,10 @@ class GatewayState:
         self._sync_meters()
         self.export_thresholds()
 
-    def _sync_meters(self) -> None:
+    def _sync_meters(self, previous: Settings | None = None) -> None:
         workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
-        for name, backend in self.runtime.settings.backends.items():
+        backends = self.runtime.settings.backends
+        for name, backend in backends.items():
             rate = backend.gpu_usd_per_hour / workers
             if name in self.meters:
                 self.meters[name].usd_per_hour = rate
@@ -40,9 +41,23 @@ class GatewayState:
                 self.meters[name] = BackendMeter(rate)
             if rate > 0:
                 self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
+        self._sync_breakers(previous)
+
+    def _sync_breakers(self, previous: Settings | None) -> None:
+        """A circuit outlives a reload that leaves its backend as it was; a backend now elsewhere (its
+        URL or kind changed), or without a breaker, starts afresh."""
+        backends = self.runtime.settings.backends
+        for name in list(self.breakers):
+            old = previous.backends.get(name) if previous is not None else None
+            new = backends.get(name)
+            moved = old is None or new is None or (old.kind, old.base_url) != (new.kind, new.base_url)
+            if new is None or new.circuit_breaker is None or moved:
+                del self.breakers[name]
+                self.metrics.at(self.metrics.circuit_open, name).set(0)
+        for name, backend in backends.items():
             if backend.circuit_breaker is None:
-                self.breakers.pop(name, None)
-            elif name in self.breakers:
+                continue
+            if name in self.breakers:
                 self.breakers[name].failures, self.breakers[name].cooldown = backend.circuit_breaker
             else:
                 self.breakers[name] = CircuitBreaker(*backend.circuit_breaker)
@@ -88,7 +103,7 @@ class GatewayState:
             return False
         new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
-        self._sync_meters()
+        self._sync_meters(old.settings)
         self.export_thresholds()
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded")

@@ -26,6 +26,7 @@ class UpstreamError(Exception):
         param: str | None = None,
         retry_after: float | None = None,
         retryable: bool = False,
+        backend_asked: bool = False,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -33,7 +34,9 @@ class UpstreamError(Exception):
         self.type = type
         self.code = code
         self.param = param
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # for the client's Retry-After header
+        # True when retry_after is the backend's own Retry-After, not the gateway's default hint.
+        self.backend_asked = backend_asked
         # True where another backend may well succeed: connection failures, 5xx, 429.
         self.retryable = retryable
 

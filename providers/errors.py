@@ -90,6 +90,7 @@ def error_from_response(
             code=code or "rate_limit_exceeded",
             retry_after=retry_after,
             retryable=True,
+            backend_asked=retry_after is not None,
         )
     if status in (503, 529):
         return UpstreamError(
@@ -99,6 +100,7 @@ def error_from_response(
             code="backend_overloaded",
             retry_after=retry_after if retry_after is not None else 1.0,
             retryable=True,
+            backend_asked=retry_after is not None,
         )
     if status in (408, 504):
         return UpstreamError(

@@ -50,6 +50,16 @@ class HttpClient:
             )
         return self._session
 
+    def _per_request(self, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        """A request's own headers on top of the configured ones; where both name one (a list header
+        such as `anthropic-beta`), the values are joined rather than the configured one replaced."""
+        if not headers:
+            return None
+        configured = {k.lower(): v for k, v in self.config.headers.items()}
+        return {
+            k: f"{configured[k.lower()]},{v}" if k.lower() in configured else v for k, v in headers.items()
+        }
+
     def error(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
         return error_from_response(self.config.name, status, headers, raw, self.config.secrets)
 
@@ -68,7 +78,7 @@ class HttpClient:
         if limit_seconds is not None:
             kwargs["timeout"] = aiohttp.ClientTimeout(total=limit_seconds)
         if headers:
-            kwargs["headers"] = headers
+            kwargs["headers"] = self._per_request(headers)
         try:
             async with self._client().request(method, url, data=data, **kwargs) as resp:
                 raw = await resp.read()
@@ -113,7 +123,7 @@ class HttpClient:
         self, url: str, body: Any, headers: Mapping[str, str] | None = None
     ) -> aiohttp.ClientResponse:
         try:
-            resp = await self._client().post(url, data=orjson.dumps(body), headers=headers or None)
+            resp = await self._client().post(url, data=orjson.dumps(body), headers=self._per_request(headers))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise error_from_transport(self.config.name, exc) from None
         if resp.status >= 400 or not resp.content_type.startswith("text/event-stream"):

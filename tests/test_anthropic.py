@@ -14,6 +14,8 @@ import httpx
 import openai
 import pytest
 
+from providers.anthropic import AnthropicProvider
+from providers.http import HttpConfig
 from tests.conftest import ANTHROPIC_KEY, CLAUDE
 from tests.openai_schema import assert_valid
 from tests.servers import Server
@@ -193,7 +195,7 @@ def test_anthropic_client_native_text_and_stream(claude: anthropic.Anthropic) ->
 
 
 def test_anthropic_beta_reaches_anthropic_but_not_a_translated_backend(
-    claude: anthropic.Anthropic, oai: openai.OpenAI, anthropic_sim: Server
+    claude: anthropic.Anthropic, oai: openai.OpenAI, anthropic_sim: Server, openai_sim: Server
 ) -> None:
     def sim_headers() -> dict[str, Any]:
         headers: dict[str, Any] = httpx.get(anthropic_sim.url + "/_sim/requests").json()[-1]["headers"]
@@ -213,6 +215,9 @@ def test_anthropic_beta_reaches_anthropic_but_not_a_translated_backend(
     # An OpenAI client's request is translated: Anthropic's beta header is not its to send.
     oai.chat.completions.create(model=CLAUDE, messages=hi, extra_headers={"anthropic-beta": "x"})
     assert sim_headers()["anthropic-beta"] is None
+    # Nor does an Anthropic client's beta go to an OpenAI-compatible backend it is translated for.
+    claude.beta.messages.create(model="gpt-4o", max_tokens=8, messages=hi, betas=betas)
+    assert httpx.get(openai_sim.url + "/_sim/headers").json()[-1] == {"anthropic-beta": None}
 
 
 def test_anthropic_client_routed_by_score_and_header(claude: anthropic.Anthropic) -> None:
@@ -391,3 +396,24 @@ def test_anthropic_image_on_a_text_only_vllm_is_a_clean_400(claude: anthropic.An
         )
     assert info.value.body["type"] == "error"  # type: ignore[index]
     assert info.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
+
+
+async def test_a_clients_betas_join_the_ones_the_backend_is_configured_with(anthropic_sim: Server) -> None:
+    config = HttpConfig("anthropic", anthropic_sim.url + "/v1", headers={"anthropic-beta": "operator-beta"})
+    provider = AnthropicProvider(config, ANTHROPIC_KEY, "2023-06-01")
+    body = {"model": CLAUDE, "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def last_beta() -> str | None:
+        async with httpx.AsyncClient() as client:
+            beta: str | None = (await client.get(anthropic_sim.url + "/_sim/requests")).json()[-1]["headers"][
+                "anthropic-beta"
+            ]
+        return beta
+
+    try:
+        await provider.complete("/messages", body, {"anthropic-beta": "client-beta"})
+        assert await last_beta() == "operator-beta,client-beta"
+        await provider.complete("/messages", body)
+        assert await last_beta() == "operator-beta"
+    finally:
+        await provider.close()

@@ -1,8 +1,10 @@
-"""Circuit breakers: a backend that keeps failing is skipped for a cooldown, then tried again."""
+"""Retries, spill-over and circuit breakers, against the OpenAI simulator (both targets on it, so the
+route shows in the headers and the model name)."""
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +14,12 @@ import openai
 import pytest
 
 from gateway.breaker import CircuitBreaker
+from gateway.config import Retries, Settings, build, parse
+from gateway.metrics import Metrics
+from gateway.pipeline import _retry_delay
+from gateway.runtime import Runtime
+from gateway.state import GatewayState
+from providers.base import UpstreamError
 from tests.conftest import SIM_KEY
 from tests.servers import Server, start_gateway
 
@@ -41,6 +49,40 @@ def test_breaker_opens_after_a_streak_and_lets_one_trial_through_per_cooldown() 
     assert not breaker.open and breaker.allow() and breaker.retry_after() == 0.0
 
 
+def test_retry_delays_back_off_with_jitter_and_take_only_a_backends_own_retry_after() -> None:
+    retries = Retries(attempts=3, backoff=0.2, max_wait=5.0)
+    failed = UpstreamError(503, "overloaded", code="backend_overloaded", retry_after=1.0, retryable=True)
+    delays = [_retry_delay(retries, attempt, failed) for attempt in range(4)]
+    assert 0.1 <= delays[0] <= 0.2 and 0.2 <= delays[1] <= 0.4 and 0.4 <= delays[2] <= 0.8  # type: ignore[operator]
+    assert delays[3] is None  # out of attempts; the gateway's own 1 s hint was not used
+    asked = UpstreamError(429, "slow down", retry_after=3.0, retryable=True, backend_asked=True)
+    assert _retry_delay(retries, 0, asked) == 3.0
+    too_long = UpstreamError(429, "slow down", retry_after=30.0, retryable=True, backend_asked=True)
+    assert _retry_delay(retries, 0, too_long) is None
+    for code in ("upstream_timeout", "upstream_auth_failed", "circuit_open", "backend_unavailable"):
+        assert _retry_delay(retries, 0, UpstreamError(502, "x", code=code, retryable=True)) is None
+    assert _retry_delay(retries, 0, UpstreamError(400, "bad request")) is None
+
+
+async def test_a_reload_keeps_a_circuit_unless_its_backend_moved() -> None:
+    def settings(url: str, breaker: bool = True) -> Settings:
+        backend: dict[str, Any] = {"kind": "openai_compatible", "base_url": url, "models": [{"name": "m"}]}
+        if breaker:
+            backend["circuit_breaker"] = {"failures": 1, "cooldown_seconds": 60}
+        return build(parse({"backends": {"b": backend}}), {})
+
+    configs = iter([settings("http://a/v1"), settings("http://b/v1"), settings("http://b/v1", breaker=False)])
+    state = GatewayState(Runtime(settings("http://a/v1")), Metrics(), loader=lambda: next(configs))
+    state.breakers["b"].record(False)
+    assert state.breakers["b"].open
+    assert await state.reload() and state.breakers["b"].open  # same backend: still failing
+    assert await state.reload() and not state.breakers["b"].open  # moved: a fresh circuit
+    state.breakers["b"].record(False)
+    assert await state.reload() and "b" not in state.breakers
+    assert 'crossover_circuit_open{backend="b"} 0.0' in state.metrics.render().decode()
+    await state.close()
+
+
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator[Server]:
     sim = {"kind": "openai_compatible", "base_url": openai_sim.url + "/v1", "api_key": "${SIM_OPENAI_KEY}"}
@@ -50,6 +92,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Ite
                 **sim,
                 "models": [{"name": "gpt-4o-mini"}],
                 "circuit_breaker": {"failures": 2, "cooldown_seconds": 1.5},
+                "max_in_flight": 1,
             },
             "openai": {
                 **sim,
@@ -147,3 +190,52 @@ def test_retries_back_off_and_honour_a_short_retry_after(guarded: Server, openai
         assert 'crossover_retries_total{backend="openai"} 5.0' in metrics  # 2 + 1 + 0 + 2
     finally:
         fault(openai_sim, [])
+
+
+def test_spill_over_frees_the_slot_on_every_way_out(guarded: Server, openai_sim: Server) -> None:
+    hi: Any = [{"role": "user", "content": "hi"}]
+
+    def route() -> str:
+        return str(ask(guarded, "auto").headers["x-crossover-route"])
+
+    try:
+        with openai.OpenAI(base_url=guarded.url + "/v1", api_key="x", max_retries=0) as client:
+            fault(openai_sim, [{"delay": 1.5}])
+            slow = threading.Thread(
+                target=lambda: client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            )
+            slow.start()
+            time.sleep(0.5)  # the slow call holds local's only slot
+            spilled = ask(guarded, "auto")
+            assert (spilled.headers["x-crossover-route"], spilled.headers["x-crossover-backend"]) == (
+                "api",
+                "openai",
+            )
+            slow.join()
+            assert route() == "local"
+            # A refused call, and an answer the gateway cannot translate for an Anthropic client,
+            # both give the slot back: the next request is not spilled.
+            fault(openai_sim, [{"status": 400}])
+            with pytest.raises(openai.BadRequestError):
+                client.chat.completions.create(model="gpt-4o-mini", messages=hi)
+            assert route() == "local"
+            fault(openai_sim, [{"body": {"choices": [None]}}])
+            garbled = httpx.post(
+                guarded.url + "/v1/messages",
+                json={"model": "gpt-4o-mini", "max_tokens": 8, "messages": hi},
+                headers={"anthropic-version": "2023-06-01"},
+            )
+            assert garbled.status_code == 502, garbled.text
+            assert garbled.json()["error"]["type"] == "api_error" and "Traceback" not in garbled.text
+            assert route() == "local"
+    finally:
+        fault(openai_sim, [])
+
+
+def ask(server: Server, model: str) -> httpx.Response:
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert response.status_code == 200, response.text
+    return response

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -166,7 +167,10 @@ def test_a_full_local_backend_spills_router_requests_to_the_api(
             while ask()["x-crossover-route"] != "local":  # the stream's slot frees once it is closed
                 assert time.monotonic() < deadline
                 time.sleep(0.1)
-        metrics = httpx.get(server.url + "/metrics").text
-        assert 'crossover_routing_decisions_total{reason="spill",route="api",router="auto"} 1.0' in metrics
+        spills = re.search(
+            r'crossover_routing_decisions_total\{reason="spill",route="api",router="auto"\} (\S+)',
+            httpx.get(server.url + "/metrics").text,
+        )
+        assert spills is not None and float(spills.group(1)) >= 1  # more, if a request met the closing slot
     finally:
         server.stop()

@@ -11,16 +11,19 @@ from starlette.routing import Route
 
 class Controls:
     """`POST /_sim/faults` queues faults, consumed one per API request; `GET /_sim/requests` lists
-    what was received (`DELETE` clears it)."""
+    what was received (`DELETE` clears it); `GET /_sim/headers`, the headers of interest per request
+    (names, and values that are not secrets)."""
 
     def __init__(self) -> None:
         self.faults: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, Any]] = []
 
     def control_routes(self) -> list[Route]:
         return [
             Route("/_sim/faults", self.set_faults, methods=["POST"]),
             Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
+            Route("/_sim/headers", self.get_headers, methods=["GET"]),
         ]
 
     async def set_faults(self, request: Request) -> Response:
@@ -31,3 +34,6 @@ class Controls:
         if request.method == "DELETE":
             self.requests.clear()
         return JSONResponse(self.requests)
+
+    async def get_headers(self, request: Request) -> Response:
+        return JSONResponse(self.headers)

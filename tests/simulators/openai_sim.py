@@ -6,7 +6,8 @@ first tool when tools are offered, and returns a JSON object when `response_form
 
 Faults are scripted through `POST /_sim/faults` (a list, consumed one per request): each is
 {"status": 429|500|503|..., "retry_after": seconds} or {"delay": seconds} or {"cut_after": n}
-(stream n chunks, then drop the connection). `GET /_sim/requests` returns the bodies received.
+(stream n chunks, then drop the connection) or {"body": {...}} (a non-streamed 200 with that body, as a
+misbehaving server might send). `GET /_sim/requests` returns the bodies received.
 
     python -m tests.simulators.openai_sim --port 9100 --key sk-sim
 """
@@ -107,6 +108,7 @@ class Simulator(Controls):
                 {},
             )
         self.requests.append(body)
+        self.headers.append({"anthropic-beta": request.headers.get("anthropic-beta")})
         fault = self.faults.pop(0) if self.faults else {}
         if "delay" in fault:
             await asyncio.sleep(fault["delay"])
@@ -152,6 +154,8 @@ class Simulator(Controls):
         if body is None:
             assert refused is not None
             return refused
+        if "body" in fault:
+            return JSONResponse(fault["body"])
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(
