@@ -69,6 +69,7 @@ def test_alert_rules_are_complete() -> None:
     assert names == {
         "CrossoverHighErrorRate",
         "CrossoverLocalQueueBacklog",
+        "CrossoverBackendCircuitOpen",
         "CrossoverSpendRateHigh",
         "CrossoverGatewayDown",
     }

@@ -81,12 +81,12 @@ def alert_queries() -> list[tuple[str, str]]:
 
 
 def test_promtool_accepts_the_config_and_the_rules(tmp_path: Path) -> None:
-    assert "SUCCESS: 4 rules found" in promtool("check", "rules", ALERTS)
+    assert "SUCCESS: 5 rules found" in promtool("check", "rules", ALERTS)
     # rule_files are resolved relative to the config file: check the pair as it is deployed.
     shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
     out = promtool("check", "config", tmp_path / "prometheus.yml")
-    assert "SUCCESS: 1 rule files found" in out and "SUCCESS: 4 rules found" in out
+    assert "SUCCESS: 1 rule files found" in out and "SUCCESS: 5 rules found" in out
 
 
 def _alert_case(
@@ -115,6 +115,7 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
     idle = 'crossover_gpu_idle_cost_usd_total{backend="local"}'
     waiting = 'crossover_backend_requests_waiting{backend="local"}'
     up = 'up{job="crossover",instance="gateway:4000"}'
+    circuit = 'crossover_circuit_open{backend="local"}'
     page, warn = {"severity": "page"}, {"severity": "warn"}
     tests = [
         # 10% of requests fail: pending for 5 minutes, then firing.
@@ -137,6 +138,16 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
             "Crossover: 20 requests queued in local backend local",
         ),
         _alert_case("CrossoverLocalQueueBacklog", {waiting: "10x30"}, "9m", "20m", {}, ""),
+        _alert_case(
+            "CrossoverBackendCircuitOpen",
+            {circuit: "0 0 1x20"},
+            "5m",
+            "10m",
+            {"backend": "local", **warn},
+            "Crossover: backend local keeps failing; its circuit is open",
+        ),
+        # Open for a moment, closed again by a trial: never.
+        _alert_case("CrossoverBackendCircuitOpen", {circuit: "0 1 1 0x20"}, "3m", "15m", {}, ""),
         # 1 USD a minute = 60 USD/hour of API spend. rate() over 15 minutes reads low until it has
         # 15 minutes of data: pending from about 15m, firing 15 minutes later.
         _alert_case(
@@ -183,6 +194,7 @@ def cost_gateway(tmp_path: Path, vllm: Server, openai_sim: Server, anthropic_sim
     every request also priced on the all-API baseline."""
     config = base_config(vllm.url, openai_sim.url, anthropic_sim.url)
     config["backends"]["local"].update({"gpu_usd_per_hour": 2.0, "gpus": 1, "scrape_metrics": True})
+    config["backends"]["openai"]["circuit_breaker"] = {"failures": 100}  # its gauge, for the alert query
     config["accounting"] = {"baseline": "openai/gpt-4o"}
     server = start_gateway(
         tmp_path,
