@@ -42,9 +42,9 @@ class OnlineThreshold:
         self.window = window
         self.warmup = min(warmup, window)
         self.threshold = initial
-        # Each entry is a score, or None with the pinned route kept in `_pinned`.
-        self._recent: deque[float | None] = deque()
-        self._pinned: deque[bool] = deque()  # for entries: True when pinned to the API
+        # Each entry: (score, False) for a scored request, (None, True/False) for one pinned to the
+        # API or kept local by a rule or the route header.
+        self._recent: deque[tuple[float | None, bool]] = deque()
         self._scores: list[float] = []  # the window's scores, ascending
         self._pinned_api = 0
 
@@ -63,14 +63,12 @@ class OnlineThreshold:
 
     def _push(self, score: float | None, to_api: bool) -> None:
         if len(self._recent) == self.window:
-            old = self._recent.popleft()
-            old_api = self._pinned.popleft()
+            old, old_api = self._recent.popleft()
             if old is None:
                 self._pinned_api -= old_api
             else:
                 del self._scores[bisect.bisect_left(self._scores, old)]
-        self._recent.append(score)
-        self._pinned.append(to_api)
+        self._recent.append((score, to_api))
 
     def _update(self) -> None:
         if len(self._recent) < self.warmup or not self._scores:
@@ -81,11 +79,8 @@ class OnlineThreshold:
     def carry_over(self, previous: OnlineThreshold) -> None:
         """Start from another window's most recent requests (a config reload keeps the history).
         Rebuilt in one sort, not replayed, so a large window does not stall the reload."""
-        keep = min(self.window, len(previous._recent))
-        self._recent = deque(list(previous._recent)[len(previous._recent) - keep :])
-        self._pinned = deque(list(previous._pinned)[len(previous._pinned) - keep :])
-        self._scores = sorted(score for score in self._recent if score is not None)
-        self._pinned_api = sum(
-            to_api for score, to_api in zip(self._recent, self._pinned, strict=True) if score is None
-        )
+        entries = list(previous._recent)
+        self._recent = deque(entries[len(entries) - min(self.window, len(entries)) :])
+        self._scores = sorted(score for score, _ in self._recent if score is not None)
+        self._pinned_api = sum(to_api for score, to_api in self._recent if score is None)
         self._update()
