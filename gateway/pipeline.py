@@ -23,7 +23,16 @@ from gateway.config import Retries, Target
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
 from gateway.inbound import read_json
 from gateway.relay import EventStreamResponse, Exchange, relay_events
-from gateway.routing import ROUTES, Decision, decide, direct, spilled, within_scope
+from gateway.routing import (
+    ROUTES,
+    Decision,
+    decide,
+    direct,
+    other_route,
+    spilled,
+    target_of,
+    within_scope,
+)
 from gateway.rules import first_match
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
@@ -99,7 +108,7 @@ async def route(
             m.at(m.score, model).observe(score)
     decision = decide(router, score, forced, rule, runtime.threshold(model))
     if scope is not None:  # first: spill-over may then only use a fallback the key may reach
-        decision = within_scope(decision, scope, router.local if decision.route == "api" else router.api)
+        decision = within_scope(decision, scope, target_of(router, other_route(decision.route)))
     if (
         decision.fallback is not None
         and _full(runtime, state, decision.target)
@@ -205,13 +214,10 @@ async def _call_once(
             reply = await provider.stream(bridge.backend_path, outgoing, extra)
         else:
             reply = await provider.complete(bridge.backend_path, outgoing, extra)
-    except UpstreamError as exc:
-        meter.stop(mark)  # a refused call is not charged GPU time
-        if breaker is not None:
+    except BaseException as exc:
+        meter.stop(mark)  # a refused (or abandoned) call is not charged GPU time
+        if breaker is not None and isinstance(exc, UpstreamError):
             _record_call(state, target.backend, breaker, ok=not exc.retryable)
-        raise
-    except BaseException:
-        meter.stop(mark)
         raise
     if breaker is not None:
         _record_call(state, target.backend, breaker, ok=True)
@@ -389,8 +395,7 @@ async def serve(
         )
         if answer.fell_back_from is not None and decision.route in ROUTES:
             # Account the request to the route that actually answered it.
-            other = "local" if decision.route == "api" else "api"
-            decision = replace(decision, route=other, reason="fallback")
+            decision = replace(decision, route=other_route(decision.route), reason="fallback")
         resolved = answer.resolved
         exchange = Exchange(
             state.metrics,

@@ -11,6 +11,15 @@ from gateway.rules import Rule
 ROUTES = ("local", "api")
 
 
+def other_route(route: str) -> str:
+    """The router's other route: "api" for "local", "local" for "api"."""
+    return "local" if route == "api" else "api"
+
+
+def target_of(router: Router, route: str) -> Target:
+    return router.api if route == "api" else router.local
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     route: str  # "local", "api", or "direct" for a request naming a concrete model
@@ -48,7 +57,7 @@ def decide(
         raise ValueError("a router decision needs a score, a rule or a forced route")
     else:
         route, reason = ("api" if score >= threshold else "local"), "score"
-    target, other = (router.api, router.local) if route == "api" else (router.local, router.api)
+    target, other = target_of(router, route), target_of(router, other_route(route))
     return Decision(
         route=route,
         target=target,
@@ -72,7 +81,7 @@ def within_scope(decision: Decision, backends: frozenset[str], other: Target | N
     if decision.target.backend in backends:
         return replace(decision, fallback=fallback)
     if other is not None and other.backend in backends:
-        route = "local" if decision.route == "api" else "api"
+        route = other_route(decision.route)
         return replace(decision, route=route, target=other, fallback=None, reason="scope", threshold=None)
     allowed = ", ".join(sorted(backends))
     raise PermissionDenied(
@@ -86,7 +95,7 @@ def spilled(decision: Decision) -> Decision:
     fallback. Only for a decision that may fall back at all: a rule's `fallback: false` keeps it."""
     if decision.fallback is None:
         return decision
-    route = "local" if decision.route == "api" else "api"
+    route = other_route(decision.route)
     return replace(
         decision,
         route=route,
