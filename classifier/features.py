@@ -27,6 +27,13 @@ MATH_MARKS = (
 )  # root, sum, integral, <=, >=, +-, times, divide
 
 
+def estimate_tokens(chars: int) -> int:
+    """~4 characters a token for English text with the common BPE vocabularies (CJK text runs about
+    one a token, so this undercounts it): for rules on context length, and for usage when a backend
+    reported none (a stream cut short), counted as estimated."""
+    return (chars + 3) // 4
+
+
 def count_marks(text: str, marks: tuple[str, ...], cap_each: int) -> int:
     """Occurrences of each mark, each counted at most `cap_each` times (str.count: C speed)."""
     return sum(min(text.count(mark), cap_each) for mark in marks)

@@ -63,9 +63,3 @@ class BackendMeter:
         self._advance()
         idle, self._idle = self._idle, 0.0
         return idle
-
-
-def estimate_tokens(chars: int) -> int:
-    """~4 characters a token for English text with the common BPE vocabularies: used only when a
-    backend reported no usage (a stream cut short), and counted as estimated."""
-    return (chars + 3) // 4

@@ -17,7 +17,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from classifier import extract_features
-from gateway.accounting import BackendMeter, cost_usd, estimate_tokens
+from classifier.features import estimate_tokens
+from gateway.accounting import BackendMeter, cost_usd
 from gateway.config import ModelEntry
 from gateway.errors import error_code, error_frame
 from gateway.metrics import Metrics

@@ -12,13 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from classifier import Features
-
-# Context length is estimated without a tokenizer: about four characters a token for English text.
-CHARS_PER_TOKEN = 4
-
-
-def estimated_context_tokens(features: Features) -> int:
-    return -(-features.total_chars // CHARS_PER_TOKEN)
+from classifier.features import estimate_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +36,7 @@ class Rule:
             return False
         if (
             self.context_tokens_over is not None
-            and estimated_context_tokens(features) <= self.context_tokens_over
+            and estimate_tokens(features.total_chars) <= self.context_tokens_over
         ):
             return False
         if self.max_tokens_over is not None and (features.max_tokens or 0) <= self.max_tokens_over:
