@@ -1,6 +1,13 @@
 """Request complexity scoring. No HTTP here, and never imports `gateway`."""
 
-from classifier.base import Classifier, Explainer, classifier_factory, default_threshold, load_classifier
+from classifier.base import (
+    Classifier,
+    Explainer,
+    classifier_factory,
+    default_threshold,
+    load_classifier,
+    weightiest,
+)
 from classifier.features import Features, extract_features
 
 __all__ = [
@@ -11,4 +18,5 @@ __all__ = [
     "default_threshold",
     "extract_features",
     "load_classifier",
+    "weightiest",
 ]

@@ -42,6 +42,11 @@ class Explainer(Protocol):
     def explain(self, features: Features) -> list[tuple[str, float]]: ...
 
 
+def weightiest(explainer: Explainer, features: Features, n: int) -> list[tuple[str, float]]:
+    """The n terms of the score's logit with the largest magnitude, largest first."""
+    return sorted(explainer.explain(features), key=lambda term: -abs(term[1]))[:n]
+
+
 def _heuristic() -> Classifier:
     from classifier.heuristic import HeuristicClassifier
 

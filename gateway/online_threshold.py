@@ -36,6 +36,12 @@ def threshold_for(ordered: Sequence[float], api_count: int) -> float:
     return ordered[first_above] if first_above < n else above_all
 
 
+def share_threshold(scores: Sequence[float], total: int, pinned_api: int, share: float) -> float:
+    """The threshold that sends `share` of `total` requests to the API, counting the `pinned_api` that
+    rules or the route header already sent there; `scores` (ascending) are the rest's."""
+    return threshold_for(scores, round(share * total) - pinned_api)
+
+
 class OnlineThreshold:
     def __init__(self, target_api_share: float, window: int, initial: float, warmup: int = 100) -> None:
         self.target = target_api_share
@@ -73,8 +79,7 @@ class OnlineThreshold:
     def _update(self) -> None:
         if len(self._recent) < self.warmup or not self._scores:
             return
-        wanted = round(self.target * len(self._recent)) - self._pinned_api
-        self.threshold = threshold_for(self._scores, wanted)
+        self.threshold = share_threshold(self._scores, len(self._recent), self._pinned_api, self.target)
 
     def carry_over(self, previous: OnlineThreshold) -> None:
         """Start from another window's most recent requests (a config reload keeps the history).

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from classifier import Explainer, extract_features
+from classifier import Explainer, extract_features, weightiest
 from gateway.breaker import CircuitBreaker
 from gateway.config import Retries, Target
 from gateway.errors import ClientGone, InvalidRequest, Unauthenticated, error_code, error_response
@@ -155,8 +155,8 @@ def explanation(runtime: Runtime, decision: Decision, body: dict[str, Any]) -> s
             out["threshold"] = round(decision.threshold, 4)
         classifier = runtime.classifiers.get(body["model"])
         if isinstance(classifier, Explainer):
-            terms = sorted(classifier.explain(extract_features(body)), key=lambda t: -abs(t[1]))
-            out["top"] = [[name[:40], round(value, 3)] for name, value in terms[:EXPLAIN_TERMS]]
+            terms = weightiest(classifier, extract_features(body), EXPLAIN_TERMS)
+            out["top"] = [[name[:40], round(value, 3)] for name, value in terms]
     return json.dumps(out, ensure_ascii=True, separators=(",", ":"))
 
 

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from classifier import Classifier, Explainer, Features, extract_features, load_classifier
+from classifier import Classifier, Explainer, Features, extract_features, load_classifier, weightiest
 from gateway.config import ConfigError, Router, load
-from gateway.online_threshold import threshold_for
+from gateway.online_threshold import share_threshold
 from gateway.routing import decide
 from gateway.rules import Rule, first_match
 
@@ -75,7 +75,7 @@ def classify(args: argparse.Namespace, out: IO[str]) -> int:
                 if decision.rule is not None:
                     line["rule"] = decision.rule
             if args.explain and isinstance(classifier, Explainer):
-                terms = sorted(classifier.explain(features), key=lambda t: -abs(t[1]))[: args.explain]
+                terms = weightiest(classifier, features, args.explain)
                 line["top"] = [[name, round(value, 4)] for name, value in terms]
             out.write(json.dumps(line) + "\n")
     return 0
@@ -128,8 +128,7 @@ def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
             if total
             else "no requests to calibrate on"
         )
-    # Requests the config's rules send to the API count towards the share, as online.
-    threshold = threshold_for(sorted(scores), round(args.target_api_share * total) - pinned_api)
+    threshold = share_threshold(sorted(scores), total, pinned_api, args.target_api_share)
     share = (sum(s >= threshold for s in scores) + pinned_api) / total
     pinned = f", {pinned_api} of them pinned by rules" if pinned_api else ""
     out.write(
