@@ -259,7 +259,7 @@ class Simulator(Controls):
         usage: dict[str, Any] | None,
         cut_after: int | None,
     ) -> AsyncIterator[bytes]:
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             c: dict[str, Any] = {
                 "id": ident,
                 "object": "chat.completion.chunk",
@@ -267,11 +267,15 @@ class Simulator(Controls):
                 "model": model,
                 "service_tier": "default",
                 "system_fingerprint": "fp_sim",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+                "choices": choices,
+                **extra,
             }
-            if usage is not None:
-                c["usage"] = None
             return b"data: " + json.dumps(c).encode() + b"\n\n"
+
+        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            # With include_usage, every chunk but the last says "usage": null, as OpenAI's do.
+            return frame([choice], **({"usage": None} if usage is not None else {}))
 
         frames = [chunk({"role": "assistant", "content": "" if tool_call is None else None, "refusal": None})]
         for i, piece in enumerate(pieces):
@@ -299,17 +303,7 @@ class Simulator(Controls):
                 )
         frames.append(chunk({}, finish))
         if usage is not None:
-            final = {
-                "id": ident,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "service_tier": "default",
-                "system_fingerprint": "fp_sim",
-                "choices": [],
-                "usage": usage,
-            }
-            frames.append(b"data: " + json.dumps(final).encode() + b"\n\n")
+            frames.append(frame([], usage=usage))
         frames.append(b"data: [DONE]\n\n")
         for n, frame in enumerate(frames):
             if cut_after is not None and n >= cut_after:
