@@ -19,15 +19,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import Metric
-from prometheus_client.parser import text_string_to_metric_families
 
-ROUTES = ("local", "api", "direct")
+from gateway.exposition import Key, read_totals
+from gateway.routing import PATHS
+
 HOUR = 3600.0
 SNAPSHOT_INTERVAL = 30.0  # seconds between kept snapshots
 HISTORY_SECONDS = 65 * 60.0  # a little more than the hour, so the hour stays covered
-
-Key = tuple[str, ...]
 
 # sample name -> (short name, labels kept, in this order); every other label is summed over.
 _SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -62,7 +60,7 @@ class Snapshot:
 
     def routes(self) -> list[str]:
         seen = {k[1] for k in self.values if k[0] in ("requests", "cost", "latency")}
-        return [*ROUTES, *sorted(seen - set(ROUTES))]
+        return [*PATHS, *sorted(seen - set(PATHS))]
 
     def buckets(self, name: str, route: str) -> list[tuple[float, float]]:
         """The cumulative buckets of histogram `name` for `route`, as (upper bound, count)."""
@@ -76,29 +74,11 @@ def _labels_of(name: str) -> tuple[str, ...]:
     raise KeyError(name)
 
 
-def _families(source: CollectorRegistry | str | bytes) -> Iterable[Metric]:
-    if isinstance(source, bytes):
-        source = source.decode()
-    if isinstance(source, str):
-        return text_string_to_metric_families(source)
-    return source.collect()
-
-
 def snapshot(source: CollectorRegistry | str | bytes, at: float) -> Snapshot:
     """Read the metrics the dashboard needs. Metrics that are absent (not declared yet, or no
     sample yet) count as 0."""
-    values: dict[Key, float] = {}
-    present: set[str] = set()
-    for family in _families(source):
-        for sample in family.samples:
-            spec = _SAMPLES.get(sample.name)
-            if spec is None:
-                continue
-            short, labels = spec
-            key = (short, *(sample.labels.get(label, "") for label in labels))
-            values[key] = values.get(key, 0.0) + float(sample.value)
-            present.add(short)
-    return Snapshot(at, values, frozenset(present))
+    values, present = read_totals(source, _SAMPLES)
+    return Snapshot(at, values, present)
 
 
 def delta(now: Snapshot, then: Snapshot) -> Snapshot:

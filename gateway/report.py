@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import ConfigError, OpenAICompatibleSpec, parse
+from gateway.exposition import ExpositionError, Key, read_totals
+from gateway.routing import PATHS
 
-ROUTES = ("local", "api", "direct")
 DAYS_PER_MONTH = 30
 HOURS_PER_MONTH = 24 * DAYS_PER_MONTH
 
@@ -60,56 +60,52 @@ class Totals:
     process_start: float | None = None  # process_start_time_seconds, Unix time
 
 
-def _add(into: dict[str, float], key: str, value: float) -> None:
-    into[key] = into.get(key, 0.0) + value
+# sample name -> (short name, labels kept): what the report reads of a gateway's metrics.
+_SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "crossover_requests_total": ("requests", ("route", "status_class")),
+    "crossover_cost_usd_total": ("cost", ("route",)),
+    "crossover_baseline_cost_usd_total": ("baseline", ("route",)),
+    "crossover_tokens_total": ("tokens", ("kind", "route")),
+    "crossover_gpu_idle_cost_usd_total": ("idle", ()),
+    "crossover_gpu_cost_usd_per_hour": ("gpu_rate", ()),
+    "crossover_start_time_seconds": ("start", ()),
+    "process_start_time_seconds": ("process_start", ()),
+}
+
+
+def _by_route(values: Mapping[Key, float], short: str, *match: str) -> dict[str, float]:
+    """{route: value} of one short name, its other kept labels equal to `match` (a prefix)."""
+    out: dict[str, float] = {}
+    for key, value in values.items():
+        if key[0] == short and key[1 : 1 + len(match)] == match:
+            out[key[-1]] = out.get(key[-1], 0.0) + value
+    return out
 
 
 def parse_exposition(text: str) -> Totals:
     """The counters the report needs from Prometheus exposition text (as `GET /metrics` returns it).
     Absent metrics are empty, or None where "absent" and "zero" mean different things."""
-    requests: dict[str, float] = {}
-    failed: dict[str, float] = {}
-    cost: dict[str, float] = {}
-    baseline: dict[str, float] | None = None
-    tokens: dict[str, dict[str, float]] = {"input": {}, "output": {}}
-    idle = 0.0
-    gpu_rate: float | None = None
-    start: float | None = None
     try:
-        families = list(text_string_to_metric_families(text))
-    except ValueError as exc:
-        raise ReportError(f"not Prometheus exposition text: {exc}") from None
-    for family in families:
-        for s in family.samples:
-            route, value = s.labels.get("route", ""), float(s.value)
-            if math.isnan(value):
-                continue
-            if s.name == "crossover_requests_total":
-                _add(requests, route, value)
-                if s.labels.get("status_class", "")[:1] in ("4", "5"):
-                    _add(failed, route, value)
-            elif s.name == "crossover_cost_usd_total":
-                _add(cost, route, value)
-            elif s.name == "crossover_baseline_cost_usd_total":
-                baseline = {} if baseline is None else baseline
-                _add(baseline, route, value)
-            elif s.name == "crossover_tokens_total" and s.labels.get("kind") in tokens:
-                _add(tokens[s.labels["kind"]], route, value)
-            elif s.name == "crossover_gpu_idle_cost_usd_total":
-                idle += value
-            elif s.name == "crossover_gpu_cost_usd_per_hour":
-                gpu_rate = (gpu_rate or 0.0) + value
-            elif s.name in ("crossover_start_time_seconds", "process_start_time_seconds"):
-                start = value
+        values, present = read_totals(text, _SAMPLES)
+    except ExpositionError as exc:
+        raise ReportError(str(exc)) from None
+    requests = {k[1]: 0.0 for k in values if k[0] == "requests"}
+    failed: dict[str, float] = {}
+    for (short, *labels), value in values.items():
+        if short == "requests":
+            requests[labels[0]] += value
+            if labels[1][:1] in ("4", "5"):
+                failed[labels[0]] = failed.get(labels[0], 0.0) + value
+    start = values.get(("start",), values.get(("process_start",)))
     return Totals(
         requests=requests,
         failed=failed,
-        cost_usd=cost,
-        baseline_usd=baseline,
-        input_tokens=tokens["input"],
-        output_tokens=tokens["output"],
-        gpu_idle_usd=idle,
-        gpu_usd_per_hour=gpu_rate,
+        cost_usd=_by_route(values, "cost"),
+        baseline_usd=_by_route(values, "baseline") if "baseline" in present else None,
+        input_tokens=_by_route(values, "tokens", "input"),
+        output_tokens=_by_route(values, "tokens", "output"),
+        gpu_idle_usd=values.get(("idle",), 0.0),
+        gpu_usd_per_hour=values.get(("gpu_rate",)),
         process_start=start,
     )
 
@@ -201,7 +197,7 @@ def economics(
     per_day = 24 / period_hours
     notes = list(notes)
 
-    names = [*ROUTES, *sorted((set(totals.requests) | set(totals.cost_usd)) - set(ROUTES))]
+    names = [*PATHS, *sorted((set(totals.requests) | set(totals.cost_usd)) - set(PATHS))]
     requests = sum(totals.requests.values())
     base = totals.baseline_usd
     routes = tuple(

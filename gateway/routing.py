@@ -1,53 +1,113 @@
-"""The routing decision, a pure function of the router, the score, the threshold and any override."""
+"""The routing policy, in one place and in order: rules, then the route header, then the score
+against the threshold; then the key's scope; then spill-over when the chosen backend is full.
+
+Pure: `plan_route` takes everything it needs in an `Ask` and returns a `Decision`. The server and the
+offline tools (`crossover classify`) call the same function, so they decide alike.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal, get_args
 
+from classifier import Features
 from gateway.config import Router, Target
-from gateway.errors import PermissionDenied
-from gateway.rules import Rule
+from gateway.errors import InvalidRequest, PermissionDenied
+from gateway.rules import Rule, first_match
 
-ROUTES = ("local", "api")
+Route = Literal["local", "api"]  # a router's two targets
+ROUTES: tuple[Route, ...] = get_args(Route)
+# How a request is labelled in metrics: a router's route, or "direct" for a concrete model.
+Path = Literal["local", "api", "direct"]
+PATHS: tuple[Path, ...] = get_args(Path)
+# Why it went there; "fallback" once the other target answered it.
+Reason = Literal["score", "rule", "header", "model", "spill", "scope", "fallback"]
+
+ROUTE_HEADER = "x-crossover-route"
+_BY_NAME: dict[str, Route] = {route: route for route in ROUTES}
 
 
-def other_route(route: str) -> str:
-    """The router's other route: "api" for "local", "local" for "api"."""
+def other_route(route: Route) -> Route:
     return "local" if route == "api" else "api"
 
 
-def target_of(router: Router, route: str) -> Target:
+def target_of(router: Router, route: Route) -> Target:
     return router.api if route == "api" else router.local
+
+
+def forced_route(value: str | None) -> Route | None:
+    """The `x-crossover-route` header, checked."""
+    if value is None:
+        return None
+    route = _BY_NAME.get(value)
+    if route is not None:
+        return route
+    raise InvalidRequest(
+        f"Invalid value for header '{ROUTE_HEADER}': {value!r}. Use 'local' or 'api'.",
+        param=ROUTE_HEADER,
+        code="invalid_value",
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    route: str  # "local", "api", or "direct" for a request naming a concrete model
+    route: Path
     target: Target
     fallback: Target | None
-    # "score", "rule", "header", "model", "spill", "scope", or "fallback" once the other target answered
-    reason: str
+    reason: Reason
     score: float | None = None
     threshold: float | None = None
     rule: str | None = None  # the rule's name, when one decided
+    features: Features | None = field(default=None, compare=False)  # computed once, reused after
+
+    @property
+    def routed(self) -> bool:
+        return self.route != "direct"
+
+    def route_of(self, target: Target) -> Path:
+        """The route a target of this decision stands for: its own, or the other for its fallback."""
+        if self.route == "direct" or target == self.target:
+            return self.route
+        return other_route(self.route)
+
+    def answered_by_fallback(self) -> Decision:
+        """The other target answered: account the request to the route that served it."""
+        if self.route == "direct":
+            return self
+        return replace(self, route=other_route(self.route), reason="fallback")
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What a routing decision depends on, besides the router and its classifier."""
+
+    features: Features
+    forced: Route | None = None  # the route header
+    headers: Mapping[str, str] = field(default_factory=dict)  # for rules on headers
+    api_key: str | None = None  # for rules on keys
+    scope: frozenset[str] | None = None  # the backends the key may reach; None: all
+    full: Callable[[Target], bool] = lambda _target: False  # is this target's backend at its limit?
 
 
 def decide(
     router: Router,
     score: float | None,
-    forced: str | None = None,
+    forced: Route | None = None,
     rule: Rule | None = None,
     threshold: float | None = None,
+    features: Features | None = None,
 ) -> Decision:
-    """A matching rule decides first, then `forced` ("local" or "api" from the `x-crossover-route`
-    header), then the score against `threshold` (the router's own unless an online one is given).
+    """A matching rule decides first, then `forced`, then the score against `threshold` (the router's
+    own unless an online one is given).
 
     Equal to the threshold counts as hard: the threshold is the lowest score sent to the API,
     which is what calibration by quantile produces.
     """
     threshold = router.threshold if threshold is None else threshold
     fallback = router.fallback
-    route: str
+    route: Route
+    reason: Reason
     if rule is not None:
         route, reason = rule.route, "rule"
         fallback = fallback if rule.fallback is None else rule.fallback
@@ -66,11 +126,30 @@ def decide(
         score=score,
         threshold=threshold if reason == "score" else None,
         rule=rule.name if rule is not None else None,
+        features=features,
     )
 
 
-def direct(target: Target) -> Decision:
-    return Decision(route="direct", target=target, fallback=None, reason="model")
+def plan_route(
+    router: Router, ask: Ask, score: Callable[[Features], float], threshold: float | None = None
+) -> Decision:
+    """The whole policy for one request to a router model. The classifier is asked only when no
+    rule and no header decided."""
+    rule = first_match(router.rules, ask.features, ask.headers, ask.api_key) if router.rules else None
+    scored = score(ask.features) if rule is None and ask.forced is None else None
+    decision = decide(router, scored, ask.forced, rule, threshold, ask.features)
+    if ask.scope is not None:  # first: spill-over may then only use a fallback the key may reach
+        route = decision.route if decision.route != "direct" else "local"
+        decision = within_scope(decision, ask.scope, target_of(router, other_route(route)))
+    if decision.fallback is not None and ask.full(decision.target) and not ask.full(decision.fallback):
+        decision = spilled(decision)
+    return decision
+
+
+def direct(target: Target, scope: frozenset[str] | None = None) -> Decision:
+    """A request naming a concrete model; a scoped key may only name models of its backends."""
+    decision = Decision(route="direct", target=target, fallback=None, reason="model")
+    return decision if scope is None else within_scope(decision, scope, None)
 
 
 def within_scope(decision: Decision, backends: frozenset[str], other: Target | None) -> Decision:
@@ -80,7 +159,7 @@ def within_scope(decision: Decision, backends: frozenset[str], other: Target | N
     fallback = decision.fallback if decision.fallback and decision.fallback.backend in backends else None
     if decision.target.backend in backends:
         return replace(decision, fallback=fallback)
-    if other is not None and other.backend in backends:
+    if other is not None and other.backend in backends and decision.route != "direct":
         route = other_route(decision.route)
         return replace(decision, route=route, target=other, fallback=None, reason="scope", threshold=None)
     allowed = ", ".join(sorted(backends))
@@ -93,12 +172,11 @@ def within_scope(decision: Decision, backends: frozenset[str], other: Target | N
 def spilled(decision: Decision) -> Decision:
     """Its target is full (`max_in_flight`): the fallback serves first, and the target becomes the
     fallback. Only for a decision that may fall back at all: a rule's `fallback: false` keeps it."""
-    if decision.fallback is None:
+    if decision.fallback is None or decision.route == "direct":
         return decision
-    route = other_route(decision.route)
     return replace(
         decision,
-        route=route,
+        route=other_route(decision.route),
         target=decision.fallback,
         fallback=decision.target,
         reason="spill",

@@ -16,6 +16,7 @@ from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
 from gateway.online_threshold import OnlineThreshold
+from gateway.routing import Decision
 from providers.anthropic import AnthropicProvider
 from providers.base import Provider, UpstreamError
 from providers.http import HttpConfig
@@ -89,6 +90,18 @@ class Runtime:
         online = self.online_thresholds.get(router)
         return online.threshold if online is not None else self.settings.routers[router].threshold
 
+    def observe(self, router: str, decision: Decision) -> float | None:
+        """Feed a router's decision to its online threshold; the new threshold when it moved."""
+        online = self.online_thresholds.get(router)
+        if online is None:
+            return None
+        before = online.threshold
+        if decision.score is None:
+            online.observe_pinned(decision.route)
+        else:
+            online.observe(decision.score)
+        return online.threshold if online.threshold != before else None
+
     def carry_over(self, previous: Runtime) -> None:
         """Keep the score history of online thresholds across a reload, unless the classifier changed."""
         for name, online in self.online_thresholds.items():
@@ -137,6 +150,11 @@ class Runtime:
             if model is None or entry.name == model:
                 return entry
         return None
+
+    def model_name(self, target: Target) -> str:
+        """The model a target stands for, without asking the backend ("" when none is known yet)."""
+        entry = self._find(target.backend, target.model)
+        return entry.name if entry is not None else target.model or ""
 
     async def resolve(self, target: Target) -> Resolved:
         entry = self._find(target.backend, target.model)

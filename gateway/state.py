@@ -10,8 +10,9 @@ from typing import Any
 
 from gateway.accounting import BackendMeter
 from gateway.breaker import CircuitBreaker
-from gateway.config import Settings
+from gateway.config import Settings, Target
 from gateway.metrics import Metrics
+from gateway.recorder import Recorder
 from gateway.runtime import Runtime
 
 log = logging.getLogger("crossover")
@@ -21,6 +22,7 @@ class GatewayState:
     def __init__(self, runtime: Runtime, metrics: Metrics, loader: Callable[[], Settings] | None) -> None:
         self.runtime = runtime
         self.metrics = metrics
+        self.recorder = Recorder(metrics)
         self._loader = loader  # re-reads the config file; None for the embedded default
         self._retired: set[Runtime] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -66,6 +68,11 @@ class GatewayState:
     def export_thresholds(self) -> None:
         for name in self.runtime.settings.routers:
             self.metrics.at(self.metrics.threshold, name).set(self.runtime.threshold(name))
+
+    def full(self, settings: Settings, target: Target) -> bool:
+        """Is the target's backend at its `max_in_flight` (spill-over)?"""
+        limit = settings.backends[target.backend].max_in_flight
+        return limit is not None and self.meters[target.backend].running >= limit
 
     def acquire(self) -> Runtime:
         """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.

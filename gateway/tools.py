@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from classifier import Classifier, Explainer, Features, extract_features, load_classifier, weightiest
+from classifier import Classifier, Explainer, extract_features, load_classifier, weightiest
 from gateway.config import ConfigError, Router, load
 from gateway.online_threshold import share_threshold
-from gateway.routing import decide
-from gateway.rules import Rule, first_match
+from gateway.routing import Ask, plan_route
 
 
 class ToolError(Exception):
@@ -54,12 +53,6 @@ def _router(args: argparse.Namespace) -> tuple[Router | None, Classifier]:
     return router, load_classifier(router.classifier)
 
 
-def _pinned(router: Router | None, features: Features) -> Rule | None:
-    """The rule that would pin this request. Offline there are no headers or keys: only rules on the
-    request itself can match."""
-    return first_match(router.rules, features, {}, None) if router is not None else None
-
-
 def classify(args: argparse.Namespace, out: IO[str]) -> int:
     if args.explain < 0:
         raise ToolError("--explain must be 0 or more")
@@ -67,13 +60,14 @@ def classify(args: argparse.Namespace, out: IO[str]) -> int:
     with _open(args.input) as stream:
         for _, request in _requests(stream):
             features = extract_features(request)
-            score = classifier.score(features)
-            line: dict[str, Any] = {"score": round(score, 6)}
+            line: dict[str, Any] = {}
             if router is not None:
-                decision = decide(router, score, rule=_pinned(router, features))
+                # The server's own policy; offline there are no headers, keys or full backends.
+                decision = plan_route(router, Ask(features), classifier.score)
                 line.update(router=router.name, route=decision.route)
                 if decision.rule is not None:
                     line["rule"] = decision.rule
+            line = {"score": round(classifier.score(features), 6), **line}
             if args.explain and isinstance(classifier, Explainer):
                 terms = weightiest(classifier, features, args.explain)
                 line["top"] = [[name, round(value, 4)] for name, value in terms]
@@ -116,11 +110,13 @@ def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
         for _, request in _requests(stream):
             total += 1
             features = extract_features(request)
-            rule = _pinned(router, features)
-            if rule is None:
+            decision = plan_route(router, Ask(features), classifier.score) if router is not None else None
+            if decision is None:
                 scores.append(classifier.score(features))
+            elif decision.score is None:  # a rule pinned it
+                pinned_api += decision.route == "api"
             else:
-                pinned_api += rule.route == "api"
+                scores.append(decision.score)
     if not scores:
         # Nothing the threshold decides: writing one would only change requests this log never had.
         raise ToolError(

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import Completion, Headers, UpstreamError, Usage
+from providers.base import Completion, Dialect, Headers, UpstreamError, Usage
 from providers.http import HttpClient, HttpConfig, SSEStream
 from providers.sse import Event
 
@@ -35,7 +35,7 @@ def anthropic_usage(usage: Any) -> Usage | None:
 
 
 class AnthropicProvider:
-    dialect = "anthropic"
+    dialect: Dialect = "anthropic"
     default_max_tokens = 4096  # for translated OpenAI requests that set no max_tokens
 
     def __init__(self, config: HttpConfig, api_key: str | None, version: str = DEFAULT_VERSION) -> None:

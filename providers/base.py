@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from providers.sse import Event
+
+# The wire formats a client or a backend speaks.
+Dialect = Literal["openai", "anthropic"]
 
 
 class UpstreamError(Exception):
@@ -87,7 +90,7 @@ class Provider(Protocol):
     "openai" (`/chat/completions`, `/completions`) or "anthropic" (`/messages`)."""
 
     name: str
-    dialect: str
+    dialect: Dialect
 
     # `headers`: per-request headers a client sent for this backend's own API (e.g. `anthropic-beta`),
     # added to the backend's configured ones.

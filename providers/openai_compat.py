@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from providers.base import Completion, Headers, UnsupportedRequest, UpstreamError, Usage
+from providers.base import Completion, Dialect, Headers, UnsupportedRequest, UpstreamError, Usage
 from providers.errors import error_from_response
 from providers.http import HttpClient, HttpConfig, SSEStream
 from providers.sse import Event
@@ -67,7 +67,7 @@ def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event
 
 
 class OpenAICompatProvider:
-    dialect = "openai"
+    dialect: Dialect = "openai"
 
     def __init__(self, config: HttpConfig, api_key: str | None = None) -> None:
         headers = dict(config.headers)

@@ -16,7 +16,7 @@ import pytest
 from gateway.breaker import CircuitBreaker
 from gateway.config import Retries, Settings, build, parse
 from gateway.metrics import Metrics
-from gateway.pipeline import _retry_delay
+from gateway.resilience import retry_delay as _retry_delay
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
 from providers.base import UpstreamError
@@ -228,6 +228,42 @@ def test_spill_over_frees_the_slot_on_every_way_out(guarded: Server, openai_sim:
             assert garbled.status_code == 502, garbled.text
             assert garbled.json()["error"]["type"] == "api_error" and "Traceback" not in garbled.text
             assert route() == "local"
+    finally:
+        fault(openai_sim, [])
+
+
+def test_a_failure_names_the_backend_tried_last_and_counts_under_its_model(
+    guarded: Server, openai_sim: Server
+) -> None:
+    hi: Any = [{"role": "user", "content": "hi"}]
+    try:
+        # Sent local, which fails; the fallback fails too, three times with its retries.
+        fault(openai_sim, [{"status": 500}] * 4)
+        both = httpx.post(
+            guarded.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": hi},
+            headers={"x-crossover-route": "local"},
+        )
+        assert both.status_code == 502, both.text
+        assert (both.headers["x-crossover-route"], both.headers["x-crossover-backend"]) == ("api", "openai")
+        # A refusal of a routed request is counted with the model its target stands for, as a success is.
+        fault(openai_sim, [{"status": 400}])
+        refused = httpx.post(
+            guarded.url + "/v1/chat/completions",
+            json={"model": "auto", "messages": hi},
+            headers={"x-crossover-route": "local"},
+        )
+        assert refused.status_code == 400
+        metrics = httpx.get(guarded.url + "/metrics").text
+        assert (
+            'crossover_requests_total{backend="local",model="gpt-4o-mini",route="local",status_class="4xx"}'
+            in metrics
+        )
+        assert (
+            'crossover_requests_total{backend="openai",model="gpt-4o",route="api",status_class="5xx"}'
+            in metrics
+        )
+        assert 'model=""' not in metrics
     finally:
         fault(openai_sim, [])
 

@@ -6,36 +6,33 @@ OpenAI-compatible backend (the local vLLM) and back."""
 from __future__ import annotations
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from gateway.errors import error_response
-from gateway.inbound import read_json, validate_messages
-from gateway.pipeline import authenticate, gateway_state, passthrough_headers, route, serve
+from gateway.exchange import Exchange
+from gateway.inbound import validate_messages
+from gateway.pipeline import Door, authenticate, gateway_state, passthrough_headers, route
 from providers.bridges import bridge_for
 
-
-async def messages(request: Request) -> Response:
-    return await serve(request, "anthropic", "/messages", validate_messages)
+messages = Door("anthropic", "/messages", validate_messages)
 
 
-async def count_tokens(request: Request) -> Response:
-    """Counted by the backend the request would be routed to, in that backend's own terms."""
-    state = gateway_state(request)
-    runtime = state.acquire()
-    try:
-        api_key = authenticate(request, runtime.settings.api_keys)
-        body = await read_json(request, runtime.settings.max_body_bytes)
-        validate_messages({"max_tokens": 1, **body})
-        decision = await route(runtime, state, request, body, api_key, record=False)
-        resolved = await runtime.resolve(decision.target)
-        bridge = bridge_for("anthropic", "/messages", resolved.provider, body)
-        native = resolved.provider.dialect == "anthropic"
-        extra = passthrough_headers(request, "anthropic") if native else None
-        count = await resolved.provider.count_tokens(bridge.request(resolved.model.upstream), extra)
-        headers = {"x-crossover-route": decision.route, "x-crossover-backend": resolved.backend.name}
-        return Response(orjson.dumps({"input_tokens": count}), media_type="application/json", headers=headers)
-    except Exception as exc:
-        return error_response(exc, "anthropic")
-    finally:
-        state.release(runtime)
+class CountTokens:
+    """Counted by the backend the request would be routed to, in that backend's own terms; it only
+    asks, so nothing is recorded. (A class: Starlette serves a callable object as a raw ASGI app.)"""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with Exchange(gateway_state(scope), scope, receive, send, "anthropic", record=False) as ex:
+            api_key = authenticate(ex.request, ex.runtime.settings.api_keys)
+            body = await ex.read_json()
+            validate_messages({"max_tokens": 1, **body})
+            decision = await route(ex, body, api_key)
+            resolved = await ex.runtime.resolve(decision.target)
+            bridge = bridge_for("anthropic", "/messages", resolved.provider, body)
+            native = resolved.provider.dialect == "anthropic"
+            extra = passthrough_headers(ex.request, "anthropic") if native else None
+            count = await resolved.provider.count_tokens(bridge.request(resolved.model.upstream), extra)
+            headers = {"x-crossover-route": decision.route, "x-crossover-backend": resolved.backend.name}
+            await ex.respond(orjson.dumps({"input_tokens": count}), headers)
+
+
+count_tokens = CountTokens()

@@ -10,19 +10,14 @@ from starlette.responses import Response
 
 from gateway.errors import ModelNotFound, error_response
 from gateway.inbound import validate_chat, validate_completion
-from gateway.pipeline import authenticate, gateway_state, serve
+from gateway.pipeline import Door, authenticate, gateway_state
 
-
-async def chat_completions(request: Request) -> Response:
-    return await serve(request, "openai", "/chat/completions", validate_chat)
-
-
-async def completions(request: Request) -> Response:
-    return await serve(request, "openai", "/completions", validate_completion)
+chat_completions = Door("openai", "/chat/completions", validate_chat)
+completions = Door("openai", "/completions", validate_completion)
 
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:
-    runtime = gateway_state(request).runtime
+    runtime = gateway_state(request.scope).runtime
     authenticate(request, runtime.settings.api_keys)
     data: list[dict[str, Any]] = [
         {"id": name, "object": "model", "created": 0, "owned_by": "crossover"}

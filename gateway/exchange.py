@@ -1,0 +1,261 @@
+"""One request's owner, from arrival to its last byte.
+
+`Exchange` is an async context manager. While it is open, the request holds the runtime it started
+with (a reload cannot close it meanwhile), a watcher that cancels the work if the client hangs up,
+and, once a backend answered, that answer's GPU-meter slot and upstream stream. On exit it gives all
+of them back, answers an error in the client's dialect if anything failed before the response began,
+and records the outcome exactly once, streamed or whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from classifier import extract_features
+from classifier.features import estimate_tokens
+from gateway.config import Target
+from gateway.errors import ClientGone, error_response
+from gateway.inbound import read_json
+from gateway.recorder import Outcome
+from gateway.relay import Tally
+from gateway.resilience import Answer, Plan, answer
+from gateway.routing import Decision
+from gateway.runtime import Resolved, Runtime
+from gateway.state import GatewayState
+from providers.base import Completion, Dialect, Usage
+
+# The watcher is armed only once a request has taken this long after its body was read, so the common
+# fast request pays a timer, not a task (a task per request cost ~40% of one worker's throughput).
+WATCH_AFTER_SECONDS = 0.25
+NO_ROUTE = ("none", "none", "none")  # labels of a request refused before routing (bad body, no model)
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # proxies such as nginx must not buffer the stream
+]
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode(), v.encode()) for k, v in headers.items()]
+
+
+class Exchange:
+    runtime: Runtime
+
+    def __init__(
+        self,
+        state: GatewayState,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        dialect: Dialect,
+        *,
+        record: bool = True,  # False for requests that only ask (token counting)
+    ) -> None:
+        self.state = state
+        self.request = Request(scope, receive)
+        self.dialect = dialect
+        self.record = record
+        self.started = time.perf_counter()
+        self.body: dict[str, Any] = {}
+        self.decision: Decision | None = None
+        self.tried: Target | None = None  # the target called last
+        self.resolved: Resolved | None = None  # who answered
+        self.tally = Tally()
+        self._receive = receive
+        self._send = send
+        self._answer: Answer | None = None  # held: its meter slot is taken, its stream open
+        self._responded = False  # response headers sent
+        self._delivered = False  # the whole response sent
+        self._gone = False  # the client hung up
+        self._task: asyncio.Task[Any] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Exchange:
+        self.runtime = self.state.acquire()
+        self._task = asyncio.current_task()
+        return self
+
+    async def read_json(self) -> dict[str, Any]:
+        """The body; from here on, what the connection says next can only be a disconnect."""
+        self.body = await read_json(self.request, self.runtime.settings.max_body_bytes)
+        self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._arm)
+        return self.body
+
+    def _arm(self) -> None:
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+        if not self._delivered and self._task is not None:  # servers also report it after a response
+            self._gone = True
+            self._task.cancel()
+
+    def decided(self, decision: Decision) -> Decision:
+        self.decision = decision
+        return decision
+
+    async def call(self, plan: Plan) -> Answer:
+        """Ask the plan's targets; the answer is held here until the exchange ends."""
+        held = await answer(self.runtime, self.state, plan, self._trying)
+        self._answer, self.resolved = held, held.resolved
+        self.tally.upstream_seconds = held.upstream_seconds
+        if held.fell_back_from is not None and self.decision is not None:
+            self.decision = self.decision.answered_by_fallback()
+        return held
+
+    def _trying(self, target: Target) -> None:
+        self.tried = target
+
+    def headers(self, explained: str | None) -> dict[str, str]:
+        """What the response says of its route, for a request a backend answered."""
+        decision, resolved, answer = self.decision, self.resolved, self._answer
+        assert decision is not None and resolved is not None and answer is not None
+        overhead = max(time.perf_counter() - self.started - self.tally.upstream_seconds, 0.0)
+        headers = {
+            "x-crossover-route": decision.route,
+            "x-crossover-backend": resolved.backend.name,
+            "x-crossover-model": resolved.model.name,
+            "x-crossover-overhead-ms": f"{overhead * 1000:.3f}",
+        }
+        if decision.score is not None:
+            headers["x-crossover-score"] = f"{decision.score:.4f}"
+        if decision.threshold is not None:
+            headers["x-crossover-threshold"] = f"{decision.threshold:.4f}"
+        if decision.rule is not None:
+            headers["x-crossover-rule"] = decision.rule
+        if explained is not None:
+            headers["x-crossover-explain"] = explained
+        if answer.fell_back_from is not None:
+            headers["x-crossover-fallback-from"] = answer.fell_back_from
+        return headers
+
+    async def respond(self, content: bytes, headers: dict[str, str], usage: Usage | None = None) -> None:
+        self.tally.usage = usage
+        raw = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(content)).encode()),
+            *_raw(headers),
+        ]
+        self._responded = True
+        await self._send({"type": "http.response.start", "status": 200, "headers": raw})
+        await self._send({"type": "http.response.body", "body": content})
+        self._delivered = True
+
+    async def respond_stream(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        async with aclosing(body) as chunks:
+            self._responded = True
+            await self._send(
+                {"type": "http.response.start", "status": 200, "headers": SSE_HEADERS + _raw(headers)}
+            )
+            async for chunk in chunks:
+                await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._delivered = True
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
+        failure: Exception | None = exc if isinstance(exc, Exception) else None
+        ours = exc is None or failure is not None
+        if isinstance(exc, asyncio.CancelledError) and self._gone:
+            assert self._task is not None
+            self._task.uncancel()  # our own cancellation, for a client that left: handled here
+            failure, ours = ClientGone("the client closed the connection before the answer"), True
+        elif isinstance(exc, OSError) and self._responded:
+            failure = ClientGone("the client went away while the answer was being written")
+        refusal = None  # the error response, for a failure before the response began
+        if failure is not None and ours and not self._responded and not isinstance(failure, ClientGone):
+            refusal = error_response(failure, self.dialect)
+        try:
+            gpu_usd = await self._let_go()
+            if self.record and ours:
+                self._account(failure, refusal, gpu_usd)
+            if refusal is not None:
+                await self._refuse(refusal)
+        finally:
+            self.state.release(self.runtime)
+        return ours
+
+    async def _let_go(self) -> float:
+        """Close the upstream stream and free the meter slot; the GPU cost share of the answer."""
+        held = self._answer
+        if held is None:
+            return 0.0
+        self._answer = None
+        if not isinstance(held.reply, Completion):
+            await held.reply.aclose()  # idempotent; drops the connection if the stream was cut short
+        meter = self.state.meters.get(held.resolved.backend.name)
+        return meter.stop(held.gpu_mark) if meter is not None else 0.0
+
+    def _labels(self) -> tuple[str, str, str]:
+        decision = self.decision
+        if decision is None:
+            return NO_ROUTE
+        if self.resolved is not None:
+            return decision.route, self.resolved.backend.name, self.resolved.model.name
+        # Failed: labelled as the target tried last, as its success would have been.
+        target = self.tried or decision.target
+        return decision.route_of(target), target.backend, self.runtime.model_name(target)
+
+    def _account(self, failure: Exception | None, refusal: Response | None, gpu_usd: float) -> None:
+        recorder = self.state.recorder
+        if self.resolved is None or self.decision is None or (failure is not None and not self._responded):
+            status = f"{refusal.status_code // 100}xx" if refusal is not None else "cancelled"
+            recorder.refused(*self._labels(), status, gpu_usd)
+            return
+        t = self.tally
+        if t.failed is not None:
+            recorder.upstream_failed(self.resolved.backend.name, t.failed)
+        stream = self.body.get("stream") is True
+        usage, estimated = t.usage, False
+        if usage is None and stream:  # a stream cut short: count prompt characters, a token per event
+            features = self.decision.features or extract_features(self.body)
+            usage, estimated = Usage(input=estimate_tokens(features.total_chars), output=t.events), True
+        seconds = time.perf_counter() - self.started
+        inter_token = None
+        if t.first_token_at is not None and t.last_event_at is not None and t.events > 1:
+            inter_token = (t.last_event_at - t.first_token_at) / (t.events - 1)
+        baseline = self.runtime.settings.baseline
+        recorder.answered(
+            Outcome(
+                decision=self.decision,
+                backend=self.resolved.backend.name,
+                model=self.resolved.model,
+                stream=stream,
+                status_class="cancelled" if failure is not None else "5xx" if t.failed else "2xx",
+                seconds=seconds,
+                overhead=max(seconds - t.upstream_seconds, 0.0),
+                usage=usage,
+                gpu_usd=gpu_usd,
+                first_token=None if t.first_token_at is None else t.first_token_at - self.started,
+                inter_token=inter_token,
+                usage_estimated=estimated,
+                baseline=baseline.price if baseline is not None else None,
+            )
+        )
+
+    async def _refuse(self, response: Response) -> None:
+        if self.decision is not None:
+            # Which route and backend failed: an operator reading a 429 or 502 needs to know.
+            route, backend, _ = self._labels()
+            response.headers["x-crossover-route"] = route
+            response.headers["x-crossover-backend"] = backend
+        with contextlib.suppress(OSError):  # the client is gone: nobody to tell
+            await response(self.request.scope, self._receive, self._send)

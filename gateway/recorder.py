@@ -1,0 +1,98 @@
+"""Every write to the metrics, in one place: the request path and the housekeeping call these
+methods with plain values, and only this module knows metric names and label orders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from gateway.accounting import cost_usd
+from gateway.config import ModelEntry, Price
+from gateway.errors import error_code
+from gateway.metrics import Metrics
+from gateway.routing import Decision
+from providers.base import UpstreamError, Usage
+
+log = logging.getLogger("crossover")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one answered request comes to, for the metrics."""
+
+    decision: Decision
+    backend: str
+    model: ModelEntry
+    stream: bool
+    status_class: str  # "2xx", "4xx", "5xx" or "cancelled"
+    seconds: float  # the whole request, as the client saw it
+    overhead: float  # of which the gateway's own time
+    usage: Usage | None
+    gpu_usd: float  # the request's share of a self-hosted backend's GPU time
+    first_token: float | None = None  # seconds from arrival
+    inter_token: float | None = None  # mean gap between streamed events
+    usage_estimated: bool = False
+    baseline: Price | None = None  # what it would have cost on the API model alone
+
+
+class Recorder:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def decided(self, router: str, decision: Decision, seconds: float | None) -> None:
+        """A router decision; `seconds` when the classifier was asked (its time, rules included)."""
+        m = self.metrics
+        m.at(m.decisions, router, decision.route, decision.reason).inc()
+        if decision.rule is not None:
+            m.at(m.rule_matches, router, decision.rule).inc()
+        if seconds is not None and decision.score is not None:
+            m.at(m.classifier_seconds, router).observe(seconds)
+            m.at(m.score, router).observe(decision.score)
+
+    def threshold(self, router: str, value: float) -> None:
+        self.metrics.at(self.metrics.threshold, router).set(value)
+
+    def upstream_failed(self, backend: str, exc: UpstreamError) -> None:
+        self.metrics.at(self.metrics.upstream_errors, backend, error_code(exc)).inc()
+
+    def retried(self, backend: str) -> None:
+        self.metrics.at(self.metrics.retries, backend).inc()
+
+    def fell_back(self, backend: str, to: str) -> None:
+        self.metrics.at(self.metrics.fallbacks, backend, to).inc()
+
+    def circuit(self, backend: str, open: bool, changed: bool = True) -> None:
+        self.metrics.at(self.metrics.circuit_open, backend).set(1 if open else 0)
+        if changed:
+            log.warning("circuit of backend %r %s", backend, "opened" if open else "closed")
+
+    def refused(self, route: str, backend: str, model: str, status_class: str, gpu_usd: float) -> None:
+        """A request that ended in an error before any answer reached the client."""
+        m = self.metrics
+        m.at(m.requests, route, backend, model, status_class).inc()
+        if gpu_usd:
+            m.at(m.cost, route, backend, model).inc(gpu_usd)
+
+    def answered(self, o: Outcome) -> None:
+        m, route, backend, model = self.metrics, o.decision.route, o.backend, o.model.name
+        stream = "true" if o.stream else "false"
+        m.at(m.requests, route, backend, model, o.status_class).inc()
+        m.at(m.latency, route, backend, stream).observe(o.seconds)
+        m.at(m.overhead, route, stream).observe(o.overhead)
+        if o.first_token is not None:
+            m.at(m.ttft, route, backend).observe(o.first_token)
+        if o.inter_token is not None:
+            m.at(m.inter_token, route, backend).observe(o.inter_token)
+        cost = o.gpu_usd
+        u = o.usage
+        if u is not None:
+            if o.usage_estimated:
+                m.at(m.estimated_usage, route, backend).inc()
+            m.at(m.tokens, route, backend, model, "input").inc(u.input)
+            m.at(m.tokens, route, backend, model, "output").inc(u.output)
+            if u.cached:
+                m.at(m.tokens, route, backend, model, "cached").inc(u.cached)
+            cost += cost_usd(u, o.model.price)
+            if o.baseline is not None:
+                m.at(m.baseline_cost, route, backend, model).inc(cost_usd(u, o.baseline))
+        m.at(m.cost, route, backend, model).inc(cost)
