@@ -12,12 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from gateway.rules import Rule
+from providers.kind import Kind, Options
+from providers.registry import KINDS
 
 
 class ConfigError(ValueError):
@@ -56,8 +58,14 @@ class RetriesSpec(_Strict):
     max_wait_seconds: Annotated[float, Field(gt=0)] = 5.0  # a longer Retry-After: fall back instead
 
 
+BaseUrl = Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
+
+
 class _BackendSpec(_Strict):
-    base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
+    """What every backend has; each kind adds its own keys (providers/registry.py)."""
+
+    kind: str
+    base_url: BaseUrl
     api_key: str | None = None
     models: list[ModelSpec] = []
     discover_models: bool = False  # also serve whatever the backend's GET /models lists
@@ -71,23 +79,28 @@ class _BackendSpec(_Strict):
     retries: RetriesSpec | None = None  # none: a retryable failure goes straight to the fallback
 
 
-class OpenAICompatibleSpec(_BackendSpec):
-    kind: Literal["openai_compatible"]
-    gpu_usd_per_hour: Annotated[float, Field(ge=0)] | None = None  # per GPU; self-hosted deployments
-    gpus: Annotated[int, Field(ge=1)] = 1
-    scrape_metrics: bool = False  # read vLLM's queue and KV-cache state from its /metrics every 5 s
+def _spec_of(kind: Kind) -> type[_BackendSpec]:
+    """The config schema of one backend kind: the common keys, and its own from providers/."""
+    fields: dict[str, Any] = {"kind": (Literal[kind.name], ...)}
+    if kind.base_url is not None:
+        fields["base_url"] = (BaseUrl, kind.base_url)
+    name = "".join(part.title() for part in kind.name.split("_")) + "Spec"
+    # pydantic's stub types the bases as one model type; any models may be combined.
+    bases: Any = (_BackendSpec, kind.options)
+    spec: type[_BackendSpec] = create_model(name, __base__=bases, **fields)
+    return spec
 
 
-class AnthropicSpec(_BackendSpec):
-    kind: Literal["anthropic"]
-    base_url: Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")] = (
-        "https://api.anthropic.com/v1"
-    )
-    anthropic_version: str = "2023-06-01"
-    default_max_tokens: Annotated[int, Field(ge=1)] = 4096  # for OpenAI requests that set none
+SPECS: dict[str, type[_BackendSpec]] = {name: _spec_of(kind) for name, kind in KINDS.items()}
+if TYPE_CHECKING:
+    BackendSpec = _BackendSpec
+else:
+    BackendSpec = Annotated[Union[tuple(SPECS.values())], Field(discriminator="kind")]  # noqa: UP007
 
 
-BackendSpec = Annotated[OpenAICompatibleSpec | AnthropicSpec, Field(discriminator="kind")]
+def gpu_usd_per_hour(spec: _BackendSpec) -> float:
+    """The whole deployment's GPU cost (per-GPU rate x GPUs); 0 for a kind that is not self-hosted."""
+    return (getattr(spec, "gpu_usd_per_hour", None) or 0.0) * getattr(spec, "gpus", 1)
 
 
 class RuleWhenSpec(_Strict):
@@ -192,7 +205,7 @@ class Backend:
     read_timeout: float
     max_connections: int
     headers: Mapping[str, str]
-    options: Mapping[str, Any]  # what only this kind has, e.g. anthropic_version
+    options: Options  # what only this kind has, e.g. anthropic_version
     gpu_usd_per_hour: float = 0.0  # the whole deployment (per-GPU rate x GPUs); 0 when not self-hosted
     scrape_metrics: bool = False
     max_in_flight: int | None = None  # spill-over limit, per worker
@@ -295,6 +308,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             raise ConfigError(f"backends.{name}: a backend name cannot contain '/'")
         path = f"backends.{name}"
         models = tuple(ModelEntry(m.name, m.upstream or m.name, _price(m)) for m in b.models)
+        own = KINDS[b.kind].options
         backends[name] = Backend(
             name=name,
             kind=b.kind,
@@ -306,8 +320,8 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             read_timeout=b.timeout.read,
             max_connections=b.max_connections,
             headers={k: _resolve(v, f"{path}.headers.{k}", env) for k, v in b.headers.items()},
-            options=b.model_dump(include={"anthropic_version", "default_max_tokens"}),
-            gpu_usd_per_hour=(getattr(b, "gpu_usd_per_hour", None) or 0.0) * getattr(b, "gpus", 1),
+            options=own.model_validate(b.model_dump(include=set(own.model_fields))),
+            gpu_usd_per_hour=gpu_usd_per_hour(b),
             scrape_metrics=getattr(b, "scrape_metrics", False),
             max_in_flight=b.max_in_flight,
             circuit_breaker=(
@@ -419,9 +433,6 @@ def _baseline(
     return next((m for m in entries if target.model in (None, m.name)), None)
 
 
-_KINDS = ("openai_compatible", "anthropic")
-
-
 def _key_path(loc: tuple[int | str, ...]) -> str:
     out = ""
     for part in loc:
@@ -441,7 +452,7 @@ def parse(data: Any) -> ConfigFile:
             loc = tuple(
                 p
                 for p in err["loc"]
-                if not (isinstance(p, str) and (p.startswith("function-") or p in _KINDS))
+                if not (isinstance(p, str) and (p.startswith("function-") or p in KINDS))
             )
             if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
                 loc = (*loc, "kind")

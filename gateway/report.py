@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from gateway.config import ConfigError, OpenAICompatibleSpec, parse
+from gateway.config import ConfigError, gpu_usd_per_hour, parse
 from gateway.exposition import ExpositionError, Key, read_totals
 from gateway.routing import PATHS
 
@@ -585,11 +585,7 @@ def config_costs(path: str | Path) -> tuple[float, float, str | None]:
         raise ReportError(f"{path}: cannot read the config: {exc.strerror}") from None
     except (yaml.YAMLError, ConfigError) as exc:
         raise ReportError(f"{path}: invalid config: {exc}") from None
-    gpu = sum(
-        (b.gpu_usd_per_hour or 0.0) * b.gpus
-        for b in spec.backends.values()
-        if isinstance(b, OpenAICompatibleSpec)
-    )
+    gpu = sum(gpu_usd_per_hour(b) for b in spec.backends.values())
     baseline = spec.accounting.baseline
     if baseline is None and spec.routers:
         baseline = next(iter(spec.routers.values())).api

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from classifier import Classifier, load_classifier
@@ -17,10 +16,9 @@ from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
 from gateway.online_threshold import OnlineThreshold
 from gateway.routing import Decision
-from providers.anthropic import AnthropicProvider
 from providers.base import Provider, UpstreamError
 from providers.http import HttpConfig
-from providers.openai_compat import OpenAICompatProvider
+from providers.registry import KINDS
 
 log = logging.getLogger("crossover")
 
@@ -48,21 +46,8 @@ def _http(backend: Backend) -> HttpConfig:
     )
 
 
-def _anthropic(backend: Backend) -> Provider:
-    provider = AnthropicProvider(_http(backend), backend.api_key, backend.options["anthropic_version"])
-    provider.default_max_tokens = backend.options["default_max_tokens"]
-    return provider
-
-
-# Backend kinds by name: a new kind is a module in providers/, its spec in gateway/config.py, and a line here.
-PROVIDERS: dict[str, Callable[[Backend], Provider]] = {
-    "openai_compatible": lambda backend: OpenAICompatProvider(_http(backend), backend.api_key),
-    "anthropic": _anthropic,
-}
-
-
 def build_provider(backend: Backend) -> Provider:
-    return PROVIDERS[backend.kind](backend)
+    return KINDS[backend.kind].build(_http(backend), backend.api_key, backend.options)
 
 
 class Runtime:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import Field
 
 from providers.base import Completion, Dialect, Headers, UpstreamError, Usage
 from providers.http import HttpClient, HttpConfig, SSEStream
+from providers.kind import Kind, Options
 from providers.sse import Event
 
 DEFAULT_VERSION = "2023-06-01"
@@ -96,3 +98,17 @@ def _stream_error_status(data: bytes) -> int:
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return 500
     return _STREAM_ERROR_STATUS.get(kind, 500)
+
+
+class AnthropicOptions(Options):
+    anthropic_version: str = DEFAULT_VERSION
+    default_max_tokens: Annotated[int, Field(ge=1)] = 4096  # for OpenAI requests that set none
+
+
+def _build(http: HttpConfig, api_key: str | None, options: AnthropicOptions) -> AnthropicProvider:
+    provider = AnthropicProvider(http, api_key, options.anthropic_version)
+    provider.default_max_tokens = options.default_max_tokens
+    return provider
+
+
+KIND = Kind("anthropic", AnthropicOptions, _build, base_url="https://api.anthropic.com/v1")

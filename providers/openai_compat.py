@@ -9,13 +9,15 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
+from pydantic import Field
 
 from providers.base import Completion, Dialect, Headers, UnsupportedRequest, UpstreamError, Usage
 from providers.errors import error_from_response
 from providers.http import HttpClient, HttpConfig, SSEStream
+from providers.kind import Kind, Options
 from providers.sse import Event
 
 # vLLM and others add keys with null values that OpenAI's contract types strictly (`annotations`,
@@ -123,3 +125,17 @@ class OpenAICompatProvider:
 
     async def close(self) -> None:
         await self.http.close()
+
+
+class OpenAICompatibleOptions(Options):
+    gpu_usd_per_hour: Annotated[float, Field(ge=0)] | None = None  # per GPU; self-hosted deployments
+    gpus: Annotated[int, Field(ge=1)] = 1
+    scrape_metrics: bool = False  # read vLLM's queue and KV-cache state from its /metrics every 5 s
+
+
+def _build(http: HttpConfig, api_key: str | None, _options: OpenAICompatibleOptions) -> OpenAICompatProvider:
+    return OpenAICompatProvider(http, api_key)
+
+
+# vLLM, OpenAI, TGI, SGLang, Ollama: one kind, differing only in configuration.
+KIND = Kind("openai_compatible", OpenAICompatibleOptions, _build)

@@ -168,8 +168,7 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
     for model in (
         c.ServerSpec,
         c.KeyScopeSpec,
-        c.OpenAICompatibleSpec,
-        c.AnthropicSpec,
+        *c.SPECS.values(),
         c.ModelSpec,
         c.PriceSpec,
         c.TimeoutSpec,
