@@ -3,6 +3,7 @@ gateway keeps serving. Raw HTTP, so that nothing a client library does hides the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SIM_KEY
+from tests.conftest import ANTHROPIC_KEY, CLAUDE, SIM_KEY
 from tests.openai_schema import assert_valid
 from tests.servers import Server, start_gateway
 
@@ -23,12 +24,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator
     config = {
         "server": {"max_body_bytes": 4096},
         "backends": {
-            "openai": {
-                "kind": "openai_compatible",
-                "base_url": openai_sim.url + "/v1",
-                "api_key": "${SIM_OPENAI_KEY}",
-                "models": [{"name": "gpt-4o"}],
-            },
+            "openai": openai_backend(openai_sim),
             "down": {
                 "kind": "openai_compatible",
                 "base_url": "http://127.0.0.1:9/v1",  # discard port: nothing listens
@@ -41,6 +37,15 @@ def gw(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator
     server = start_gateway(tmp_path_factory.mktemp("bad"), config, env={"SIM_OPENAI_KEY": SIM_KEY})
     yield server
     server.stop()
+
+
+def openai_backend(sim: Server) -> dict[str, Any]:
+    return {
+        "kind": "openai_compatible",
+        "base_url": sim.url + "/v1",
+        "api_key": "${SIM_OPENAI_KEY}",
+        "models": [{"name": "gpt-4o"}],
+    }
 
 
 def post(gw: Server, content: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -306,3 +311,96 @@ def test_both_targets_failing_reports_both(tmp_path: Path) -> None:
         assert ready.json()["status"] == "not ready"
     finally:
         server.stop()
+
+
+# ---- an upstream that echoes the gateway's key in every field of its errors ------------------------
+
+_KEY_SHAPE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
+_ECHO = {"message": "bad: $KEY", "type": "$KEY", "param": "$KEY", "code": "$KEY"}
+
+
+@pytest.fixture(scope="module")
+def two_sims(
+    tmp_path_factory: pytest.TempPathFactory, openai_sim: Server, anthropic_sim: Server
+) -> Iterator[Server]:
+    config = {
+        "backends": {
+            "openai": openai_backend(openai_sim),
+            "anthropic": {
+                "kind": "anthropic",
+                "base_url": anthropic_sim.url + "/v1",
+                "api_key": "${SIM_ANTHROPIC_KEY}",
+                "models": [{"name": CLAUDE}],
+            },
+        }
+    }
+    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    server = start_gateway(tmp_path_factory.mktemp("leak"), config, env=env)
+    yield server
+    server.stop()
+
+
+def _openai_faults(status: int, stream: bool) -> list[dict[str, Any]]:
+    if status == 200:
+        return [{"stream_error": _ECHO}]
+    return [{"status": status, "error": _ECHO}]
+
+
+def _anthropic_faults(status: int, stream: bool) -> list[dict[str, Any]]:
+    if status == 200:
+        return [{"stream_error": "$KEY", "message": "bad: $KEY"}]
+    return [{"status": status, "type": "$KEY", "message": "bad: $KEY"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("status", [200, 400, 422, 429, 503])
+@pytest.mark.parametrize(
+    ("path", "model", "backend"),
+    [
+        ("/v1/chat/completions", "gpt-4o", "openai"),
+        ("/v1/chat/completions", CLAUDE, "anthropic"),
+        ("/v1/messages", CLAUDE, "anthropic"),
+        ("/v1/messages", "gpt-4o", "openai"),
+    ],
+)
+def test_upstream_errors_echoing_the_key_never_leak_it(
+    two_sims: Server,
+    openai_sim: Server,
+    anthropic_sim: Server,
+    path: str,
+    model: str,
+    backend: str,
+    status: int,
+    stream: bool,
+) -> None:
+    """Status 200 stands for a failure reported inside the stream (unstreamed: the Anthropic
+    simulator's HTTP twin of it, and a plain answer from the OpenAI one)."""
+    if backend == "openai":
+        sim, key, faults = openai_sim, SIM_KEY, _openai_faults(status, stream)
+    else:
+        sim, key, faults = anthropic_sim, ANTHROPIC_KEY, _anthropic_faults(status, stream)
+    httpx.post(sim.url + "/_sim/faults", json=faults)
+    body = {
+        "model": model,
+        "max_tokens": 5,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        response = httpx.post(two_sims.url + path, json=body, timeout=10)
+    finally:
+        httpx.post(sim.url + "/_sim/faults", json=[])
+    wire = "\n".join([response.text, *(f"{k}: {v}" for k, v in response.headers.items())])
+    assert key not in wire
+    assert not _KEY_SHAPE.search(wire), wire
+    if response.status_code != 200:
+        _assert_dialect_error(response, path)
+    assert key not in two_sims.log_text()
+
+
+def _assert_dialect_error(response: httpx.Response, path: str) -> None:
+    body = response.json()
+    if path == "/v1/messages":
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    else:
+        assert_valid("ErrorResponse", body)
