@@ -15,6 +15,7 @@ import pytest
 from tests.conftest import ANTHROPIC_KEY, CLAUDE, SIM_KEY
 from tests.openai_schema import assert_valid
 from tests.servers import Server, start_gateway
+from tests.test_translation import CHAT_TO_ANTHROPIC_MISSHAPEN, MESSAGES_TO_CHAT_MISSHAPEN
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -129,6 +130,28 @@ def check_error(
 )
 def test_invalid_bodies_are_400_naming_the_field(gw: Server, body: str, param: str | None, code: str) -> None:
     check_error(post(gw, body), 400, param, code)
+
+
+def _nested(levels: int) -> str:
+    """A chat body nested `levels` deep (the body itself is level 1)."""
+    deep = "[" * (levels - 1) + "]" * (levels - 1)
+    return '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "x": ' + deep + "}"
+
+
+@pytest.mark.parametrize("levels", [129, 300, 1000])
+def test_bodies_nested_too_deep_are_400(gw: Server, levels: int) -> None:
+    body = check_error(post(gw, _nested(levels)), 400, code="nesting_too_deep")
+    assert "128" in body["error"]["message"]
+
+
+def test_bodies_nested_to_the_limit_are_served(gw: Server) -> None:
+    assert post(gw, _nested(128)).status_code == 200
+
+
+@pytest.mark.parametrize("role", ["[]", "{}", '["user"]', "5"])
+def test_a_role_of_the_wrong_type_is_400(gw: Server, role: str) -> None:
+    body = '{"model": "gpt-4o", "messages": [{"role": ' + role + ', "content": "hi"}]}'
+    check_error(post(gw, body), 400, "messages[0].role", "invalid_value")
 
 
 def test_invalid_utf8_is_400(gw: Server) -> None:
@@ -404,3 +427,24 @@ def _assert_dialect_error(response: httpx.Response, path: str) -> None:
         assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
     else:
         assert_valid("ErrorResponse", body)
+
+
+@pytest.mark.parametrize(("extra", "param"), CHAT_TO_ANTHROPIC_MISSHAPEN)
+def test_misshapen_chat_fields_for_anthropic_are_400(
+    two_sims: Server, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": CLAUDE, "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = httpx.post(two_sims.url + "/v1/chat/completions", json=body, timeout=10)
+    check_error(response, 400, param, "unsupported_parameter")
+
+
+@pytest.mark.parametrize(("extra", "param"), MESSAGES_TO_CHAT_MISSHAPEN)
+def test_misshapen_messages_fields_for_openai_are_400(
+    two_sims: Server, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = httpx.post(two_sims.url + "/v1/messages", json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert f"'{param}'" in error["error"]["message"]
