@@ -160,6 +160,19 @@ class Simulator(Controls):
             return refused
         if "body" in fault:
             return JSONResponse(fault["body"])
+        try:
+            return self._chat(body, fault)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            # OpenAI validates every field and answers 400 to a misshapen one; the simulator reads
+            # only what it needs, so a field it cannot read stands for that (not a 500).
+            return _error(
+                400,
+                "Invalid request: a field has the wrong type or shape.",
+                "invalid_request_error",
+                "invalid_type",
+            )
+
+    def _chat(self, body: dict[str, Any], fault: dict[str, Any]) -> Response:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(
