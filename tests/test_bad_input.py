@@ -49,6 +49,20 @@ def openai_backend(sim: Server) -> dict[str, Any]:
     }
 
 
+def start_sims_gateway(tmp: Path, openai_sim: Server, anthropic_sim: Server) -> Server:
+    """A gateway over both simulators: `gpt-4o` on the OpenAI one, CLAUDE on the Anthropic one."""
+    anthropic = {
+        "kind": "anthropic",
+        "base_url": anthropic_sim.url + "/v1",
+        "api_key": "${SIM_ANTHROPIC_KEY}",
+        "default_max_tokens": 16,
+        "models": [{"name": CLAUDE}],
+    }
+    config = {"backends": {"openai": openai_backend(openai_sim), "anthropic": anthropic}}
+    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    return start_gateway(tmp, config, env=env)
+
+
 def post(gw: Server, content: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:
     headers = {"content-type": "application/json", **(headers or {})}
     return httpx.post(gw.url + "/v1/chat/completions", content=content, headers=headers, timeout=10)
@@ -346,19 +360,7 @@ _ECHO = {"message": "bad: $KEY", "type": "$KEY", "param": "$KEY", "code": "$KEY"
 def two_sims(
     tmp_path_factory: pytest.TempPathFactory, openai_sim: Server, anthropic_sim: Server
 ) -> Iterator[Server]:
-    config = {
-        "backends": {
-            "openai": openai_backend(openai_sim),
-            "anthropic": {
-                "kind": "anthropic",
-                "base_url": anthropic_sim.url + "/v1",
-                "api_key": "${SIM_ANTHROPIC_KEY}",
-                "models": [{"name": CLAUDE}],
-            },
-        }
-    }
-    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
-    server = start_gateway(tmp_path_factory.mktemp("leak"), config, env=env)
+    server = start_sims_gateway(tmp_path_factory.mktemp("leak"), openai_sim, anthropic_sim)
     yield server
     server.stop()
 

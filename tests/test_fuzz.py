@@ -22,8 +22,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ANTHROPIC_KEY, CLAUDE, SIM_KEY
-from tests.servers import Server, start_gateway
+from tests.conftest import CLAUDE
+from tests.servers import Server
+from tests.test_bad_input import start_sims_gateway
 
 # Four (front door, backend kind) pairs: the model names the backend.
 DOORS = [
@@ -47,25 +48,7 @@ FUZZ = settings(
 def gw(
     tmp_path_factory: pytest.TempPathFactory, openai_sim: Server, anthropic_sim: Server
 ) -> Iterator[Server]:
-    config = {
-        "backends": {
-            "openai": {
-                "kind": "openai_compatible",
-                "base_url": openai_sim.url + "/v1",
-                "api_key": "${SIM_OPENAI_KEY}",
-                "models": [{"name": "gpt-4o"}],
-            },
-            "anthropic": {
-                "kind": "anthropic",
-                "base_url": anthropic_sim.url + "/v1",
-                "api_key": "${SIM_ANTHROPIC_KEY}",
-                "default_max_tokens": 16,
-                "models": [{"name": CLAUDE}],
-            },
-        }
-    }
-    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
-    server = start_gateway(tmp_path_factory.mktemp("fuzz"), config, env=env)
+    server = start_sims_gateway(tmp_path_factory.mktemp("fuzz"), openai_sim, anthropic_sim)
     yield server
     server.stop()
 
