@@ -9,12 +9,9 @@ import orjson
 from starlette.requests import Request
 
 from gateway.errors import InvalidRequest, PayloadTooLarge
+from providers.shapes import MAX_DEPTH, nested_too_deep, type_name
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-_TYPE_NAMES = {
-    str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-    list: "an array", dict: "an object", type(None): "null",
-}  # fmt: skip
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -41,6 +38,11 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         ) from None
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    # Each level takes two bytes at least, so a short body cannot be too deep: skip the check (~2 µs).
+    if len(raw) > 2 * MAX_DEPTH and nested_too_deep(body):
+        raise InvalidRequest(
+            f"The request body is nested more than {MAX_DEPTH} levels deep.", code="nesting_too_deep"
+        )
     return body
 
 
@@ -48,10 +50,6 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
         f"The request body is larger than this gateway accepts ({limit} bytes).", code="request_too_large"
     )
-
-
-def _type_name(value: Any) -> str:
-    return _TYPE_NAMES.get(type(value), "an unsupported value")
 
 
 def _missing(param: str) -> InvalidRequest:
@@ -62,7 +60,7 @@ def _missing(param: str) -> InvalidRequest:
 
 def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
     return InvalidRequest(
-        f"Invalid type for '{param}': expected {expected}, but got {_type_name(value)} instead.",
+        f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
         param=param,
         code="invalid_type",
     )
@@ -129,9 +127,9 @@ def validate_chat(body: dict[str, Any]) -> None:
         role = message.get("role")
         if role is None:
             raise _missing(f"{where}.role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list or object is not hashable
             raise InvalidRequest(
-                f"Invalid value for '{where}.role': {role!r}. Supported values are: "
+                f"Invalid value for '{where}.role': {role!r:.60}. Supported values are: "
                 "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
                 param=f"{where}.role",
                 code="invalid_value",

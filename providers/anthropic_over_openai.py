@@ -15,6 +15,14 @@ import orjson
 
 from providers.base import UnsupportedRequest, Usage
 from providers.openai_compat import openai_usage
+from providers.shapes import (
+    array_or_empty,
+    obj,
+    obj_or_empty,
+    string,
+    string_array,
+    string_or_none,
+)
 
 STOP_REASONS = {
     "stop": "end_turn",
@@ -25,24 +33,28 @@ STOP_REASONS = {
 }
 
 
-def _text(content: Any) -> str:
+def _text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     # Separate blocks stay separate lines (as vLLM joins text parts), not words run together.
     return "\n".join(
-        b.get("text", "") for b in content or [] if isinstance(b, dict) and b.get("type") == "text"
+        string(b.get("text", ""), f"{where}[{i}].text")
+        for i, b in enumerate(array_or_empty(content, where))
+        if isinstance(b, dict) and b.get("type") == "text"
     )
 
 
 def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
-    source = block.get("source") or {}
+    where = f"{where}.source"
+    source = obj(block.get("source"), where)
     url: Any
     if source.get("type") == "base64":
-        url = f"data:{source.get('media_type')};base64,{source.get('data')}"
+        media_type = string(source.get("media_type"), f"{where}.media_type")
+        url = f"data:{media_type};base64,{string(source.get('data'), f'{where}.data')}"
     elif source.get("type") == "url":
-        url = source.get("url")
+        url = string(source.get("url"), f"{where}.url")
     else:
-        raise UnsupportedRequest("image sources must be base64 or url", f"{where}.source")
+        raise UnsupportedRequest("image sources must be base64 or url", where)
     return {"type": "image_url", "image_url": {"url": url}}
 
 
@@ -53,18 +65,18 @@ def _user(content: Any, where: str) -> list[dict[str, Any]]:
         return [{"role": "user", "content": content}]
     tools: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
-    for i, block in enumerate(content or []):
+    for i, block in enumerate(array_or_empty(content, where)):
         kind = block.get("type") if isinstance(block, dict) else None
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": string(block.get("text", ""), f"{where}[{i}].text")})
         elif kind == "image":
             parts.append(_image_part(block, f"{where}[{i}]"))
         elif kind == "tool_result":
-            result = block.get("content")
-            text = _text(result) if not isinstance(result, str) else result
+            text = _text(block.get("content"), f"{where}[{i}].content")
             if block.get("is_error"):
                 text = f"[tool error] {text}"
-            tools.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+            call_id = string_or_none(block.get("tool_use_id"), f"{where}[{i}].tool_use_id")
+            tools.append({"role": "tool", "tool_call_id": call_id, "content": text})
         else:
             raise UnsupportedRequest(
                 f"content blocks of type {kind!r} cannot be sent to this backend", f"{where}[{i}]"
@@ -75,17 +87,22 @@ def _user(content: Any, where: str) -> list[dict[str, Any]]:
     return tools
 
 
-def _assistant(content: Any) -> dict[str, Any]:
+def _call(block: dict[str, Any], where: str) -> dict[str, Any]:
+    arguments = orjson.dumps(obj_or_empty(block.get("input"), f"{where}.input")).decode()
+    return {
+        "id": string_or_none(block.get("id"), f"{where}.id"),
+        "type": "function",
+        "function": {"name": string_or_none(block.get("name"), f"{where}.name"), "arguments": arguments},
+    }
+
+
+def _assistant(content: Any, where: str) -> dict[str, Any]:
     if isinstance(content, str):
         return {"role": "assistant", "content": content}
-    text = _text(content)
+    text = _text(content, where)
     calls = [
-        {
-            "id": b.get("id"),
-            "type": "function",
-            "function": {"name": b.get("name"), "arguments": orjson.dumps(b.get("input") or {}).decode()},
-        }
-        for b in content or []
+        _call(b, f"{where}[{i}]")
+        for i, b in enumerate(content or [])
         if isinstance(b, dict) and b.get("type") == "tool_use"
     ]
     message: dict[str, Any] = {"role": "assistant", "content": text or None}
@@ -94,16 +111,19 @@ def _assistant(content: Any) -> dict[str, Any]:
     return message
 
 
-def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(array_or_empty(tools, "tools")):
         if not isinstance(tool, dict) or "input_schema" not in tool:
             raise UnsupportedRequest(
                 "server tools cannot run on this backend; only custom tools", f"tools[{i}]"
             )
-        function = {"name": tool.get("name"), "parameters": tool["input_schema"]}
+        function = {
+            "name": string(tool.get("name"), f"tools[{i}].name"),
+            "parameters": obj(tool["input_schema"], f"tools[{i}].input_schema"),
+        }
         if tool.get("description"):
-            function["description"] = tool["description"]
+            function["description"] = string(tool["description"], f"tools[{i}].description")
         out.append({"type": "function", "function": function})
     return out
 
@@ -112,29 +132,31 @@ def anthropic_to_openai_request(body: dict[str, Any], model: str) -> dict[str, A
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        messages.append({"role": "system", "content": _text(system)})
-    for i, turn in enumerate(body.get("messages") or []):
-        if turn.get("role") == "assistant":
-            messages.append(_assistant(turn.get("content")))
+        messages.append({"role": "system", "content": _text(system, "system")})
+    for i, turn in enumerate(array_or_empty(body.get("messages"), "messages")):
+        where = f"messages[{i}]"
+        if obj(turn, where).get("role") == "assistant":
+            messages.append(_assistant(turn.get("content"), f"{where}.content"))
         else:
-            messages.extend(_user(turn.get("content"), f"messages[{i}].content"))
+            messages.extend(_user(turn.get("content"), f"{where}.content"))
     out: dict[str, Any] = {"model": model, "messages": messages}
     if isinstance(body.get("max_tokens"), int):
         out["max_tokens"] = body["max_tokens"]
     for same in ("temperature", "top_p", "top_k"):
         if body.get(same) is not None:
             out[same] = body[same]
-    if body.get("stop_sequences"):
-        out["stop"] = body["stop_sequences"]
-    user = (body.get("metadata") or {}).get("user_id")
+    stop = string_array(body.get("stop_sequences"), "stop_sequences")
+    if stop:
+        out["stop"] = stop
+    user = obj_or_empty(body.get("metadata"), "metadata").get("user_id")
     if isinstance(user, str):
         out["user"] = user
     if body.get("tools"):
         out["tools"] = _tools(body["tools"])
-        choice = body.get("tool_choice") or {"type": "auto"}
+        choice = obj(body.get("tool_choice") or {"type": "auto"}, "tool_choice")
         kind = choice.get("type")
         out["tool_choice"] = (
-            {"type": "function", "function": {"name": choice.get("name")}}
+            {"type": "function", "function": {"name": string(choice.get("name"), "tool_choice.name")}}
             if kind == "tool"
             else {"any": "required", "none": "none"}.get(str(kind), "auto")
         )

@@ -15,6 +15,30 @@ from providers.base import UpstreamError
 
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
 
+# Upstream `type`s passed on to the client; any other value becomes the gateway's default, so an
+# upstream string (which might echo a key) never reaches a client or a log through this field.
+_TYPES = frozenset(
+    {
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "not_found_error",
+        "rate_limit_error",
+        "insufficient_quota",
+        "requests",
+        "tokens",
+        "request_too_large",
+        "overloaded_error",
+        "api_error",
+        "server_error",
+    }
+)
+# An upstream `code` is kept only as a short lowercase identifier (`context_length_exceeded`):
+# no hyphen, so no `sk-…` shape fits, and a configured secret in it is refused too.
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,47}")
+_MAX_PARAM = 120
+_MAX_MESSAGE = 2000
+
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove anything that looks like a provider key: ours verbatim, and sk-… shapes."""
@@ -22,6 +46,25 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, "[redacted]")
     return _KEY_LIKE.sub("[redacted]", text)
+
+
+def _safe_type(value: str | None, default: str) -> str:
+    return value if value in _TYPES else default
+
+
+def _safe_code(value: str | None, secrets: Iterable[str]) -> str | None:
+    if value is None or not _CODE.fullmatch(value) or any(s and s in value for s in secrets):
+        return None
+    return value
+
+
+def _safe_text(value: str | None, limit: int, secrets: Iterable[str]) -> str | None:
+    """Redacted, then bounded: a long echo cannot carry a key past the cut either, as redaction
+    runs on the whole text first."""
+    if not value:
+        return None
+    text = redact(value, secrets)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -69,10 +112,14 @@ def _upstream_fields(raw: bytes) -> tuple[str | None, str | None, str | None, st
 def error_from_response(
     backend: str, status: int, headers: Mapping[str, str], raw: bytes, secrets: Iterable[str] = ()
 ) -> UpstreamError:
+    secrets = tuple(secrets)
     message, type_, param, code = _upstream_fields(raw)
+    # Every upstream field is normalised here, before anything reads it: an upstream may echo the
+    # gateway's key in any of them.
+    message = _safe_text(message, _MAX_MESSAGE, secrets)
+    param = _safe_text(param, _MAX_PARAM, secrets)
+    code = _safe_code(code, secrets)
     retry_after = retry_after_seconds(headers)
-    if message:
-        message = redact(message, secrets)
     if status in (401, 403):
         # The client's own credentials were fine; the gateway's were not. Never echo the upstream
         # text here: OpenAI's 401 message quotes part of the key.
@@ -86,7 +133,7 @@ def error_from_response(
         return UpstreamError(
             429,
             message or f"backend '{backend}' is rate limiting requests",
-            type="rate_limit_error" if type_ in (None, "error") else type_,
+            type=_safe_type(type_, "rate_limit_error"),
             code=code or "rate_limit_exceeded",
             retry_after=retry_after,
             retryable=True,
@@ -117,8 +164,8 @@ def error_from_response(
     return UpstreamError(
         400 if status == 422 else status,
         message or f"backend '{backend}' refused the request (HTTP {status})",
-        type="invalid_request_error" if type_ in (None, "BadRequestError", "error") else type_,
-        code=code if code and not code.isdigit() else None,
+        type=_safe_type(type_, "invalid_request_error"),
+        code=code,
         param=param,
     )
 

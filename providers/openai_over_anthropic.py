@@ -17,6 +17,15 @@ import orjson
 
 from providers.anthropic import anthropic_usage
 from providers.base import UnsupportedRequest, Usage
+from providers.shapes import (
+    array_or_empty,
+    nested_too_deep,
+    obj,
+    obj_or_empty,
+    string,
+    string_or_none,
+    strings,
+)
 
 # The forced tool that emulates `response_format` json_object / json_schema.
 JSON_TOOL = "json_response"
@@ -46,9 +55,9 @@ def _text_of(content: Any, where: str) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"type": "text", "text": content}] if content else []
     blocks = []
-    for i, part in enumerate(content):
+    for i, part in enumerate(array_or_empty(content, where)):
         if isinstance(part, dict) and part.get("type") == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            blocks.append({"type": "text", "text": string(part.get("text", ""), f"{where}[{i}].text")})
         elif isinstance(part, dict) and part.get("type") == "refusal":
             continue
         else:
@@ -57,7 +66,7 @@ def _text_of(content: Any, where: str) -> list[dict[str, Any]]:
 
 
 def _image(part: dict[str, Any], where: str) -> dict[str, Any]:
-    url = (part.get("image_url") or {}).get("url")
+    url = obj_or_empty(part.get("image_url"), f"{where}.image_url").get("url")
     if not isinstance(url, str):
         raise UnsupportedRequest("an image part needs image_url.url", f"{where}.image_url.url")
     if url.startswith("data:"):
@@ -80,7 +89,7 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     for i, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
-            blocks.append({"type": "text", "text": part.get("text", "")})
+            blocks.append({"type": "text", "text": string(part.get("text", ""), f"{where}[{i}].text")})
         elif kind == "image_url":
             blocks.append(_image(part, f"{where}[{i}]"))
         else:
@@ -90,21 +99,29 @@ def _user_blocks(content: Any, where: str) -> list[dict[str, Any]]:
     return blocks
 
 
-def _tool_use(call: dict[str, Any], where: str) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments") or "{}"
+def _tool_use(call: Any, where: str) -> dict[str, Any]:
+    call = obj(call, where)
+    function = obj_or_empty(call.get("function"), f"{where}.function")
+    arguments = string(function.get("arguments") or "{}", f"{where}.function.arguments")
     try:
         parsed = orjson.loads(arguments)
     except orjson.JSONDecodeError:
+        parsed = None
+    # Nested arguments are checked like a body: they are parsed here, so the front door never saw them.
+    if not isinstance(parsed, dict) or nested_too_deep(parsed):
         raise UnsupportedRequest(
-            "tool call arguments must be a JSON object", f"{where}.function.arguments"
-        ) from None
-    if not isinstance(parsed, dict):
-        raise UnsupportedRequest("tool call arguments must be a JSON object", f"{where}.function.arguments")
-    return {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": parsed}
+            "tool call arguments must be a JSON object (nested at most as deep as a request)",
+            f"{where}.function.arguments",
+        )
+    return {
+        "type": "tool_use",
+        "id": string_or_none(call.get("id"), f"{where}.id"),
+        "name": string_or_none(function.get("name"), f"{where}.function.name"),
+        "input": parsed,
+    }
 
 
-def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _messages(messages: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(system blocks, turns). Consecutive same-role turns merge: Anthropic wants them alternating,
     and wants every tool result of one assistant turn in the single user turn after it."""
     system: list[dict[str, Any]] = []
@@ -119,7 +136,8 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             turns.append({"role": role, "content": blocks})
 
     for i, message in enumerate(messages):
-        role, where = message.get("role"), f"messages[{i}]"
+        where = f"messages[{i}]"
+        role = obj(message, where).get("role")
         content = message.get("content")
         if role in ("system", "developer"):
             system.extend(_text_of(content, f"{where}.content"))
@@ -127,15 +145,13 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
             add("user", _user_blocks(content, f"{where}.content"))
         elif role == "assistant":
             blocks = _text_of(content, f"{where}.content")
-            calls = message.get("tool_calls") or []
+            calls = array_or_empty(message.get("tool_calls"), f"{where}.tool_calls")
             blocks += [_tool_use(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(calls)]
             add("assistant", blocks)
         elif role == "tool":
             result = content if isinstance(content, str) else _text_of(content, f"{where}.content")
-            add(
-                "user",
-                [{"type": "tool_result", "tool_use_id": message.get("tool_call_id"), "content": result}],
-            )
+            call_id = string_or_none(message.get("tool_call_id"), f"{where}.tool_call_id")
+            add("user", [{"type": "tool_result", "tool_use_id": call_id, "content": result}])
         else:
             raise UnsupportedRequest(
                 f"messages with role {role!r} cannot be sent to Anthropic", f"{where}.role"
@@ -143,18 +159,20 @@ def _messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     return system, turns
 
 
-def _tools(tools: list[Any]) -> list[dict[str, Any]]:
+def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
-    for i, tool in enumerate(tools):
+    for i, tool in enumerate(array_or_empty(tools, "tools")):
         if not isinstance(tool, dict) or tool.get("type") != "function":
             raise UnsupportedRequest("only function tools can be sent to Anthropic", f"tools[{i}]")
-        function = tool.get("function") or {}
+        where = f"tools[{i}].function"
+        function = obj(tool.get("function"), where)
         spec = {
-            "name": function.get("name"),
-            "input_schema": function.get("parameters") or {"type": "object"},
+            "name": string(function.get("name"), f"{where}.name"),
+            "input_schema": obj_or_empty(function.get("parameters"), f"{where}.parameters")
+            or {"type": "object"},
         }
         if function.get("description"):
-            spec["description"] = function["description"]
+            spec["description"] = string(function["description"], f"{where}.description")
         out.append(spec)
     return out
 
@@ -167,7 +185,8 @@ def _tool_choice(choice: Any) -> dict[str, Any]:
     if choice == "required":
         return {"type": "any"}
     if isinstance(choice, dict) and choice.get("type") == "function":
-        return {"type": "tool", "name": (choice.get("function") or {}).get("name")}
+        function = obj_or_empty(choice.get("function"), "tool_choice.function")
+        return {"type": "tool", "name": string_or_none(function.get("name"), "tool_choice.function.name")}
     raise UnsupportedRequest(f"tool_choice {choice!r:.60} has no Anthropic equivalent", "tool_choice")
 
 
@@ -175,7 +194,7 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str, default_max_to
     for param, refused in _REFUSED.items():
         if refused(body.get(param)):
             raise UnsupportedRequest(f"'{param}' is not supported by Anthropic backends", param)
-    system, turns = _messages(body.get("messages") or [])
+    system, turns = _messages(array_or_empty(body.get("messages"), "messages"))
     out: dict[str, Any] = {"model": model, "messages": turns}
     if system:
         out["system"] = system
@@ -183,9 +202,9 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str, default_max_to
     out["max_tokens"] = max_tokens if isinstance(max_tokens, int) else default_max_tokens
     if body.get("stream"):
         out["stream"] = True
-    stop = body.get("stop")
+    stop = strings(body.get("stop"), "stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        out["stop_sequences"] = stop
     if isinstance(body.get("temperature"), int | float):
         out["temperature"] = min(float(body["temperature"]), 1.0)
     for same in ("top_p", "top_k"):
@@ -201,7 +220,12 @@ def openai_to_anthropic_request(body: dict[str, Any], model: str, default_max_to
             raise UnsupportedRequest(
                 "response_format cannot be combined with tools on Anthropic backends", "response_format"
             )
-        schema = (response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+        schema = None
+        if kind == "json_schema":
+            where = "response_format.json_schema"
+            schema = obj_or_empty(
+                obj_or_empty(response_format.get("json_schema"), where).get("schema"), f"{where}.schema"
+            )
         out["tools"] = [
             {
                 "name": JSON_TOOL,

@@ -3,6 +3,7 @@ gateway keeps serving. Raw HTTP, so that nothing a client library does hides the
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,10 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import SIM_KEY
+from tests.conftest import ANTHROPIC_KEY, CLAUDE, SIM_KEY
 from tests.openai_schema import assert_valid
 from tests.servers import Server, start_gateway
+from tests.test_translation import CHAT_TO_ANTHROPIC_MISSHAPEN, MESSAGES_TO_CHAT_MISSHAPEN
 
 GOOD = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -23,12 +25,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator
     config = {
         "server": {"max_body_bytes": 4096},
         "backends": {
-            "openai": {
-                "kind": "openai_compatible",
-                "base_url": openai_sim.url + "/v1",
-                "api_key": "${SIM_OPENAI_KEY}",
-                "models": [{"name": "gpt-4o"}],
-            },
+            "openai": openai_backend(openai_sim),
             "down": {
                 "kind": "openai_compatible",
                 "base_url": "http://127.0.0.1:9/v1",  # discard port: nothing listens
@@ -41,6 +38,29 @@ def gw(tmp_path_factory: pytest.TempPathFactory, openai_sim: Server) -> Iterator
     server = start_gateway(tmp_path_factory.mktemp("bad"), config, env={"SIM_OPENAI_KEY": SIM_KEY})
     yield server
     server.stop()
+
+
+def openai_backend(sim: Server) -> dict[str, Any]:
+    return {
+        "kind": "openai_compatible",
+        "base_url": sim.url + "/v1",
+        "api_key": "${SIM_OPENAI_KEY}",
+        "models": [{"name": "gpt-4o"}],
+    }
+
+
+def start_sims_gateway(tmp: Path, openai_sim: Server, anthropic_sim: Server) -> Server:
+    """A gateway over both simulators: `gpt-4o` on the OpenAI one, CLAUDE on the Anthropic one."""
+    anthropic = {
+        "kind": "anthropic",
+        "base_url": anthropic_sim.url + "/v1",
+        "api_key": "${SIM_ANTHROPIC_KEY}",
+        "default_max_tokens": 16,
+        "models": [{"name": CLAUDE}],
+    }
+    config = {"backends": {"openai": openai_backend(openai_sim), "anthropic": anthropic}}
+    env = {"SIM_OPENAI_KEY": SIM_KEY, "SIM_ANTHROPIC_KEY": ANTHROPIC_KEY}
+    return start_gateway(tmp, config, env=env)
 
 
 def post(gw: Server, content: bytes | str, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -124,6 +144,28 @@ def check_error(
 )
 def test_invalid_bodies_are_400_naming_the_field(gw: Server, body: str, param: str | None, code: str) -> None:
     check_error(post(gw, body), 400, param, code)
+
+
+def _nested(levels: int) -> str:
+    """A chat body nested `levels` deep (the body itself is level 1)."""
+    deep = "[" * (levels - 1) + "]" * (levels - 1)
+    return '{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "x": ' + deep + "}"
+
+
+@pytest.mark.parametrize("levels", [129, 300, 1000])
+def test_bodies_nested_too_deep_are_400(gw: Server, levels: int) -> None:
+    body = check_error(post(gw, _nested(levels)), 400, code="nesting_too_deep")
+    assert "128" in body["error"]["message"]
+
+
+def test_bodies_nested_to_the_limit_are_served(gw: Server) -> None:
+    assert post(gw, _nested(128)).status_code == 200
+
+
+@pytest.mark.parametrize("role", ["[]", "{}", '["user"]', "5"])
+def test_a_role_of_the_wrong_type_is_400(gw: Server, role: str) -> None:
+    body = '{"model": "gpt-4o", "messages": [{"role": ' + role + ', "content": "hi"}]}'
+    check_error(post(gw, body), 400, "messages[0].role", "invalid_value")
 
 
 def test_invalid_utf8_is_400(gw: Server) -> None:
@@ -306,3 +348,105 @@ def test_both_targets_failing_reports_both(tmp_path: Path) -> None:
         assert ready.json()["status"] == "not ready"
     finally:
         server.stop()
+
+
+# ---- an upstream that echoes the gateway's key in every field of its errors ------------------------
+
+_KEY_SHAPE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
+_ECHO = {"message": "bad: $KEY", "type": "$KEY", "param": "$KEY", "code": "$KEY"}
+
+
+@pytest.fixture(scope="module")
+def two_sims(
+    tmp_path_factory: pytest.TempPathFactory, openai_sim: Server, anthropic_sim: Server
+) -> Iterator[Server]:
+    server = start_sims_gateway(tmp_path_factory.mktemp("leak"), openai_sim, anthropic_sim)
+    yield server
+    server.stop()
+
+
+def _openai_faults(status: int, stream: bool) -> list[dict[str, Any]]:
+    if status == 200:
+        return [{"stream_error": _ECHO}]
+    return [{"status": status, "error": _ECHO}]
+
+
+def _anthropic_faults(status: int, stream: bool) -> list[dict[str, Any]]:
+    if status == 200:
+        return [{"stream_error": "$KEY", "message": "bad: $KEY"}]
+    return [{"status": status, "type": "$KEY", "message": "bad: $KEY"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("status", [200, 400, 422, 429, 503])
+@pytest.mark.parametrize(
+    ("path", "model", "backend"),
+    [
+        ("/v1/chat/completions", "gpt-4o", "openai"),
+        ("/v1/chat/completions", CLAUDE, "anthropic"),
+        ("/v1/messages", CLAUDE, "anthropic"),
+        ("/v1/messages", "gpt-4o", "openai"),
+    ],
+)
+def test_upstream_errors_echoing_the_key_never_leak_it(
+    two_sims: Server,
+    openai_sim: Server,
+    anthropic_sim: Server,
+    path: str,
+    model: str,
+    backend: str,
+    status: int,
+    stream: bool,
+) -> None:
+    """Status 200 stands for a failure reported inside the stream (unstreamed: the Anthropic
+    simulator's HTTP twin of it, and a plain answer from the OpenAI one)."""
+    if backend == "openai":
+        sim, key, faults = openai_sim, SIM_KEY, _openai_faults(status, stream)
+    else:
+        sim, key, faults = anthropic_sim, ANTHROPIC_KEY, _anthropic_faults(status, stream)
+    httpx.post(sim.url + "/_sim/faults", json=faults)
+    body = {
+        "model": model,
+        "max_tokens": 5,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    try:
+        response = httpx.post(two_sims.url + path, json=body, timeout=10)
+    finally:
+        httpx.post(sim.url + "/_sim/faults", json=[])
+    wire = "\n".join([response.text, *(f"{k}: {v}" for k, v in response.headers.items())])
+    assert key not in wire
+    assert not _KEY_SHAPE.search(wire), wire
+    if response.status_code != 200:
+        _assert_dialect_error(response, path)
+    assert key not in two_sims.log_text()
+
+
+def _assert_dialect_error(response: httpx.Response, path: str) -> None:
+    body = response.json()
+    if path == "/v1/messages":
+        assert body["type"] == "error" and set(body["error"]) == {"type", "message"}, body
+    else:
+        assert_valid("ErrorResponse", body)
+
+
+@pytest.mark.parametrize(("extra", "param"), CHAT_TO_ANTHROPIC_MISSHAPEN)
+def test_misshapen_chat_fields_for_anthropic_are_400(
+    two_sims: Server, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": CLAUDE, "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = httpx.post(two_sims.url + "/v1/chat/completions", json=body, timeout=10)
+    check_error(response, 400, param, "unsupported_parameter")
+
+
+@pytest.mark.parametrize(("extra", "param"), MESSAGES_TO_CHAT_MISSHAPEN)
+def test_misshapen_messages_fields_for_openai_are_400(
+    two_sims: Server, extra: dict[str, Any], param: str
+) -> None:
+    body = {"model": "gpt-4o", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+    response = httpx.post(two_sims.url + "/v1/messages", json=body, timeout=10)
+    assert response.status_code == 400, response.text
+    error = response.json()
+    assert error["type"] == "error" and error["error"]["type"] == "invalid_request_error"
+    assert f"'{param}'" in error["error"]["message"]

@@ -25,6 +25,7 @@ from providers.openai_over_anthropic import (
     anthropic_to_openai_response,
     openai_to_anthropic_request,
 )
+from providers.shapes import MAX_DEPTH, nested_too_deep
 from providers.sse import SSEDecoder, encode
 
 TOOL = {
@@ -184,6 +185,85 @@ def test_what_cannot_be_expressed_is_refused_naming_the_parameter(extra: dict[st
     with pytest.raises(UnsupportedRequest) as info:
         to_anthropic(body)
     assert info.value.param == param
+
+
+def _deep(levels: int) -> Any:
+    value: Any = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def _user(content: Any) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+def _assistant_calls(calls: Any) -> list[dict[str, Any]]:
+    return [*_user("hi"), {"role": "assistant", "content": None, "tool_calls": calls}]
+
+
+# Chat fields of the wrong shape that once ended in a TypeError (a 500) on their way to Anthropic.
+CHAT_TO_ANTHROPIC_MISSHAPEN: list[tuple[dict[str, Any], str]] = [
+    ({"stop": 5}, "stop"),
+    ({"stop": ["a", 5]}, "stop[1]"),
+    ({"tools": [{"type": "function", "function": "x"}]}, "tools[0].function"),
+    ({"tools": [{"type": "function", "function": {"name": 5}}]}, "tools[0].function.name"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": "x"}}]}, "tools[0].function.parameters"),
+    ({"tools": [TOOL], "tool_choice": {"type": "function", "function": "x"}}, "tool_choice.function"),
+    ({"messages": _assistant_calls("x")}, "messages[1].tool_calls"),
+    ({"messages": _assistant_calls(["x"])}, "messages[1].tool_calls[0]"),
+    ({"messages": _assistant_calls([{"function": "x"}])}, "messages[1].tool_calls[0].function"),
+    ({"messages": _assistant_calls([{"function": {"arguments": 5}}])}, "messages[1].tool_calls[0].function.arguments"),
+    (
+        {"messages": _assistant_calls([{"function": {"arguments": orjson.dumps(_deep(200)).decode()}}])},
+        "messages[1].tool_calls[0].function.arguments",
+    ),
+    ({"messages": _user([{"type": "image_url", "image_url": "x"}])}, "messages[0].content[0].image_url"),
+    ({"messages": _user([{"type": "text", "text": 5}])}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "system", "content": [{"type": "text", "text": []}]}]}, "messages[0].content[0].text"),
+    ({"messages": [{"role": "tool", "content": "r", "tool_call_id": 5}]}, "messages[0].tool_call_id"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}}, "response_format.json_schema"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": 5}}}, "response_format.json_schema.schema"),
+]  # fmt: skip
+
+# Messages fields of the wrong shape that once ended in a TypeError on their way to an OpenAI backend.
+MESSAGES_TO_CHAT_MISSHAPEN: list[tuple[dict[str, Any], str]] = [
+    ({"metadata": "x"}, "metadata"),
+    ({"tools": [{"name": "f", "input_schema": {}}], "tool_choice": "auto"}, "tool_choice"),
+    ({"tools": [{"name": "f", "input_schema": "x"}]}, "tools[0].input_schema"),
+    ({"tools": [{"name": 5, "input_schema": {}}]}, "tools[0].name"),
+    ({"messages": _user([{"type": "text", "text": 5}])}, "messages[0].content[0].text"),
+    ({"messages": _user([{"type": "image", "source": "x"}])}, "messages[0].content[0].source"),
+    ({"messages": _user([{"type": "image", "source": {"type": "url", "url": 5}}])}, "messages[0].content[0].source.url"),
+    ({"messages": _user([{"type": "tool_result", "tool_use_id": "t", "content": 5}])}, "messages[0].content[0].content"),
+    ({"messages": [{"role": "assistant", "content": [{"type": "tool_use", "input": "x"}]}]}, "messages[0].content[0].input"),
+    ({"system": [{"type": "text", "text": 5}]}, "system[0].text"),
+    ({"stop_sequences": "X"}, "stop_sequences"),
+    ({"stop_sequences": [5]}, "stop_sequences[0]"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("extra", "param"), CHAT_TO_ANTHROPIC_MISSHAPEN)
+def test_misshapen_chat_fields_are_refused_naming_them(extra: dict[str, Any], param: str) -> None:
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(UnsupportedRequest) as info:
+        to_anthropic(body)
+    assert info.value.param == param
+
+
+@pytest.mark.parametrize(("extra", "param"), MESSAGES_TO_CHAT_MISSHAPEN)
+def test_misshapen_messages_fields_are_refused_naming_them(extra: dict[str, Any], param: str) -> None:
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], **extra}
+    with pytest.raises(UnsupportedRequest) as info:
+        anthropic_to_openai_request(body, "tiny")
+    assert info.value.param == param
+
+
+def test_nesting_limit_is_exact_and_within_what_orjson_serialises() -> None:
+    assert not nested_too_deep(_deep(MAX_DEPTH))
+    assert nested_too_deep(_deep(MAX_DEPTH + 1))
+    # What passes the limit still serialises after a translation wraps it in a few more levels.
+    orjson.dumps([[[[[[_deep(MAX_DEPTH)]]]]]])
 
 
 def test_response_format_is_emulated_with_a_forced_tool() -> None:

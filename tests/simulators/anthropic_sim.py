@@ -32,9 +32,9 @@ or count_tokens that passed the header checks). Each is a dict of any of:
   {"status": 429, "retry_after": s}   429 rate_limit_error, `retry-after` and ratelimit headers
   {"status": 500|529|400|401|403|404|413, "message"?: str, "type"?: str}   that error
   {"delay": s}                        sleep before answering (combines with the others)
-  {"stream_error": "overloaded_error"}   streaming: an `event: error` after the first
-                                      content_block_delta, then the stream ends (a non-streaming
-                                      request gets the matching HTTP error instead)
+  {"stream_error": "overloaded_error", "message"?: str}   streaming: an `event: error` after the
+                                      first content_block_delta, then the stream ends (a
+                                      non-streaming request gets the matching HTTP error instead)
   {"cut_after": n}                    streaming: send n frames, then drop the connection
 `GET /_sim/requests` returns one record per POST received:
 {"path", "body", "headers": {"x-api-key": bool, "authorization": bool, "anthropic-version",
@@ -337,7 +337,7 @@ class Simulator(Controls):
             raise _invalid("There was an issue with the format of your request: the body is not valid JSON")
         if not isinstance(body, dict):
             raise _invalid("Input should be a valid dictionary")
-        fault = self.faults.pop(0) if self.faults else {}
+        fault = self.next_fault()
         if "delay" in fault:
             await asyncio.sleep(float(fault["delay"]))
         if fault.get("status") is not None:
@@ -724,7 +724,11 @@ class Simulator(Controls):
             body = self._validate(body, MESSAGES_FIELDS, needs_max_tokens=True, version=version)
             if fault.get("stream_error") and not body.get("stream"):
                 raise _fault_error(
-                    {"status": STATUS_OF_TYPE.get(fault["stream_error"], 500), "type": fault["stream_error"]}
+                    {
+                        "status": STATUS_OF_TYPE.get(fault["stream_error"], 500),
+                        "type": fault["stream_error"],
+                        "message": fault.get("message"),
+                    }
                 )
         except SimError as err:
             return self._error(err, request_id)
@@ -744,14 +748,14 @@ class Simulator(Controls):
         if not body.get("stream"):
             return JSONResponse(message, headers=headers)
         return StreamingResponse(
-            self._stream(message, fault.get("stream_error"), fault.get("cut_after")),
+            self._stream(message, fault.get("stream_error"), fault.get("message"), fault.get("cut_after")),
             media_type="text/event-stream; charset=utf-8",
             headers={**headers, "cache-control": "no-cache"},
         )
 
     @staticmethod
     async def _stream(
-        message: dict[str, Any], stream_error: str | None, cut_after: int | None
+        message: dict[str, Any], stream_error: str | None, error_message: str | None, cut_after: int | None
     ) -> AsyncIterator[bytes]:
         usage = message["usage"]
         start = {
@@ -815,7 +819,10 @@ class Simulator(Controls):
             at = names.index("content_block_delta") + 1 if "content_block_delta" in names else 1
             error = {
                 "type": "error",
-                "error": {"type": stream_error, "message": ERROR_MESSAGES.get(stream_error, "error")},
+                "error": {
+                    "type": stream_error,
+                    "message": error_message or ERROR_MESSAGES.get(stream_error, "error"),
+                },
             }
             frames = [*frames[:at], ("error", error)]
         for n, (name, data) in enumerate(frames):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -12,7 +13,12 @@ from starlette.routing import Route
 class Controls:
     """`POST /_sim/faults` queues faults, consumed one per API request; `GET /_sim/requests` lists
     what was received (`DELETE` clears it); `GET /_sim/headers`, the headers of interest per request
-    (names, and values that are not secrets)."""
+    (names, and values that are not secrets).
+
+    In a fault, the text `$KEY` stands for the simulator's own API key: an upstream that echoes the
+    key back in its errors, to prove the gateway never passes it on."""
+
+    key = ""
 
     def __init__(self) -> None:
         self.faults: list[dict[str, Any]] = []
@@ -25,6 +31,12 @@ class Controls:
             Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
             Route("/_sim/headers", self.get_headers, methods=["GET"]),
         ]
+
+    def next_fault(self) -> dict[str, Any]:
+        if not self.faults:
+            return {}
+        fault = self.faults.pop(0)
+        return dict(orjson.loads(orjson.dumps(fault).replace(b"$KEY", self.key.encode())))
 
     async def set_faults(self, request: Request) -> Response:
         self.faults = list(await request.json())

@@ -7,7 +7,9 @@ first tool when tools are offered, and returns a JSON object when `response_form
 Faults are scripted through `POST /_sim/faults` (a list, consumed one per request): each is
 {"status": 429|500|503|..., "retry_after": seconds} or {"delay": seconds} or {"cut_after": n}
 (stream n chunks, then drop the connection) or {"body": {...}} (a non-streamed 200 with that body, as a
-misbehaving server might send). `GET /_sim/requests` returns the bodies received.
+misbehaving server might send) or {"status": 4xx|5xx, "error": {...}} (that error object as the body)
+or {"stream_error": {...}} (streaming: one chunk, then a `data: {"error": {...}}` line, as OpenAI
+and vLLM report a failure mid-stream). `GET /_sim/requests` returns the bodies received.
 
     python -m tests.simulators.openai_sim --port 9100 --key sk-sim
 """
@@ -109,10 +111,12 @@ class Simulator(Controls):
             )
         self.requests.append(body)
         self.headers.append({"anthropic-beta": request.headers.get("anthropic-beta")})
-        fault = self.faults.pop(0) if self.faults else {}
+        fault = self.next_fault()
         if "delay" in fault:
             await asyncio.sleep(fault["delay"])
         status = fault.get("status")
+        if status is not None and "error" in fault:
+            return None, JSONResponse({"error": fault["error"]}, status_code=status), {}
         if status == 429:
             return (
                 None,
@@ -156,6 +160,19 @@ class Simulator(Controls):
             return refused
         if "body" in fault:
             return JSONResponse(fault["body"])
+        try:
+            return self._chat(body, fault)
+        except (AttributeError, KeyError, IndexError, TypeError):
+            # OpenAI validates every field and answers 400 to a misshapen one; the simulator reads
+            # only what it needs, so a field it cannot read stands for that (not a 500).
+            return _error(
+                400,
+                "Invalid request: a field has the wrong type or shape.",
+                "invalid_request_error",
+                "invalid_type",
+            )
+
+    def _chat(self, body: dict[str, Any], fault: dict[str, Any]) -> Response:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(
@@ -243,6 +260,7 @@ class Simulator(Controls):
                 finish,
                 usage if include_usage else None,
                 fault.get("cut_after"),
+                fault.get("stream_error"),
             ),
             media_type="text/event-stream; charset=utf-8",
             headers=headers,
@@ -258,6 +276,7 @@ class Simulator(Controls):
         finish: str,
         usage: dict[str, Any] | None,
         cut_after: int | None,
+        stream_error: dict[str, Any] | None = None,
     ) -> AsyncIterator[bytes]:
         def frame(choices: list[dict[str, Any]], **extra: Any) -> bytes:
             c: dict[str, Any] = {
@@ -305,6 +324,8 @@ class Simulator(Controls):
         if usage is not None:
             frames.append(frame([], usage=usage))
         frames.append(b"data: [DONE]\n\n")
+        if stream_error is not None:
+            frames = [frames[0], b"data: " + json.dumps({"error": stream_error}).encode() + b"\n\n"]
         for n, frame in enumerate(frames):
             if cut_after is not None and n >= cut_after:
                 raise ConnectionResetError("simulated upstream failure")  # uvicorn drops the connection
