@@ -13,6 +13,14 @@ ANTHROPIC_KEY = "sk-ant-sim-0123456789SECRET"
 CLAUDE = "claude-sonnet-4-6"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reaches vLLM through any fixture (`gateway`, `cost_gateway`, ...) is a `vllm` test, so
+    `-m "not vllm"` never starts vLLM, whether or not its author remembered the marker."""
+    for item in items:
+        if "vllm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)
+
+
 @pytest.fixture(scope="session")
 def tmp_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
