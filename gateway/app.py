@@ -143,4 +143,8 @@ def create_app(
         Route("/dashboard/summary.json", dashboard.summary_json, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    # No redirect from `/path/` to `/path`: Starlette builds its Location from the client's Host header
+    # (a forged Host became the redirect's target), and an API client does not follow a 307 for a POST
+    # anyway. A trailing slash is an unknown URL: 404 in the API's shape.
+    app.router.redirect_slashes = False
     return app
