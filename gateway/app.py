@@ -102,14 +102,16 @@ def create_app(
     *,
     loader: Callable[[], Settings] | None = None,
     metrics: Metrics | None = None,
+    workers: int = 1,
 ) -> Starlette:
-    """`loader` re-reads the config on reload (SIGHUP, or a file change when watching is on)."""
+    """`loader` re-reads the config on reload (SIGHUP, or a file change when watching is on);
+    `workers`: how many processes serve (each meters its requests at that share of a GPU's cost)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         await runtime.start()
-        state = GatewayState(runtime, metrics or Metrics(), loader)
+        state = GatewayState(runtime, metrics or Metrics(), loader, workers=workers)
         app.state.gateway = state
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [loop.create_task(_housekeeping(state))]
