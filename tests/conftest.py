@@ -47,6 +47,17 @@ def vllm(tmp_session: Path) -> Iterator[Server]:
     server.stop()
 
 
+def sim_backend(sim: Server, *models: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """A backend on the OpenAI simulator, with the simulator's key (SIM_OPENAI_KEY in the gateway's env)."""
+    return {
+        "kind": "openai_compatible",
+        "base_url": sim.url + "/v1",
+        "api_key": "${SIM_OPENAI_KEY}",
+        "models": list(models),
+        **options,
+    }
+
+
 def base_config(vllm_url: str, sim_url: str, anthropic_url: str) -> dict[str, Any]:
     return {
         "backends": {
