@@ -54,10 +54,12 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["CROSSOVER_WORKERS"] = str(args.workers)  # each worker's share of a GPU's cost
     from gateway.supervisor import serve
 
+    limits = settings.http
+    del settings  # each worker loads its own
     try:
         return serve(
             "gateway.cli:app_from_env",
-            limits=settings.http,
+            limits=limits,
             factory=True,
             host=args.host,
             port=args.port,

@@ -62,6 +62,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received while in the head: bounds a head that never ends
         self._headers = 0
         self._header_bytes = 0
+        self._began = False  # a request's first byte arrived (else a timeout closes without an answer)
         self._in_body = False
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -80,7 +81,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._timer = None
-        if self._head_bytes == 0:
+        if not self._began:
             self.transport.close()  # a connection that never said anything gets no answer, like nginx
         else:
             self._refuse(_Refused(408, "Request header read timed out.", "request_timeout"))
@@ -110,7 +111,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         if self._in_head:
             self._head_bytes += len(data)
-        elif self._in_body:
+        elif self._in_body and self._timer is not None:
             self._last_read = self.loop.time()
         try:
             self.parser.feed_data(data)
@@ -130,15 +131,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         if self._in_head and self._head_bytes > self.limits.max_header_bytes:
             self._refuse(_too_large(f"the request's head exceeds {self.limits.max_header_bytes} bytes"))
+        elif self._timer is None:
+            # Armed only for a request still incomplete after a read: most arrive whole in one.
+            if self._in_head:
+                self._arm(self.limits.header_timeout_seconds, self._head_timed_out)
+            elif self._in_body:
+                self._last_read = self.loop.time()
+                self._arm(self.limits.body_timeout_seconds, self._body_timed_out)
 
     # ---- parser callbacks ------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._headers = self._header_bytes = 0
-        if not self._in_head:  # the next request on a kept-alive connection
-            self._in_head, self._head_bytes = True, 0
-            self._arm(self.limits.header_timeout_seconds, self._head_timed_out)
+        self._began = self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -158,13 +164,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_head, self._in_body = False, True
-        self._last_read = self.loop.time()
-        self._arm(self.limits.body_timeout_seconds, self._body_timed_out)
+        self._in_head, self._in_body, self._head_bytes = False, True, 0
+        self._disarm()
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self._began = self._in_body = False
         self._disarm()
         super().on_message_complete()
 

@@ -157,6 +157,36 @@ def test_a_stalled_body_is_408(gw: Server) -> None:
     assert status == 408 and "body" in error["message"]
 
 
+def test_a_slow_but_steady_body_is_read(gw: Server) -> None:
+    """The body timeout is the longest silence, not the body's whole time."""
+    body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    with connect(gw) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"connection: close\r\ncontent-length: %d\r\n\r\n" % len(body)
+        )
+        for i in range(0, len(body), len(body) // 4 + 1):  # four pieces, one second apart: 3 s in all
+            time.sleep(1)
+            sock.sendall(body[i : i + len(body) // 4 + 1])
+        answer = read_to_end(sock)
+    assert answer.startswith(b"HTTP/1.1 200") and b"echo: hi" in answer
+
+
+def test_a_second_request_sent_slowly_on_a_kept_alive_connection_is_408(gw: Server) -> None:
+    with connect(gw) as sock:
+        sock.sendall(request_with(b""))
+        first = sock.recv(65536)
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(first.partition(b"\r\n\r\n")[2]) < length:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /v1/models HTTP/1.1\r\n")  # within keep-alive, and then nothing more
+        status, _ = status_and_error(read_to_end(sock))
+    assert status == 408
+
+
 @pytest.mark.parametrize("path", ["/v1/chat/completions/", "/v1/messages/"])
 def test_a_trailing_slash_is_404_not_a_redirect_to_the_host_header(gw: Server, path: str) -> None:
     response = httpx.post(gw.url + path, json={}, headers={"host": "evil.example"})
