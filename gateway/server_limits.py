@@ -56,7 +56,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.limits = config.limits if isinstance(config, GatewayConfig) else HttpLimits()
+        self.limits = limits = config.limits if isinstance(config, GatewayConfig) else HttpLimits()
+        # Plain attributes for the per-header check, which runs for every header of every request.
+        self._max_headers, self._max_line = limits.max_headers, limits.max_header_line_bytes
+        self._max_head = limits.max_header_bytes
         self.url = b""
         self._in_head = True  # between a request's first byte (or the connection) and its head's end
         self._head_bytes = 0  # bytes received while in the head: bounds a head that never ends
@@ -155,13 +158,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         size = len(name) + len(value)
         self._headers += 1
         self._header_bytes += size
-        if self._headers > self.limits.max_headers:
-            raise _too_large(f"more than {self.limits.max_headers} headers")
-        if size > self.limits.max_header_line_bytes:
-            raise _too_large(f"a header exceeds {self.limits.max_header_line_bytes} bytes")
-        if self._header_bytes > self.limits.max_header_bytes:
-            raise _too_large(f"the headers exceed {self.limits.max_header_bytes} bytes")
-        super().on_header(name, value)
+        if self._headers > self._max_headers or size > self._max_line or self._header_bytes > self._max_head:
+            raise self._header_refusal(size)
+        # uvicorn's on_header, inlined: this runs for every header.
+        name = name.lower()
+        if name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
+
+    def _header_refusal(self, size: int) -> _Refused:
+        if self._headers > self._max_headers:
+            return _too_large(f"more than {self._max_headers} headers")
+        if size > self._max_line:
+            return _too_large(f"a header exceeds {self._max_line} bytes")
+        return _too_large(f"the headers exceed {self._max_head} bytes")
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_body, self._head_bytes = False, True, 0
