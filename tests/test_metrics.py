@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -33,7 +34,7 @@ def config(sim: Server) -> dict[str, Any]:
 
 
 def samples(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", timeout=30).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -192,8 +193,12 @@ def test_gpu_cost_with_two_workers_adds_up_to_the_wall_time(tmp_path: Path, open
 def worker_pids(server: Server) -> set[int]:
     """uvicorn's worker processes (spawned by multiprocessing), not its resource tracker."""
     pid = server.process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return {int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()}
+    workers = set()
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(FileNotFoundError):  # it exited meanwhile
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.add(int(child))
+    return workers
 
 
 def multiproc_dir(server: Server) -> Path:
@@ -212,6 +217,7 @@ def replace_every_worker(server: Server) -> None:
         while time.monotonic() < deadline and (pid in worker_pids(server) or len(worker_pids(server)) < 2):
             time.sleep(0.2)
         assert pid not in worker_pids(server) and len(worker_pids(server)) == 2
+        assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
 
 
 def test_gauges_forget_a_killed_worker(tmp_path: Path, openai_sim: Server) -> None:
