@@ -92,9 +92,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _body_timed_out(self) -> None:
         self._timer = None
         silence = self.loop.time() - self._last_read
-        # Reading is paused while the app has not taken the last chunk yet: then the silence is ours.
-        if self.flow.read_paused or silence < self.limits.body_timeout_seconds:
+        if self.flow.read_paused:  # the app has not taken the last chunk yet: the silence is ours
+            self._last_read = self.loop.time()
+            self._arm(self.limits.body_timeout_seconds, self._body_timed_out)
+        elif silence < self.limits.body_timeout_seconds:
             self._arm(self.limits.body_timeout_seconds - silence, self._body_timed_out)
+        elif self.cycle is not None and self.cycle.response_started:
+            self.transport.close()  # answered without reading the body (a 404, say): nothing to add
         else:
             self._refuse(_Refused(408, "Request body read timed out.", "request_timeout"))
 

@@ -166,6 +166,24 @@ def test_a_stalled_body_is_408(gw: Server) -> None:
     assert status == 408 and "body" in error["message"]
 
 
+def read_one_answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += sock.recv(65536)
+    length = int(answer.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    while len(answer.partition(b"\r\n\r\n")[2]) < length:
+        answer += sock.recv(65536)
+    return answer
+
+
+def test_a_stalled_body_after_an_early_answer_only_closes(gw: Server) -> None:
+    with connect(gw) as sock:
+        sock.sendall(b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{")
+        assert read_one_answer(sock).startswith(b"HTTP/1.1 404")  # at once, without reading the body
+        sock.sendall(b"x")  # more body: not idle between requests, so the body timeout applies
+        assert read_to_end(sock) == b""  # closed, and no second answer to the same request
+
+
 def test_a_slow_but_steady_body_is_read(gw: Server) -> None:
     """The body timeout is the longest silence, not the body's whole time."""
     body = json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -184,12 +202,7 @@ def test_a_slow_but_steady_body_is_read(gw: Server) -> None:
 def test_a_second_request_sent_slowly_on_a_kept_alive_connection_is_408(gw: Server) -> None:
     with connect(gw) as sock:
         sock.sendall(request_with(b""))
-        first = sock.recv(65536)
-        while b"\r\n\r\n" not in first:
-            first += sock.recv(65536)
-        length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        while len(first.partition(b"\r\n\r\n")[2]) < length:
-            first += sock.recv(65536)
+        first = read_one_answer(sock)
         assert first.startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /v1/models HTTP/1.1\r\n")  # within keep-alive, and then nothing more
         status, _ = status_and_error(read_to_end(sock))
