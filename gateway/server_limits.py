@@ -3,13 +3,15 @@ and timeouts on reading it, the way nginx bounds them.
 
 uvicorn bounds neither the number nor the size of headers (httptools buffers a header until it ends), and
 waits for a request's head or a stalled body forever; only the wait between two requests has a timeout.
-The per-header check is O(1) and the timers are one per connection, re-armed lazily for a body.
+The per-header check is O(1); a connection has at most one timer, armed when a request is still
+incomplete after a read (most requests arrive whole in one) and at connecting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -73,7 +75,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # ---- timers: one per connection --------------------------------------------------------------------
 
-    def _arm(self, seconds: float, callback: Any) -> None:
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
         self._disarm()
         self._timer = self.loop.call_later(seconds, callback)
 
