@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shutil
@@ -54,12 +55,10 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ["CROSSOVER_WORKERS"] = str(args.workers)  # each worker's share of a GPU's cost
     from gateway.supervisor import serve
 
-    limits = settings.http
-    del settings  # each worker loads its own
     try:
         return serve(
-            "gateway.cli:app_from_env",
-            limits=limits,
+            functools.partial(app_from_env, settings),
+            limits=settings.http,
             factory=True,
             host=args.host,
             port=args.port,
@@ -74,9 +73,11 @@ def _serve(args: argparse.Namespace) -> int:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def app_from_env() -> object:
+def app_from_env(validated: Settings | None = None) -> object:
     """The factory each uvicorn worker calls: the config path travels in CROSSOVER_CONFIG, the number of
-    workers in CROSSOVER_WORKERS (both set by `crossover serve`)."""
+    workers in CROSSOVER_WORKERS (both set by `crossover serve`). `validated` is the config `crossover
+    serve` checked before starting: a worker that (re)starts while the file is invalid serves it, rather
+    than failing to start, which makes uvicorn's supervisor stop the whole gateway."""
     from gateway.app import create_app
 
     # A SIGHUP before the app's lifespan installs its reload handler would end this worker: ignore it
@@ -85,7 +86,16 @@ def app_from_env() -> object:
     path = os.environ.get("CROSSOVER_CONFIG")
     loader = (lambda: load(path)) if path else None
     workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
-    return create_app(_settings(path), loader=loader, workers=workers)
+    try:
+        settings = _settings(path)
+    except ConfigError as exc:
+        if validated is None:
+            raise
+        logging.getLogger("crossover").error(
+            "config file invalid, this worker serves the config checked at start-up: %s", exc
+        )
+        settings = validated
+    return create_app(settings, loader=loader, workers=workers)
 
 
 def _classifier(args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ log = logging.getLogger("crossover")
 class GatewayConfig(uvicorn.Config):
     """uvicorn's Config carrying the limits to every worker (a spawned worker receives it pickled)."""
 
-    def __init__(self, app: str, *, limits: HttpLimits, **kwargs: Any) -> None:
+    def __init__(self, app: Callable[[], object], *, limits: HttpLimits, **kwargs: Any) -> None:
         super().__init__(
             app, http=LimitedHttpToolsProtocol, timeout_keep_alive=limits.keep_alive_seconds, **kwargs
         )

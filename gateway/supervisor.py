@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import multiprocess
@@ -46,7 +47,7 @@ class Supervisor(Multiprocess):
                 os.kill(process.pid, signal.SIGHUP)
 
 
-def serve(app: str, *, workers: int, **options: Any) -> int:
+def serve(app: Callable[[], object], *, workers: int, **options: Any) -> int:
     """What `uvicorn.run` does, with the gateway's HTTP limits and supervisor. Returns an exit code."""
     config = GatewayConfig(app, workers=workers, **options)
     server = Server(config=config)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
+from tests.workers import multiproc_dir, replace_every_worker
 
 PRICE = {
     "usd_per_million_input_tokens": 2.5,
@@ -189,36 +187,6 @@ def test_gpu_cost_with_two_workers_adds_up_to_the_wall_time(tmp_path: Path, open
     finally:
         httpx.post(openai_sim.url + "/_sim/faults", json=[])
         server.stop()
-
-
-def worker_pids(server: Server) -> set[int]:
-    """uvicorn's worker processes (spawned by multiprocessing), not its resource tracker."""
-    pid = server.process.pid
-    workers = set()
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        with contextlib.suppress(FileNotFoundError):  # it exited meanwhile
-            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                workers.add(int(child))
-    return workers
-
-
-def multiproc_dir(server: Server) -> Path:
-    pid = min(worker_pids(server))
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return Path(
-        next(v for v in environ if v.startswith(b"PROMETHEUS_MULTIPROC_DIR=")).split(b"=", 1)[1].decode()
-    )
-
-
-def replace_every_worker(server: Server) -> None:
-    """kill -9 each worker in turn, each time waiting until the supervisor has started its replacement."""
-    for pid in worker_pids(server):
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and (pid in worker_pids(server) or len(worker_pids(server)) < 2):
-            time.sleep(0.2)
-        assert pid not in worker_pids(server) and len(worker_pids(server)) == 2
-        assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
 
 
 def test_gauges_forget_a_killed_worker(tmp_path: Path, openai_sim: Server) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
+from tests.workers import replace_every_worker
 
 HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -122,5 +123,27 @@ def test_sighup_with_two_workers_reloads_each_and_counts_a_bad_file(
         server.process.send_signal(signal.SIGHUP)
         wait_for_reloads(server, "applied", 2)
         assert {threshold_in_use(server) for _ in range(10)} == {"0.2500"}
+    finally:
+        server.stop()
+
+
+def test_a_worker_restarted_while_the_file_is_bad_serves_the_checked_config(
+    tmp_path: Path, openai_sim: Server
+) -> None:
+    """uvicorn's supervisor stops everything when a replacement worker fails to start: a crash while the
+    file is bad (a rejected edit, say) must not take the whole gateway down."""
+    server = start_gateway(
+        tmp_path, config(openai_sim, 0.5, watch=False), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY}
+    )
+    try:
+        bad = config(openai_sim, 0.25, watch=False)
+        bad["routers"]["auto"]["threshold"] = 7
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(bad))
+        replace_every_worker(server)
+        assert server.process.poll() is None
+        assert {threshold_in_use(server) for _ in range(10)} == {"0.5000"}
+        log = server.log_text()
+        assert "Traceback" not in log
+        assert log.count("this worker serves the config checked at start-up") == 2
     finally:
         server.stop()
