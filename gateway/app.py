@@ -102,14 +102,16 @@ def create_app(
     *,
     loader: Callable[[], Settings] | None = None,
     metrics: Metrics | None = None,
+    workers: int = 1,
 ) -> Starlette:
-    """`loader` re-reads the config on reload (SIGHUP, or a file change when watching is on)."""
+    """`loader` re-reads the config on reload (SIGHUP, or a file change when watching is on);
+    `workers`: how many processes serve (each meters its requests at that share of a GPU's cost)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime(settings)
         await runtime.start()
-        state = GatewayState(runtime, metrics or Metrics(), loader)
+        state = GatewayState(runtime, metrics or Metrics(), loader, workers=workers)
         app.state.gateway = state
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [loop.create_task(_housekeeping(state))]
@@ -143,4 +145,8 @@ def create_app(
         Route("/dashboard/summary.json", dashboard.summary_json, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
+    # No redirect from `/path/` to `/path`: Starlette builds its Location from the client's Host header
+    # (a forged Host became the redirect's target), and an API client does not follow a 307 for a POST
+    # anyway. A trailing slash is an unknown URL: 404 in the API's shape.
+    app.router.redirect_slashes = False
     return app

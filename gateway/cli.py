@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -38,40 +41,61 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("crossover").warning(
             "OPENAI_API_KEY is not set: requests routed to the API (backend 'openai') will fail"
         )
+    metrics_dir = None
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
         # Workers share metrics through files; this must be set before prometheus_client is imported
         # in the worker processes, which are spawned fresh and inherit the environment.
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="crossover-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="crossover-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     if args.config is not None:
         # absolute(), not resolve(): a Kubernetes ConfigMap mount is a symlink that is repointed on update.
         os.environ["CROSSOVER_CONFIG"] = str(Path(args.config).absolute())
     else:
         os.environ.pop("CROSSOVER_CONFIG", None)
-    import uvicorn
+    os.environ["CROSSOVER_WORKERS"] = str(args.workers)  # each worker's share of a GPU's cost
+    from gateway.supervisor import serve
 
-    del settings
-    uvicorn.run(
-        "gateway.cli:app_from_env",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        loop="uvloop",
-        http="httptools",
-        log_level=args.log_level,
-        access_log=args.access_log,
-        timeout_graceful_shutdown=30,
-    )
-    return 0
+    try:
+        return serve(
+            functools.partial(app_from_env, settings),
+            limits=settings.http,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop="uvloop",
+            log_level=args.log_level,
+            access_log=args.access_log,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
-def app_from_env() -> object:
-    """The factory each uvicorn worker calls: the config path travels in CROSSOVER_CONFIG."""
+def app_from_env(validated: Settings | None = None) -> object:
+    """The factory each uvicorn worker calls: the config path travels in CROSSOVER_CONFIG, the number of
+    workers in CROSSOVER_WORKERS (both set by `crossover serve`). `validated` is the config `crossover
+    serve` checked before starting: a worker that (re)starts while the file is invalid serves it, rather
+    than failing to start, which makes uvicorn's supervisor stop the whole gateway."""
     from gateway.app import create_app
 
+    # A SIGHUP before the app's lifespan installs its reload handler would end this worker: ignore it
+    # until then (the config is being read right now anyway).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     path = os.environ.get("CROSSOVER_CONFIG")
     loader = (lambda: load(path)) if path else None
-    return create_app(_settings(path), loader=loader)
+    workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
+    try:
+        settings = _settings(path)
+    except ConfigError as exc:
+        if validated is None:
+            raise
+        logging.getLogger("crossover").error(
+            "config file invalid, this worker serves the config checked at start-up: %s", exc
+        )
+        settings = validated
+    return create_app(settings, loader=loader, workers=workers)
 
 
 def _classifier(args: argparse.Namespace) -> int:

@@ -148,11 +148,30 @@ class KeyScopeSpec(_Strict):
     backends: Annotated[list[str], Field(min_length=1)]  # all this key may reach
 
 
+class HttpLimits(_Strict):
+    """Limits on what one client connection may hold, nginx's defaults. Read at start-up (a reload keeps
+    the ones the gateway started with): they belong to the listening server, not to the routing."""
+
+    max_headers: Annotated[int, Field(ge=1)] = 100
+    max_header_line_bytes: Annotated[int, Field(ge=256)] = 8 * 1024  # the request line, or one header
+    max_header_bytes: Annotated[int, Field(ge=256)] = 32 * 1024  # the request's whole head
+    header_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0  # from connecting to the head's end
+    body_timeout_seconds: Annotated[float, Field(gt=0)] = 60.0  # longest silence inside a body
+    keep_alive_seconds: Annotated[int, Field(ge=1)] = 5  # an idle connection between requests
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> HttpLimits:
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError("max_header_line_bytes must not exceed max_header_bytes")
+        return self
+
+
 class ServerSpec(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     api_keys: list[str] = []  # env references; empty means no client authentication
     key_scopes: list[KeyScopeSpec] = []  # keys limited to some backends; others reach all
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
+    http: HttpLimits = HttpLimits()
 
 
 class AccountingSpec(_Strict):
@@ -243,6 +262,7 @@ class Settings:
     baseline: ModelEntry | None = None  # what every request would have cost on the API alone
     ops_usd_per_month: float = 0.0
     key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> backends it may reach
+    http: HttpLimits = field(default_factory=HttpLimits)
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -365,6 +385,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         baseline=baseline,
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
         key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
+        http=spec.server.http,
     )
 
 

@@ -3,7 +3,9 @@
 Labels only ever carry names from the config (router, backend, model) or small fixed sets
 (route, reason, status class, token kind): never a user-supplied string.
 With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by
-`crossover serve`) aggregates the workers' values; see `render`.
+`crossover serve`) aggregates the workers' values; see `render`. Gauges describe processes that are
+alive (`live*` modes): the supervisor marks a worker that exits dead, and its gauges leave the sums and
+maxima (gateway/supervisor.py). The start time stays the first worker's, as the counters cover it.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class Metrics:
             "The score threshold a router uses now (moving when it holds a target API share).",
             ["router"],
             registry=r,
-            multiprocess_mode="mostrecent",
+            multiprocess_mode="livemostrecent",
         )
         self.retries = Counter(
             "crossover_retries",
@@ -119,7 +121,7 @@ class Metrics:
             "1 while a backend's circuit breaker is open (calls refused at once), else 0.",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.rule_matches = Counter(
             "crossover_rule_matches",
@@ -169,28 +171,28 @@ class Metrics:
             "Configured GPU cost of a self-hosted backend.",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.backend_waiting = Gauge(
             "crossover_backend_requests_waiting",
             "Requests queued in a vLLM backend (its vllm:num_requests_waiting).",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.backend_running = Gauge(
             "crossover_backend_requests_running",
             "Requests running in a vLLM backend (vllm:num_requests_running).",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.backend_kv_cache = Gauge(
             "crossover_backend_kv_cache_usage_ratio",
             "KV-cache use of a vLLM backend, 0-1 (vllm:kv_cache_usage_perc).",
             ["backend"],
             registry=r,
-            multiprocess_mode="max",
+            multiprocess_mode="livemax",
         )
         self.start_time = Gauge(
             "crossover_start_time_seconds",

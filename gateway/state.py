@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,11 @@ log = logging.getLogger("crossover")
 
 
 class GatewayState:
-    def __init__(self, runtime: Runtime, metrics: Metrics, loader: Callable[[], Settings] | None) -> None:
+    def __init__(
+        self, runtime: Runtime, metrics: Metrics, loader: Callable[[], Settings] | None, *, workers: int = 1
+    ) -> None:
         self.runtime = runtime
+        self.workers = workers  # processes serving: each meters its own requests at 1/workers of a GPU
         self.metrics = metrics
         self.recorder = Recorder(metrics)
         self._loader = loader  # re-reads the config file; None for the embedded default
@@ -33,10 +35,9 @@ class GatewayState:
         self.export_thresholds()
 
     def _sync_meters(self, previous: Settings | None = None) -> None:
-        workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
         backends = self.runtime.settings.backends
         for name, backend in backends.items():
-            rate = backend.gpu_usd_per_hour / workers
+            rate = backend.gpu_usd_per_hour / self.workers
             if name in self.meters:
                 self.meters[name].usd_per_hour = rate
             else:

@@ -13,6 +13,14 @@ ANTHROPIC_KEY = "sk-ant-sim-0123456789SECRET"
 CLAUDE = "claude-sonnet-4-6"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reaches vLLM through any fixture (`gateway`, `cost_gateway`, ...) is a `vllm` test, so
+    `-m "not vllm"` never starts vLLM, whether or not its author remembered the marker."""
+    for item in items:
+        if "vllm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)
+
+
 @pytest.fixture(scope="session")
 def tmp_session(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("servers")
@@ -37,6 +45,17 @@ def vllm(tmp_session: Path) -> Iterator[Server]:
     server = start_vllm(tmp_session)
     yield server
     server.stop()
+
+
+def sim_backend(sim: Server, *models: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """A backend on the OpenAI simulator, with the simulator's key (SIM_OPENAI_KEY in the gateway's env)."""
+    return {
+        "kind": "openai_compatible",
+        "base_url": sim.url + "/v1",
+        "api_key": "${SIM_OPENAI_KEY}",
+        "models": list(models),
+        **options,
+    }
 
 
 def base_config(vllm_url: str, sim_url: str, anthropic_url: str) -> dict[str, Any]:

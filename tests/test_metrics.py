@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,8 +13,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import SIM_KEY
+from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
+from tests.workers import multiproc_dir, replace_every_worker
 
 PRICE = {
     "usd_per_million_input_tokens": 2.5,
@@ -23,20 +26,13 @@ PRICE = {
 
 def config(sim: Server) -> dict[str, Any]:
     return {
-        "backends": {
-            "openai": {
-                "kind": "openai_compatible",
-                "base_url": sim.url + "/v1",
-                "api_key": "${SIM_OPENAI_KEY}",
-                "models": [{"name": "gpt-4o", "price": PRICE}, {"name": "gpt-4o-mini"}],
-            }
-        },
+        "backends": {"openai": sim_backend(sim, {"name": "gpt-4o", "price": PRICE}, {"name": "gpt-4o-mini"})},
         "routers": {"auto": {"local": "openai/gpt-4o-mini", "api": "openai/gpt-4o", "threshold": 0.5}},
     }
 
 
 def samples(server: Server) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(server.url + "/metrics").text
+    text = httpx.get(server.url + "/metrics", timeout=30).text
     return {
         (s.name, frozenset(s.labels.items())): s.value
         for family in text_string_to_metric_families(text)
@@ -134,3 +130,99 @@ def test_no_label_carries_a_user_string(tmp_path: Path, openai_sim: Server) -> N
         assert marker not in httpx.get(server.url + "/metrics").text
     finally:
         server.stop()
+
+
+GPU_USD_PER_HOUR = 36.0  # a cent a second: the totals below are large next to float noise
+HOUSEKEEPING_SECONDS = 5  # gateway/app.py adds each worker's idle GPU cost to its counter this often
+
+
+def gpu_config(sim: Server) -> dict[str, Any]:
+    free = {"usd_per_million_input_tokens": 0, "usd_per_million_output_tokens": 0}
+    local = sim_backend(
+        sim,
+        {"name": "gpt-4o-mini", "price": free},  # only the GPU costs anything
+        gpu_usd_per_hour=GPU_USD_PER_HOUR,
+        circuit_breaker={"failures": 1, "cooldown_seconds": 600},
+    )
+    return {"backends": {"local": local}}
+
+
+def post_slowly(server: Server, results: list[int]) -> threading.Thread:
+    def call() -> None:
+        try:
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+            results.append(
+                httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120).status_code
+            )
+        except httpx.TransportError:
+            results.append(0)  # its worker was killed
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread
+
+
+def test_gpu_cost_with_two_workers_adds_up_to_the_wall_time(tmp_path: Path, openai_sim: Server) -> None:
+    """Busy cost charged to requests plus idle cost make the deployment's cost over the gateway's life,
+    not a multiple of it: each of N workers meters its own requests at 1/N of the rate. (The two-worker
+    run of test_counters_match_the_traffic has no GPU-priced backend, so it never saw the double charge.)"""
+    httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 1.0}] * 6)
+    server = start_gateway(tmp_path, gpu_config(openai_sim), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY})
+    try:
+        statuses: list[int] = []
+        for thread in [post_slowly(server, statuses) for _ in range(6)]:
+            thread.join()
+        assert statuses == [200] * 6
+        time.sleep(3 * HOUSEKEEPING_SECONDS)  # and idle for a while
+        s = samples(server)
+        wall = time.time() - value(s, "crossover_start_time_seconds")
+        charged = value(s, "crossover_cost_usd_total", backend="local") + value(
+            s, "crossover_gpu_idle_cost_usd_total", backend="local"
+        )
+        per_second = GPU_USD_PER_HOUR / 3600
+        # Never more than the wall time (each worker's meter starts after the gateway's start time); less
+        # by at most one housekeeping interval of idle not yet added, plus the second worker's later start.
+        assert charged <= per_second * wall
+        assert charged >= per_second * (wall - 2 * HOUSEKEEPING_SECONDS)
+    finally:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[])
+        server.stop()
+
+
+def test_gauges_forget_a_killed_worker(tmp_path: Path, openai_sim: Server) -> None:
+    server = start_gateway(tmp_path, gpu_config(openai_sim), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY})
+    try:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 60}])
+        held: list[int] = []
+        thread = post_slowly(server, held)
+        deadline = time.monotonic() + 10
+        while value(samples(server), "crossover_in_flight_requests") < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        httpx.post(openai_sim.url + "/_sim/faults", json=[{"status": 500}])
+        failed: list[int] = []
+        post_slowly(server, failed).join()
+        assert failed == [502]  # one retryable failure: that worker's circuit is open
+        s = samples(server)
+        assert value(s, "crossover_in_flight_requests") == 1
+        assert value(s, "crossover_circuit_open", backend="local") == 1
+
+        replace_every_worker(server)
+        metrics_dir = multiproc_dir(server)
+        thread.join()
+        assert held == [0]  # its worker died with it
+        # The replacements hold no request and no open circuit; the dead workers' gauges are gone.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            s = samples(server)
+            if value(s, "crossover_in_flight_requests") == 0 == value(s, "crossover_circuit_open"):
+                break
+            time.sleep(0.2)
+        assert value(s, "crossover_in_flight_requests") == 0
+        assert value(s, "crossover_circuit_open", backend="local") == 0
+        # Counters keep what the dead workers counted.
+        assert value(s, "crossover_requests_total", status_class="5xx") == 1
+    finally:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[])
+        server.stop()
+    assert metrics_dir.name.startswith("crossover-metrics-")
+    assert not metrics_dir.exists()  # `crossover serve` made it, and removes it on the way out

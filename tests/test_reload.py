@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import SIM_KEY
+from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
+from tests.workers import replace_every_worker
 
 HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -20,14 +21,7 @@ HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 def config(sim: Server, threshold: float, watch: bool) -> dict[str, Any]:
     return {
         "server": {"watch_config": watch},
-        "backends": {
-            "openai": {
-                "kind": "openai_compatible",
-                "base_url": sim.url + "/v1",
-                "api_key": "${SIM_OPENAI_KEY}",
-                "models": [{"name": "gpt-4o"}, {"name": "gpt-4o-mini"}],
-            }
-        },
+        "backends": {"openai": sim_backend(sim, {"name": "gpt-4o"}, {"name": "gpt-4o-mini"})},
         "routers": {"auto": {"local": "openai/gpt-4o-mini", "api": "openai/gpt-4o", "threshold": threshold}},
     }
 
@@ -90,5 +84,66 @@ def test_sighup_reloads(tmp_path: Path, openai_sim: Server) -> None:
         assert threshold_in_use(server) == "0.5000"  # not watching: nothing changes by itself
         server.process.send_signal(signal.SIGHUP)
         wait_for_threshold(server, "0.2500")
+    finally:
+        server.stop()
+
+
+def reloads(server: Server, result: str) -> float:
+    text = httpx.get(server.url + "/metrics").text
+    line = f'crossover_config_reloads_total{{result="{result}"}} '
+    return sum(float(row[len(line) :]) for row in text.splitlines() if row.startswith(line))
+
+
+def wait_for_reloads(server: Server, result: str, count: float) -> None:
+    deadline = time.monotonic() + 20
+    while reloads(server, result) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert reloads(server, result) == count
+
+
+def test_sighup_with_two_workers_reloads_each_and_counts_a_bad_file(
+    tmp_path: Path, openai_sim: Server
+) -> None:
+    server = start_gateway(
+        tmp_path, config(openai_sim, 0.5, watch=False), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY}
+    )
+    path = tmp_path / "gateway.yaml"
+    try:
+        bad = config(openai_sim, 0.25, watch=False)
+        bad["routers"]["auto"]["threshold"] = 7
+        path.write_text(yaml.safe_dump(bad))
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_reloads(server, "rejected", 2)  # each worker tried, and kept its config
+        log = server.log_text()
+        assert "Traceback" not in log
+        assert log.count("config reload rejected") == 2 and "routers.auto.threshold" in log
+        assert {threshold_in_use(server) for _ in range(10)} == {"0.5000"}
+
+        path.write_text(yaml.safe_dump(config(openai_sim, 0.25, watch=False)))
+        server.process.send_signal(signal.SIGHUP)
+        wait_for_reloads(server, "applied", 2)
+        assert {threshold_in_use(server) for _ in range(10)} == {"0.2500"}
+    finally:
+        server.stop()
+
+
+def test_a_worker_restarted_while_the_file_is_bad_serves_the_checked_config(
+    tmp_path: Path, openai_sim: Server
+) -> None:
+    """uvicorn's supervisor stops everything when a replacement worker fails to start: a crash while the
+    file is bad (a rejected edit, say) must not take the whole gateway down."""
+    server = start_gateway(
+        tmp_path, config(openai_sim, 0.5, watch=False), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY}
+    )
+    try:
+        bad = config(openai_sim, 0.25, watch=False)
+        bad["routers"]["auto"]["threshold"] = 7
+        (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(bad))
+        replace_every_worker(server)
+        assert server.process.poll() is None
+        assert {threshold_in_use(server) for _ in range(10)} == {"0.5000"}
+        log = server.log_text()
+        assert "Traceback" not in log
+        assert log.count("this worker serves the config checked at start-up") == 2
     finally:
         server.stop()
