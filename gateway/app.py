@@ -62,7 +62,7 @@ async def _housekeeping(state: GatewayState) -> None:
         history.record(snapshot(m.render(), time.monotonic()))
         for name, meter in state.meters.items():
             if meter.usd_per_hour > 0:
-                m.at(m.gpu_idle_cost, name).inc(meter.take_idle())
+                state.recorder.gpu_idle(name, meter.take_idle())
         runtime = state.runtime
         for name, backend in runtime.settings.backends.items():
             provider = runtime.providers[name]
@@ -73,9 +73,12 @@ async def _housekeeping(state: GatewayState) -> None:
             except (UpstreamError, UnsupportedRequest) as exc:
                 log.debug("scraping backend %r failed: %s", name, exc)
                 continue
-            m.at(m.backend_waiting, name).set(engine["vllm:num_requests_waiting"])
-            m.at(m.backend_running, name).set(engine["vllm:num_requests_running"])
-            m.at(m.backend_kv_cache, name).set(engine["vllm:kv_cache_usage_perc"])
+            state.recorder.engine(
+                name,
+                engine["vllm:num_requests_waiting"],
+                engine["vllm:num_requests_running"],
+                engine["vllm:kv_cache_usage_perc"],
+            )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

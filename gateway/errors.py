@@ -102,7 +102,10 @@ _ANTHROPIC_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "not_found_error",
+    408: "invalid_request_error",
     413: "request_too_large",
+    414: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 

@@ -49,6 +49,30 @@ class Recorder:
             m.at(m.classifier_seconds, router).observe(seconds)
             m.at(m.score, router).observe(decision.score)
 
+    # ---- the gateway's own state ----
+
+    def serving(self, delta: int) -> None:
+        """A request began (+1) or ended (-1)."""
+        self.metrics.in_flight.inc(delta)
+
+    def reloaded(self, applied: bool) -> None:
+        self.metrics.at(self.metrics.config_reloads, "applied" if applied else "rejected").inc()
+
+    def gpu_rate(self, backend: str, usd_per_hour: float) -> None:
+        self.metrics.at(self.metrics.gpu_cost_rate, backend).set(usd_per_hour)
+
+    def gpu_idle(self, backend: str, usd: float) -> None:
+        self.metrics.at(self.metrics.gpu_idle_cost, backend).inc(usd)
+
+    def engine(self, backend: str, waiting: float, running: float, kv_cache: float) -> None:
+        """A vLLM backend's own queue state, as its /metrics said."""
+        m = self.metrics
+        m.at(m.backend_waiting, backend).set(waiting)
+        m.at(m.backend_running, backend).set(running)
+        m.at(m.backend_kv_cache, backend).set(kv_cache)
+
+    # ---- requests ----
+
     def threshold(self, router: str, value: float) -> None:
         self.metrics.at(self.metrics.threshold, router).set(value)
 

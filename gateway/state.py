@@ -43,7 +43,7 @@ class GatewayState:
             else:
                 self.meters[name] = BackendMeter(rate)
             if rate > 0:
-                self.metrics.at(self.metrics.gpu_cost_rate, name).set(backend.gpu_usd_per_hour)
+                self.recorder.gpu_rate(name, backend.gpu_usd_per_hour)
         self._sync_breakers(previous)
 
     def _sync_breakers(self, previous: Settings | None) -> None:
@@ -56,7 +56,7 @@ class GatewayState:
             moved = old is None or new is None or (old.kind, old.base_url) != (new.kind, new.base_url)
             if new is None or new.circuit_breaker is None or moved:
                 del self.breakers[name]
-                self.metrics.at(self.metrics.circuit_open, name).set(0)
+                self.recorder.circuit(name, False, changed=False)
         for name, backend in backends.items():
             if backend.circuit_breaker is None:
                 continue
@@ -64,11 +64,11 @@ class GatewayState:
                 self.breakers[name].failures, self.breakers[name].cooldown = backend.circuit_breaker
             else:
                 self.breakers[name] = CircuitBreaker(*backend.circuit_breaker)
-                self.metrics.at(self.metrics.circuit_open, name).set(0)
+                self.recorder.circuit(name, False, changed=False)
 
     def export_thresholds(self) -> None:
         for name in self.runtime.settings.routers:
-            self.metrics.at(self.metrics.threshold, name).set(self.runtime.threshold(name))
+            self.recorder.threshold(name, self.runtime.threshold(name))
 
     def full(self, settings: Settings, target: Target) -> bool:
         """Is the target's backend at its `max_in_flight` (spill-over)?"""
@@ -80,12 +80,12 @@ class GatewayState:
         Every acquire is paired with one `release`."""
         runtime = self.runtime
         runtime.in_flight += 1
-        self.metrics.in_flight.inc()
+        self.recorder.serving(+1)
         return runtime
 
     def release(self, runtime: Runtime) -> None:
         runtime.in_flight -= 1
-        self.metrics.in_flight.dec()
+        self.recorder.serving(-1)
         if runtime.in_flight == 0 and runtime in self._retired:
             self._retired.discard(runtime)
             task = asyncio.create_task(runtime.close())
@@ -107,13 +107,13 @@ class GatewayState:
             await new.start()
         except Exception as exc:  # a bad file, or a user's classifier failing to load: keep serving
             log.error("config reload rejected, still serving the previous config: %s", exc)
-            self.metrics.config_reloads.labels("rejected").inc()
+            self.recorder.reloaded(False)
             return False
         new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
         self._sync_meters(old.settings)
         self.export_thresholds()
-        self.metrics.config_reloads.labels("applied").inc()
+        self.recorder.reloaded(True)
         log.info("config reloaded")
         if old.in_flight == 0:
             await old.close()

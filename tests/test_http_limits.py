@@ -88,6 +88,7 @@ def test_anthropic_paths_get_anthropic_shape(gw: Server) -> None:
     answer = send_and_read(gw, b"POST /v1/messages HTTP/1.1\r\nhost: x\r\n" + headers + b"\r\n")
     body = json.loads(answer.partition(b"\r\n\r\n")[2])
     assert answer.startswith(b"HTTP/1.1 431") and body["type"] == "error"
+    assert body["error"]["type"] == "invalid_request_error"  # a client's mistake, as Anthropic types it
 
 
 def rss_kib(pid: int) -> int:
@@ -164,6 +165,23 @@ def test_a_stalled_body_is_408(gw: Server) -> None:
         )
         status, error = status_and_error(read_to_end(sock))
     assert status == 408 and "body" in error["message"]
+
+
+def test_a_client_leaving_mid_body_is_no_gateway_error(gw: Server) -> None:
+    with connect(gw) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b"content-length: 100\r\n\r\n" + b'{"model": "gpt-4o"'
+        )
+        time.sleep(0.2)  # the gateway is reading the body when the client hangs up
+    ok = httpx.get(gw.url + "/metrics", timeout=10)  # a request after it: the log is written by then
+    cancelled = 'crossover_requests_total{backend="none",model="none",route="none",status_class="cancelled"}'
+    deadline = time.monotonic() + 10
+    while cancelled not in ok.text and time.monotonic() < deadline:
+        time.sleep(0.1)
+        ok = httpx.get(gw.url + "/metrics", timeout=10)
+    assert cancelled in ok.text
+    assert "unexpected error" not in gw.log_text() and "Traceback" not in gw.log_text()
 
 
 def read_one_answer(sock: socket.socket) -> bytes:
