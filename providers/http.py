@@ -7,15 +7,17 @@ second (bench/README.md).
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 import orjson
 
 from providers.base import UpstreamError
-from providers.errors import error_from_response, error_from_transport
+from providers.errors import error_from_response, error_from_transport, redact
 from providers.sse import Event, SSEDecoder
 
 
@@ -27,7 +29,53 @@ class HttpConfig:
     secrets: tuple[str, ...] = ()  # redacted from any upstream text shown to clients
     connect_timeout: float = 5.0
     read_timeout: float = 600.0
-    max_connections: int = 256
+    # A stream holds its connection for its whole length, so the pool must be sized in concurrent
+    # streams, not in requests per second: with 256, the 257th stream waited silently in the
+    # gateway. Far above what one worker holds (bench/README.md), so that the backend's own queue,
+    # which it reports, is where requests wait; waits here are exported (PoolWaits).
+    max_connections: int = 16384
+
+
+class PoolWaits:
+    """Requests waiting for a free pooled connection: how many now, and the seconds waited in all.
+    Read by whoever exports metrics (providers never import the gateway)."""
+
+    __slots__ = ("_taken", "queued", "seconds")
+
+    def __init__(self) -> None:
+        self.queued = 0
+        self.seconds = 0.0
+        self._taken = 0.0
+
+    def trace_config(self) -> aiohttp.TraceConfig:
+        trace = aiohttp.TraceConfig()
+        trace.on_connection_queued_start.append(self._queued)
+        trace.on_connection_queued_end.append(self._dequeued)
+        # A request cancelled while queued gets no queued_end, but always a request_exception.
+        trace.on_request_exception.append(self._failed)
+        return trace
+
+    def take(self) -> float:
+        """Seconds waited since the last call (for a counter)."""
+        seconds, self._taken = self.seconds - self._taken, self.seconds
+        return seconds
+
+    def _settle(self, ctx: SimpleNamespace) -> None:
+        started = getattr(ctx, "queued_at", None)
+        if started is not None:
+            ctx.queued_at = None
+            self.queued -= 1
+            self.seconds += time.monotonic() - started
+
+    async def _queued(self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+        ctx.queued_at = time.monotonic()
+        self.queued += 1
+
+    async def _dequeued(self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+        self._settle(ctx)
+
+    async def _failed(self, _s: aiohttp.ClientSession, ctx: SimpleNamespace, _p: object) -> None:
+        self._settle(ctx)
 
 
 class HttpClient:
@@ -35,6 +83,7 @@ class HttpClient:
         self.config = config
         self.base = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
+        self.pool_waits = PoolWaits()
 
     def _client(self) -> aiohttp.ClientSession:
         # Built lazily, inside the running loop, and reused for every call.
@@ -42,11 +91,14 @@ class HttpClient:
             c = self.config
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=c.max_connections, ttl_dns_cache=300),
+                # sock_connect, not connect: aiohttp's `connect` also covers the wait for a free
+                # pooled connection, so a queued request failed as "timed out" after 5 s.
                 timeout=aiohttp.ClientTimeout(
-                    total=None, connect=c.connect_timeout, sock_read=c.read_timeout
+                    total=None, sock_connect=c.connect_timeout, sock_read=c.read_timeout
                 ),
                 headers={"Content-Type": "application/json", **c.headers},
                 skip_auto_headers=("User-Agent",),
+                trace_configs=[self.pool_waits.trace_config()],
             )
         return self._session
 
@@ -126,15 +178,25 @@ class HttpClient:
             resp = await self._client().post(url, data=orjson.dumps(body), headers=self._per_request(headers))
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise error_from_transport(self.config.name, exc) from None
-        if resp.status >= 400 or not resp.content_type.startswith("text/event-stream"):
-            try:
-                raw = await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise error_from_transport(self.config.name, exc) from None
-            finally:
-                resp.release()
-            raise self.error(resp.status if resp.status >= 400 else 502, resp.headers, raw)
-        return resp
+        if resp.status < 400 and resp.content_type.startswith("text/event-stream"):
+            return resp
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise error_from_transport(self.config.name, exc) from None
+        finally:
+            resp.release()
+        if resp.status >= 400:
+            raise self.error(resp.status, resp.headers, raw)
+        # Say what it did: "failed (HTTP 502)" read as if the backend had failed, though it answered.
+        what = redact(resp.content_type or "no content type", self.config.secrets)
+        raise UpstreamError(
+            502,
+            f"backend '{self.config.name}' answered a streamed request with {what} "
+            f"instead of an event stream (HTTP {resp.status})",
+            code="upstream_error",
+            retryable=True,
+        )
 
     async def close(self) -> None:
         if self._session is not None:
