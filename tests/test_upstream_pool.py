@@ -79,8 +79,11 @@ async def test_a_request_cancelled_while_queued_leaves_the_queue(openai_sim: Ser
             await sim.post(openai_sim.url + "/_sim/faults", json=[{"delay": 5}])
         holder = asyncio.create_task(client.call("POST", url, CHAT, headers=headers))
         waiter = asyncio.create_task(client.call("POST", url, CHAT, headers=headers))
-        while client.pool_waits.queued == 0:  # noqa: ASYNC110 (the counter is what is under test)
+        for _ in range(300):  # the second request queues behind the first's 5 s delay
+            if client.pool_waits.queued:
+                break
             await asyncio.sleep(0.01)
+        assert client.pool_waits.queued == 1
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
