@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -337,6 +338,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"[streams] ports {taken} on {HOST} are in use; stop whatever listens there", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="crossover-streams."))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     direct_url = f"http://{HOST}:{UPSTREAM_PORT}/v1/chat/completions"
     gateway_url = f"http://{HOST}:{GATEWAY_PORT}/v1/chat/completions"
     forwarder_url = f"http://{HOST}:{FORWARDER_PORT}/v1/chat/completions"
@@ -385,6 +393,10 @@ def run(args: argparse.Namespace) -> int:
                 search.append((conc, known[conc]))
                 if known[conc] < 0.9:
                     break
+    log = (work / "gateway.log").read_text(errors="replace")
+    if "Traceback" in log or "ERROR" in log:
+        print(f"[streams] the gateway logged errors:\n{log[-3000:]}", file=sys.stderr)
+        failed += 1
     steal1 = _steal()
     steal = 100 * (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])
     print(
