@@ -6,7 +6,7 @@ upstream's status, content type and body come back unchanged; a text/event-strea
 chunk by chunk as it arrives. No parsing, validation, routing, metrics or error mapping.
 
 --client chooses the HTTP client to the upstream (aiohttp or httpx), both with a keep-alive pool
-sized like the gateway's (256 connections), so bench/run.sh can compare them under the same load.
+sized like the gateway's (16,384 connections), so bench/run.sh can compare them under the same load.
 
     python3 bench/forwarder.py --client aiohttp --upstream http://127.0.0.1:18080/json/v1/chat/completions --port 18082
 """
@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 REQUEST_HEADERS = {"Content-Type": "application/json"}
-POOL = 256
+POOL = 16384  # the gateway's default: a stream holds its connection for its whole length
 
 Handler = Callable[[Request], Awaitable[Response]]
 

@@ -5,6 +5,7 @@
 #   BENCH_DURATION=3 bash bench/run.sh   # quick smoke run (noisy figures)
 #   BENCH_LITELLM=1 bash bench/run.sh    # also LiteLLM's proxy (installed into a cache venv once)
 #   BENCH_PIN=1 bash bench/run.sh        # also c=1 with every process pinned to one CPU (see README)
+#   BENCH_ONLY=streams bash bench/run.sh # only the concurrent slow streams (bench/slow_streams.py, ~2 min)
 #
 # Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON, or SSE
 # with BENCH_MODE=sse):
@@ -19,7 +20,8 @@
 # Environment: BENCH_DURATION (seconds per run, default 10), BENCH_WARMUP (seconds, default 1),
 # BENCH_LITELLM (1 to include LiteLLM), BENCH_PIN (1 to add pinned c=1 runs, conc "1p"; BENCH_PIN_CPU,
 # default 0, is the CPU), BENCH_CLASSIFIER (the router's classifier, default heuristic), PYTHON (default
-# python3), PYTHON311 (for LiteLLM's venv).
+# python3), PYTHON311 (for LiteLLM's venv), BENCH_STREAMS (0 to skip the slow streams), BENCH_ONLY
+# (streams: only them), BENCH_STREAMS_ARGS (options for `slow_streams.py run`, e.g. "--steps 1000").
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -61,6 +63,22 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c 'import gateway.cli, starlette, uvicorn, uvloop, httptools, aiohttp, httpx, orjson, yaml' 2>/dev/null; then
     log "installing the gateway and httpx with pip"
     "$PY" -m pip install -q -e "$ROOT" httpx
+fi
+
+# ---- slow streams: bench/slow_streams.py (its own upstream, gateway and forwarder on 18084-18086) --
+
+STREAMS_MD="$HERE/results/streams.md"
+slow_streams() {  # the concurrent slow-streams rows, as Markdown into $STREAMS_MD; ~2 minutes
+    mkdir -p "$HERE/results"
+    log "slow streams: bench/slow_streams.py run ${BENCH_STREAMS_ARGS:-}"
+    # shellcheck disable=SC2086  # BENCH_STREAMS_ARGS is a list of options
+    timeout 600 "$PY" "$HERE/slow_streams.py" run ${BENCH_STREAMS_ARGS:-} >"$STREAMS_MD"
+}
+if [ "${BENCH_ONLY:-}" = streams ]; then
+    status=0
+    slow_streams || status=$?
+    cat "$STREAMS_MD"
+    exit $status
 fi
 
 # ---- processes: each in its own session, so its whole group is stopped -------------------------
@@ -241,7 +259,7 @@ bench_target() {  # bench_target TARGET MODE URL MODEL [PGID...]: warm up, then 
 
 # ---- start --------------------------------------------------------------------------------------
 
-for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT; do
+for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT 18084 18085 18086; do
     if port_in_use "$port"; then die "port $port on $HOST is in use; stop whatever listens there"; fi
 done
 runs=17
@@ -361,6 +379,8 @@ if [ "${BENCH_LITELLM:-0}" = 1 ]; then
     litellm_bench || log "LiteLLM comparison skipped (see above); continuing"
 fi
 stop_bg "$NGINX_PID"
+STREAMS_STATUS=0
+if [ "${BENCH_STREAMS:-1}" = 1 ]; then slow_streams || STREAMS_STATUS=$?; fi
 
 # ---- report -------------------------------------------------------------------------------------
 
@@ -433,6 +453,11 @@ added() {  # added MD CONC: p50 at CONC (1 or 1p) of each proxy minus nginx dire
         echo
         added 1 1p
     fi
+    if [ "${BENCH_STREAMS:-1}" = 1 ]; then
+        echo
+        echo "## Concurrent slow streams (bench/slow_streams.py)"
+        cat "$STREAMS_MD"
+    fi
 } >"$OUT"
 
 echo
@@ -447,6 +472,8 @@ fi
 echo
 log "written to $OUT"
 
+if [ "${BENCH_STREAMS:-1}" = 1 ]; then cat "$STREAMS_MD"; echo; fi
+[ "$STREAMS_STATUS" = 0 ] || die "the slow-streams runs saw incomplete streams or socket errors (see above)"
 bad=$(awk -F'\t' '$1 != "litellm" && ($7 + $8 + $9) > 0' "$RESULTS")
 if [ -n "$bad" ]; then
     die "some runs saw non-200 answers, incomplete bodies or socket errors (see the table)"

@@ -24,6 +24,7 @@ from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
 from providers.base import UnsupportedRequest, UpstreamError
+from providers.http import HttpClient
 from providers.openai_compat import OpenAICompatProvider
 
 WATCH_INTERVAL_SECONDS = 1.0
@@ -52,9 +53,9 @@ async def _watch(path: Path, state: GatewayState) -> None:
 
 
 async def _housekeeping(state: GatewayState) -> None:
-    """Every few seconds: idle GPU cost into its counter, vLLM's queue state into gauges, and a
-    snapshot for the dashboard's last hour (kept at most every 30 s), so the hour is full when
-    someone first opens the page."""
+    """Every few seconds: idle GPU cost and connection-pool waits into counters, pool and vLLM queue
+    state into gauges, and a snapshot for the dashboard's last hour (kept at most every 30 s), so
+    the hour is full when someone first opens the page."""
     m = state.metrics
     history = dashboard.history_of(state)
     while True:
@@ -64,6 +65,11 @@ async def _housekeeping(state: GatewayState) -> None:
             if meter.usd_per_hour > 0:
                 state.recorder.gpu_idle(name, meter.take_idle())
         runtime = state.runtime
+        for name, provider in runtime.providers.items():
+            http = getattr(provider, "http", None)
+            if isinstance(http, HttpClient):  # both backend kinds; the protocol does not promise it
+                m.at(m.pool_wait, name).inc(http.pool_waits.take())
+                m.at(m.pool_queued, name).set(http.pool_waits.queued)
         for name, backend in runtime.settings.backends.items():
             provider = runtime.providers[name]
             if not backend.scrape_metrics or not isinstance(provider, OpenAICompatProvider):

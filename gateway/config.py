@@ -70,7 +70,7 @@ class _BackendSpec(_Strict):
     models: list[ModelSpec] = []
     discover_models: bool = False  # also serve whatever the backend's GET /models lists
     timeout: TimeoutSpec = TimeoutSpec()
-    max_connections: Annotated[int, Field(ge=1)] = 256
+    max_connections: Annotated[int, Field(ge=1)] = 16384  # see providers/http.py HttpConfig
     headers: dict[str, str] = {}
     # Spill-over: once this many requests of this worker run here, router requests decided for this
     # backend go to the router's other target first (when they may fall back and it is not full too).

@@ -194,6 +194,19 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.pool_wait = Counter(
+            "crossover_upstream_pool_wait_seconds",
+            "Time requests waited for a free connection of a backend's pool (max_connections).",
+            ["backend"],
+            registry=r,
+        )
+        self.pool_queued = Gauge(
+            "crossover_upstream_pool_queued",
+            "Requests waiting now for a free connection of a backend's pool (read every 5 s).",
+            ["backend"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.start_time = Gauge(
             "crossover_start_time_seconds",
             "When the gateway started (Unix time): what its counters cover.",
