@@ -56,11 +56,10 @@ async def _housekeeping(state: GatewayState) -> None:
     """Every few seconds: idle GPU cost and connection-pool waits into counters, pool and vLLM queue
     state into gauges, and a snapshot for the dashboard's last hour (kept at most every 30 s), so
     the hour is full when someone first opens the page."""
-    m = state.metrics
     history = dashboard.history_of(state)
     while True:
         await asyncio.sleep(HOUSEKEEPING_SECONDS)
-        history.record(snapshot(m.render(), time.monotonic()))
+        history.record(snapshot(state.metrics.render(), time.monotonic()))
         for name, meter in state.meters.items():
             if meter.usd_per_hour > 0:
                 state.recorder.gpu_idle(name, meter.take_idle())
@@ -68,8 +67,7 @@ async def _housekeeping(state: GatewayState) -> None:
         for name, provider in runtime.providers.items():
             http = getattr(provider, "http", None)
             if isinstance(http, HttpClient):  # both backend kinds; the protocol does not promise it
-                m.at(m.pool_wait, name).inc(http.pool_waits.take())
-                m.at(m.pool_queued, name).set(http.pool_waits.queued)
+                state.recorder.pool(name, http.pool_waits.take(), http.pool_waits.queued)
         for name, backend in runtime.settings.backends.items():
             provider = runtime.providers[name]
             if not backend.scrape_metrics or not isinstance(provider, OpenAICompatProvider):

@@ -64,6 +64,11 @@ class Recorder:
     def gpu_idle(self, backend: str, usd: float) -> None:
         self.metrics.at(self.metrics.gpu_idle_cost, backend).inc(usd)
 
+    def pool(self, backend: str, waited: float, queued: int) -> None:
+        """Waits for a free pooled connection since the last reading, and how many wait now."""
+        self.metrics.at(self.metrics.pool_wait, backend).inc(waited)
+        self.metrics.at(self.metrics.pool_queued, backend).set(queued)
+
     def engine(self, backend: str, waiting: float, running: float, kv_cache: float) -> None:
         """A vLLM backend's own queue state, as its /metrics said."""
         m = self.metrics
