@@ -142,8 +142,13 @@ def test_a_worker_restarted_while_the_file_is_bad_serves_the_checked_config(
         replace_every_worker(server)
         assert server.process.poll() is None
         assert {threshold_in_use(server) for _ in range(10)} == {"0.5000"}
+        # A replacement's process exists before its app has started and said so: wait for both to say it.
+        said = "this worker serves the config checked at start-up"
+        deadline = time.monotonic() + 30
+        while server.log_text().count(said) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
         log = server.log_text()
         assert "Traceback" not in log
-        assert log.count("this worker serves the config checked at start-up") == 2
+        assert log.count(said) == 2
     finally:
         server.stop()
