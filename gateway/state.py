@@ -14,6 +14,7 @@ from gateway.config import Settings, Target
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.runtime import Runtime
+from gateway.shadow import Shadows
 
 log = logging.getLogger("crossover")
 
@@ -29,6 +30,7 @@ class GatewayState:
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
         self.meters: dict[str, BackendMeter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
+        self.shadows = Shadows(self.recorder, self.hold, self.unhold)  # shadow judging's jobs and stores
         self._sync_meters()
         self.export_thresholds()
 
@@ -83,8 +85,15 @@ class GatewayState:
         return runtime
 
     def release(self, runtime: Runtime) -> None:
-        runtime.in_flight -= 1
         self.metrics.in_flight.dec()
+        self.unhold(runtime)
+
+    def hold(self, runtime: Runtime) -> None:
+        """Keep a runtime open for background work that is not a request (a shadow job)."""
+        runtime.in_flight += 1
+
+    def unhold(self, runtime: Runtime) -> None:
+        runtime.in_flight -= 1
         if runtime.in_flight == 0 and runtime in self._retired:
             self._retired.discard(runtime)
             task = asyncio.create_task(runtime.close())
@@ -121,6 +130,7 @@ class GatewayState:
         return True
 
     async def close(self) -> None:
+        await self.shadows.close()
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()

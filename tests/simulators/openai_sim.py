@@ -9,6 +9,14 @@ Faults are scripted through `POST /_sim/faults` (a list, consumed one per reques
 (stream n chunks, then drop the connection) or {"body": {...}} (a non-streamed 200 with that body, as a
 misbehaving server might send). `GET /_sim/requests` returns the bodies received.
 
+Shadow judging (gateway/shadow.py) uses two additions. A request with the header `x-sim-answer-prefix`
+is answered "<prefix> ..." instead of "echo: ...", so two backends on one simulator give different
+answers. And a chat request in the judge's pairwise format is judged by a rule on its question, so tests
+know the truth: `truth:local`, `truth:api`, `truth:tie` or `truth:bad` (both bad) picks the verdict, the
+API's answer being the one that starts with "echo:"; `truth:fail` answers 500, `truth:slow` waits 30 s,
+`truth:mumble` gives no verdict; no rule is a tie. `GET /_sim/arrivals` lists, per API request,
+its arrival time (Unix seconds), model, whether it was a judge call, and the question it asked.
+
     python -m tests.simulators.openai_sim --port 9100 --key sk-sim
 """
 
@@ -17,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,6 +63,7 @@ class Simulator(Controls):
     def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
+        self.arrivals: list[dict[str, Any]] = []
 
     def app(self) -> Starlette:
         return Starlette(
@@ -61,6 +71,7 @@ class Simulator(Controls):
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
+                Route("/_sim/arrivals", self.get_arrivals, methods=["GET"]),
                 *self.control_routes(),
             ]
         )
@@ -86,6 +97,9 @@ class Simulator(Controls):
             )
         return None
 
+    async def get_arrivals(self, request: Request) -> Response:
+        return JSONResponse(self.arrivals)
+
     async def models(self, request: Request) -> Response:
         if (denied := self._auth(request)) is not None:
             return denied
@@ -108,6 +122,12 @@ class Simulator(Controls):
                 {},
             )
         self.requests.append(body)
+        judging = _judging(body)
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        said = judging[0] if judging else str(messages[-1].get("content")) if messages else ""
+        self.arrivals.append(
+            {"at": time.time(), "judge": judging is not None, "model": body.get("model"), "text": said}
+        )
         self.headers.append({"anthropic-beta": request.headers.get("anthropic-beta")})
         fault = self.faults.pop(0) if self.faults else {}
         if "delay" in fault:
@@ -165,6 +185,9 @@ class Simulator(Controls):
                 "missing_required_parameter",
                 "messages",
             )
+        judging = _judging(body)
+        if judging is not None:
+            return await self._judge(body, *judging)
         last = next((m for m in reversed(messages) if m.get("role") == "user"), messages[-1])
         content = last.get("content")
         text = (
@@ -188,7 +211,7 @@ class Simulator(Controls):
         elif format_ in ("json_object", "json_schema"):
             answer = json.dumps({"answer": text})
         else:
-            answer = "echo: " + text
+            answer = request.headers.get("x-sim-answer-prefix", "echo:") + " " + text
         pieces = answer.split(" ") if answer else []
         completion_tokens = len(pieces) + (5 if tool_call else 0)
         usage = {
@@ -311,6 +334,41 @@ class Simulator(Controls):
             yield frame
             await asyncio.sleep(0)
 
+    async def _judge(self, body: dict[str, Any], question: str, a: str, b: str) -> Response:
+        """A pairwise verdict by the rule in the question (see the module's docstring)."""
+        truth = _TRUTH.search(question)
+        rule = truth.group(1) if truth else "tie"
+        if rule == "fail":
+            return _error(500, "The server had an error while processing your request.", "server_error", None)
+        if rule == "slow":
+            await asyncio.sleep(30)
+        a_is_api = a.startswith("echo:")
+        letter = {
+            "api": "A" if a_is_api else "B",
+            "local": "B" if a_is_api else "A",
+            "tie": "C",
+            "bad": "D",
+        }.get(rule)
+        text = f"The verdict follows the rule '{rule}'." + (f" [[{letter}]]" if letter else "")
+        usage = {"prompt_tokens": 200, "completion_tokens": 10, "total_tokens": 210}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:29],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+
     async def completions(self, request: Request) -> Response:
         body, refused, _ = await self._prelude(request)
         if body is None:
@@ -334,6 +392,24 @@ class Simulator(Controls):
                 "usage": usage,
             }
         )
+
+
+_JUDGE_FORMAT = re.compile(
+    r"\[User Question\]\n(.*)\n\n\[The Start of Assistant A's Answer\]\n(.*)\n\[The End of Assistant A's Answer\]"
+    r"\n\n\[The Start of Assistant B's Answer\]\n(.*)\n\[The End of Assistant B's Answer\]",
+    re.S,
+)
+_TRUTH = re.compile(r"truth:(local|api|tie|bad|fail|slow|mumble)")
+
+
+def _judging(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(question, answer A, answer B) of a request in the pairwise judge's format, else None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    content = messages[-1].get("content")
+    found = _JUDGE_FORMAT.search(content) if isinstance(content, str) else None
+    return (found.group(1), found.group(2), found.group(3)) if found else None
 
 
 def main() -> None:
