@@ -52,8 +52,6 @@ log = logging.getLogger("crossover")
 
 Verdict = Literal["local_better", "tie", "api_better", "both_bad"]
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
-# What the retained-quality figure counts as "the local answer was at least as good as the API's".
-RETAINED: frozenset[Verdict] = frozenset({"local_better", "tie"})
 ErrorKind = Literal[
     "answer_failed", "answer_timeout", "judge_failed", "judge_timeout", "judge_unreadable", "store_failed"
 ]

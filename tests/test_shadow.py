@@ -42,6 +42,7 @@ def config(sim: str, store: Path, vllm: str | None = None) -> dict[str, Any]:
         "store": str(store),
         "store_prompts": True,
         "timeout_seconds": 3,
+        "max_usd_per_day": 1000,  # an estimate reserves ~2 USD a job at these prices
         "exclude_api_keys": ["${K_PRIVATE}"],
     }
     router = {"local": "local", "api": "openai/gpt-4o", "classifier": "heuristic", "threshold": 0.99}
