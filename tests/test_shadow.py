@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.quality import wilson
 from tests.conftest import SIM_KEY
 from tests.servers import Server, start_gateway, start_openai_sim
 
@@ -282,3 +285,41 @@ async def test_the_days_budget_holds_under_concurrency(gateway: Server) -> None:
     )
     assert ask_capped.choices[0].message.content == "local: " + CAP_PROMPT
     assert metric(gateway, "crossover_shadow_skipped_total", router="capped", reason="budget") == 11
+
+
+def test_quality_retained_reads_beside_the_savings(gateway: Server) -> None:
+    """/dashboard's figures and `crossover report` read the judged verdicts the same way."""
+    before = settled(gateway, "auto")
+    ask(gateway, "truth:local quality")
+    wait_for(gateway, "auto", before + 1)
+    verdicts = {
+        v: metric(gateway, "crossover_shadow_judged_total", verdict=v)
+        for v in ("local_better", "tie", "api_better", "both_bad")
+    }
+    judged, kept = sum(verdicts.values()), verdicts["local_better"] + verdicts["tie"]
+    low, high = wilson(kept, judged)
+    quality = httpx.get(gateway.url + "/dashboard/summary.json").json()["since_start"]["quality"]
+    assert (quality["judged"], quality["retained"]) == (judged, kept)
+    assert quality["share"] == pytest.approx(kept / judged)
+    assert quality["interval"] == [pytest.approx(low), pytest.approx(high)]
+    assert sum(b["judged"] for b in quality["by_score"].values()) == judged
+    assert quality["shadow_cost_usd"] == pytest.approx(metric(gateway, "crossover_shadow_cost_usd_total"))
+    report = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway.cli",
+            "report",
+            "--metrics",
+            gateway.url + "/metrics",
+            "--period-hours",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert report.returncode == 0, report.stderr
+    line = next(line for line in report.stdout.splitlines() if line.startswith("Quality retained:"))
+    assert f"{kept / judged:.1%} of local answers judged at least as good as the API's" in line
+    assert f"95% interval {low:.1%}-{high:.1%}, {int(judged)} judged" in line
