@@ -4,6 +4,7 @@ the judge then sees an empty answer, which is what the client saw too."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
@@ -33,7 +34,7 @@ def _from_body(body: dict[str, Any], dialect: Dialect) -> tuple[str, list[tuple[
             if block.get("type") == "text":
                 text.append(str(block.get("text", "")))
             elif block.get("type") == "tool_use":
-                calls.append((str(block.get("name")), orjson.dumps(block.get("input")).decode()))
+                calls.append((str(block.get("name")), json.dumps(block.get("input"))))
         return "".join(text), calls
     choice = (body.get("choices") or [{}])[0]
     if "text" in choice:  # /v1/completions

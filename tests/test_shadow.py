@@ -323,3 +323,37 @@ def test_quality_retained_reads_beside_the_savings(gateway: Server) -> None:
     line = next(line for line in report.stdout.splitlines() if line.startswith("Quality retained:"))
     assert f"{kept / judged:.1%} of local answers judged at least as good as the API's" in line
     assert f"95% interval {low:.1%}-{high:.1%}, {int(judged)} judged" in line
+
+
+def test_anthropic_streams_and_tool_calls_are_judged_by_their_final_text(
+    gateway: Server, sim: Server
+) -> None:
+    before = settled(gateway, "auto")
+    events = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": KEYS["K_ALL"], "anthropic-version": "2023-06-01"},
+        json={
+            "model": "auto",
+            "max_tokens": 64,
+            "stream": True,
+            "messages": [{"role": "user", "content": "truth:api anthropic stream"}],
+        },
+    )
+    assert events.status_code == 200 and "text_delta" in events.text
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    called = client(gateway).chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "truth:tie tool call"}], tools=tools
+    )
+    assert called.choices[0].message.tool_calls
+    wait_for(gateway, "auto", before + 2)
+    said = [
+        str(b["messages"][-1]["content"])
+        for b in httpx.get(sim.url + "/_sim/requests").json()
+        if b.get("messages")
+    ]
+    streamed = [s for s in said if s.startswith("[User Question]\ntruth:api anthropic stream")]
+    assert len(streamed) == 2 and all("local: truth:api anthropic stream" in s for s in streamed)
+    tooled = [s for s in said if s.startswith("[User Question]\ntruth:tie tool call")]
+    assert len(tooled) == 2
+    assert all(s.count('[tool call] lookup({"query": "truth:tie tool call"})') == 2 for s in tooled)
+    assert "(Tools offered: lookup)" in tooled[0]
