@@ -357,3 +357,35 @@ def test_anthropic_streams_and_tool_calls_are_judged_by_their_final_text(
     assert len(tooled) == 2
     assert all(s.count('[tool call] lookup({"query": "truth:tie tool call"})') == 2 for s in tooled)
     assert "(Tools offered: lookup)" in tooled[0]
+
+
+@pytest.mark.vllm
+def test_the_real_vllm_answers_locally_and_is_judged(vllm: Server, tmp_path: Path) -> None:
+    sim = start_openai_sim(tmp_path, SIM_KEY)
+    store = tmp_path / "outcomes.sqlite"
+    gw = start_gateway(
+        tmp_path, config(sim.url, store, vllm=vllm.url), env={"SIM_OPENAI_KEY": SIM_KEY, **KEYS}
+    )
+    try:
+        whole = ask(gw, "truth:api vllm whole", max_tokens=12)
+        stream = client(gw).chat.completions.create(
+            model="auto",
+            messages=[{"role": "user", "content": "truth:api vllm streamed"}],
+            max_tokens=12,
+            stream=True,
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        wait_for(gw, "auto", 2)
+    finally:
+        gw.stop()
+        sim.stop()
+    found = rows(store)
+    for prompt in ("truth:api vllm whole", "truth:api vllm streamed"):
+        row = found[prompt]
+        assert (row["verdict"], row["local_model"], row["api_model"]) == (
+            "api_better",
+            "tiny-llama",
+            "gpt-4o",
+        )
+        assert row["local_output_tokens"] > 0 and row["api_output_tokens"] == 4
+    assert not whole.startswith("echo:") and not streamed.startswith("echo:")  # vLLM's own answers
