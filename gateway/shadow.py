@@ -261,6 +261,8 @@ class Shadows:
             shadow.exclude_tools and body.get("tools")
         ):
             return None
+        if random.random() >= shadow.sample:
+            return None
         api_key = authenticate(request, runtime.settings.api_keys)
         if api_key is not None:
             scope = runtime.settings.key_scopes.get(api_key)
@@ -269,8 +271,6 @@ class Shadows:
                 scope is not None and not {other.backend, shadow.judge.backend} <= scope
             ):
                 return None  # the key's data may not go where the shadow job would send it
-        if random.random() >= shadow.sample:
-            return None
         return Sampled(router, shadow)
 
     def start(self, job: Job) -> bool:

@@ -389,3 +389,27 @@ def test_the_real_vllm_answers_locally_and_is_judged(vllm: Server, tmp_path: Pat
         )
         assert row["local_output_tokens"] > 0 and row["api_output_tokens"] == 4
     assert not whole.startswith("echo:") and not streamed.startswith("echo:")  # vLLM's own answers
+
+
+def test_the_dashboard_page_shows_quality_retained(gateway: Server, tmp_path: Path) -> None:
+    from tests.test_dashboard import ARTIFACTS, DomIds, chromium
+
+    before = settled(gateway, "auto")
+    ask(gateway, "truth:tie page")
+    wait_for(gateway, "auto", before + 1)
+    quality = httpx.get(gateway.url + "/dashboard/summary.json").json()["since_start"]["quality"]
+    dom = chromium("--dump-dom", gateway.url + "/dashboard", profile=tmp_path / "chromium")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = DomIds()
+    parser.feed(dom.stdout)
+    card = parser.found["total-quality"]
+    assert float(card["data-value"]) == pytest.approx(quality["share"])
+    assert card["text"] == f"{100 * quality['share']:.1f}%"
+    sub = parser.found["total-quality-sub"]
+    assert float(sub["data-value"]) == quality["judged"] and " judged · $" in sub["text"]
+    ARTIFACTS.mkdir(exist_ok=True)
+    png = ARTIFACTS / "dashboard-quality.png"
+    shot = chromium(
+        f"--screenshot={png}", "--window-size=1400,700", gateway.url + "/dashboard", profile=tmp_path / "c"
+    )
+    assert shot.returncode == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

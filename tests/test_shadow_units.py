@@ -157,3 +157,12 @@ def test_the_shadow_config_is_strict() -> None:
     for spec, message in bad:
         with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
             build(parse(_config(spec)), env)
+
+
+def test_the_readme_shows_the_judge_prompt_in_use() -> None:
+    from gateway.shadow import JUDGE_SYSTEM, JUDGE_USER
+    from tests.servers import ROOT
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert " ".join(JUDGE_SYSTEM.split()) in readme
+    assert " ".join(JUDGE_USER.split()) in readme
