@@ -53,7 +53,13 @@ log = logging.getLogger("crossover")
 Verdict = Literal["local_better", "tie", "api_better", "both_bad"]
 VERDICTS: tuple[Verdict, ...] = get_args(Verdict)
 ErrorKind = Literal[
-    "answer_failed", "answer_timeout", "judge_failed", "judge_timeout", "judge_unreadable", "store_failed"
+    "answer_failed",
+    "answer_timeout",
+    "judge_failed",
+    "judge_timeout",
+    "judge_unreadable",
+    "store_failed",
+    "internal",
 ]
 # Placed, not decided by the score (rule, scope, header), or sent where the other target is busy or failing.
 NEVER_SHADOWED = frozenset({"rule", "scope", "header", "spill", "fallback"})
@@ -135,7 +141,7 @@ def question_text(body: dict[str, Any]) -> str:
         text = turns[0][1]
     else:
         text = "\n\n".join(f"[{role}]\n{content}" for role, content in turns)
-    tools = [t.get("function", t).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
+    tools = [(t.get("function") or t).get("name") for t in body.get("tools") or [] if isinstance(t, dict)]
     return text + (f"\n\n(Tools offered: {', '.join(map(str, tools))})" if tools else "")
 
 
@@ -274,7 +280,17 @@ class Shadows:
         return Sampled(router, shadow)
 
     def start(self, job: Job) -> bool:
-        """Start the job unless a limit says no (counted as skipped); never waits."""
+        """Start the job unless a limit says no (counted as skipped); never waits, never raises (it runs
+        as the exchange ends, which must still let its request go)."""
+        name = job.router.name
+        try:
+            return self._start(job)
+        except Exception:
+            log.exception("starting a shadow job of router %r failed", name)
+            self.recorder.shadow_failed(name, "internal")
+            return False
+
+    def _start(self, job: Job) -> bool:
         name, shadow = job.router.name, job.shadow
         if self.running.get(name, 0) >= shadow.max_concurrent:
             self.recorder.shadow_skipped(name, "busy")
@@ -308,7 +324,7 @@ class Shadows:
             self.recorder.shadow_failed(name, "store_failed")
         except Exception:  # a bug must not leave the budget reserved or the count running
             log.exception("shadow judging of router %r failed", name)
-            self.recorder.shadow_failed(name, "judge_failed")
+            self.recorder.shadow_failed(name, "internal")
         finally:
             self.running[name] -= 1
             self.budgets[name].settle(estimate, spent[0])

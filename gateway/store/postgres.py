@@ -72,4 +72,4 @@ async def migrate(db: psycopg.AsyncConnection[tuple[object, ...]]) -> int:
             for statement in MIGRATIONS[version]:
                 await db.execute(statement)
             await db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version + 1,))
-    return len(MIGRATIONS) if current < len(MIGRATIONS) else current
+    return max(current, len(MIGRATIONS))
