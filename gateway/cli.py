@@ -1,4 +1,5 @@
-"""The `crossover` command: serve, check, report, classify, calibrate, classifier train|eval."""
+"""The `crossover` command: serve, check, report, classify, calibrate, outcomes export,
+classifier train|eval."""
 
 from __future__ import annotations
 
@@ -146,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         tool = commands.add_parser(name, help=help_text)
         tools.add_arguments(tool, calibrating=name == "calibrate")
         tool.set_defaults(run=tools.run)
+    outcomes = commands.add_parser("outcomes", help="what shadow judging stored (see README, Quality)")
+    tools.add_outcomes_arguments(outcomes)
+    outcomes.set_defaults(run=tools.run)
+    # `classifier train|eval --outcomes STORE` (issue 11) is not here yet: classifier/train.py is being
+    # rewritten; `crossover outcomes export` already writes the rows in the training format.
     classifier_cmd = commands.add_parser("classifier", help="train or evaluate the learned classifier")
     classifier_cmd.add_argument("action", choices=["train", "eval"])
     classifier_cmd.add_argument("rest", nargs=argparse.REMAINDER)

@@ -131,6 +131,23 @@ class RuleSpec(_Strict):
     fallback: bool | None = None  # None: the router's; false keeps a pinned request where it was sent
 
 
+class ShadowSpec(_Strict):
+    """Shadow judging (gateway/shadow.py): after the client has its answer, a sample of a route's
+    requests is also sent to the router's other target, and a judge compares the two answers."""
+
+    sample: Annotated[float, Field(gt=0, le=1)]  # the share of eligible requests judged
+    judge: str  # "backend/model" that compares the answers, typically the API model
+    route: Literal["local", "api"] = "local"  # which route's answers are sampled
+    max_usd_per_day: Annotated[float, Field(gt=0)] = 5.0  # the other answers and the judge, per UTC day
+    max_concurrent: Annotated[int, Field(ge=1, le=64)] = 4  # shadow jobs at once; more are skipped
+    timeout_seconds: Annotated[float, Field(gt=0)] = 120.0  # each shadow call (other answer, judge)
+    store: str = "crossover-outcomes.sqlite"  # a file path (SQLite) or a postgresql:// URL
+    store_prompts: bool = False  # also keep the prompt text with each outcome (privacy: off)
+    exclude_api_keys: list[str] = []  # env references: requests with these keys never leave
+    exclude_tools: bool = False  # skip requests that offer tools
+    exclude_streams: bool = False  # skip streamed requests
+
+
 class RouterSpec(_Strict):
     classifier: str = "learned"
     threshold: Annotated[float, Field(ge=0, le=1)] | None = None  # None: the classifier's default
@@ -141,6 +158,7 @@ class RouterSpec(_Strict):
     # Hold this share of requests on the API by moving the threshold over the last `share_window`.
     target_api_share: Annotated[float, Field(ge=0, le=1)] | None = None
     share_window: Annotated[int, Field(ge=10, le=100_000)] = 1000
+    shadow: ShadowSpec | None = None  # none: no shadow judging (the request path pays nothing)
 
 
 class KeyScopeSpec(_Strict):
@@ -239,6 +257,21 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Shadow:
+    sample: float
+    judge: Target
+    route: Literal["local", "api"]
+    max_usd_per_day: float
+    max_concurrent: int
+    timeout: float
+    store: str
+    store_prompts: bool
+    exclude_api_keys: frozenset[str]
+    exclude_tools: bool
+    exclude_streams: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Router:
     name: str
     classifier: str
@@ -249,6 +282,7 @@ class Router:
     rules: tuple[Rule, ...] = ()
     target_api_share: float | None = None
     share_window: int = 1000
+    shadow: Shadow | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +404,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
             rules=tuple(_rule(rule, f"{path}.rules[{i}]", keys, env) for i, rule in enumerate(r.rules)),
             target_api_share=r.target_api_share,
             share_window=r.share_window,
+            shadow=_shadow(r.shadow, f"{path}.shadow", backends, keys, env) if r.shadow else None,
         )
         names = [rule.name for rule in r.rules]
         if len(set(names)) != len(names):
@@ -417,6 +452,29 @@ def _threshold(router: RouterSpec, path: str) -> float:
         raise ConfigError(f"{path}: {exc}") from None
     except Exception as exc:  # a user's classifier failing to build
         raise ConfigError(f"{path}: cannot build {router.classifier!r}: {exc!r}") from None
+
+
+def _shadow(
+    spec: ShadowSpec, path: str, backends: Mapping[str, Backend], keys: frozenset[str], env: Mapping[str, str]
+) -> Shadow:
+    excluded = frozenset(
+        _secret(k, f"{path}.exclude_api_keys[{i}]", env) for i, k in enumerate(spec.exclude_api_keys)
+    )
+    if not excluded - {""} <= keys:
+        raise ConfigError(f"{path}.exclude_api_keys: every key must also be one of server.api_keys")
+    return Shadow(
+        sample=spec.sample,
+        judge=_target(spec.judge, f"{path}.judge", backends),
+        route=spec.route,
+        max_usd_per_day=spec.max_usd_per_day,
+        max_concurrent=spec.max_concurrent,
+        timeout=spec.timeout_seconds,
+        store=_resolve(spec.store, f"{path}.store", env),
+        store_prompts=spec.store_prompts,
+        exclude_api_keys=excluded - {""},
+        exclude_tools=spec.exclude_tools,
+        exclude_streams=spec.exclude_streams,
+    )
 
 
 def _rule(spec: RuleSpec, path: str, keys: frozenset[str], env: Mapping[str, str]) -> Rule:

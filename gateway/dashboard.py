@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from gateway.exposition import Key, read_totals
+from gateway.quality import retained
 from gateway.routing import PATHS
 
 HOUR = 3600.0
@@ -37,6 +38,8 @@ _SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "crossover_fallbacks_total": ("fallbacks", ()),
     "crossover_request_duration_seconds_bucket": ("latency", ("route", "le")),
     "crossover_time_to_first_token_seconds_bucket": ("ttft", ("route", "le")),
+    "crossover_shadow_judged_total": ("judged", ("verdict", "score_bucket")),
+    "crossover_shadow_cost_usd_total": ("shadow_cost", ()),
 }
 
 
@@ -208,7 +211,21 @@ def figures(d: Snapshot) -> dict[str, Any]:
         "input_tokens": d.total("tokens", kind="input"),
         "output_tokens": d.total("tokens", kind="output"),
         "routes": routes,
+        "quality": quality(d),
     }
+
+
+def quality(d: Snapshot) -> dict[str, Any]:
+    """Quality retained: the share of local answers shadow judging found at least as good as the API's
+    (gateway/quality.py), overall with its 95% interval, and by the score's tenth."""
+
+    def of(bucket: str | None) -> dict[str, Any]:
+        found = [(k[1], v) for k, v in d.values.items() if k[0] == "judged" and bucket in (None, k[2])]
+        r = retained(found)
+        return {"judged": r.judged, "retained": r.retained, "share": r.share, "interval": r.interval}
+
+    buckets = sorted({k[2] for k in d.values if k[0] == "judged"})
+    return {**of(None), "shadow_cost_usd": d.total("shadow_cost"), "by_score": {b: of(b) for b in buckets}}
 
 
 def summary(now: Snapshot, history: History, *, window: float = HOUR) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from gateway.relay import Tally
 from gateway.resilience import Answer, Plan, answer
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
+from gateway.shadow import Job, Sampled
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, Usage
 
@@ -72,6 +73,7 @@ class Exchange:
         self.tried: Target | None = None  # the target called last
         self.resolved: Resolved | None = None  # who answered
         self.tally = Tally()
+        self.sampled: Sampled | None = None  # picked for shadow judging (gateway/shadow.py)
         self._receive = receive
         self._send = send
         self._answer: Answer | None = None  # held: its meter slot is taken, its stream open
@@ -105,6 +107,12 @@ class Exchange:
 
     def decided(self, decision: Decision) -> Decision:
         self.decision = decision
+        if decision.routed and self.record:
+            router = self.runtime.settings.routers[self.body["model"]]
+            if router.shadow is not None:
+                self.sampled = self.state.shadows.sample(
+                    self.runtime, router, decision, self.body, self.request
+                )
         return decision
 
     async def call(self, plan: Plan) -> Answer:
@@ -144,6 +152,8 @@ class Exchange:
 
     async def respond(self, content: bytes, headers: dict[str, str], usage: Usage | None = None) -> None:
         self.tally.usage = usage
+        if self.sampled is not None:
+            self.sampled.keep(content)
         raw = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(content)).encode()),
@@ -155,6 +165,8 @@ class Exchange:
         self._delivered = True
 
     async def respond_stream(self, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        if self.sampled is not None:
+            body = self.sampled.tee(body)
         async with aclosing(body) as chunks:
             self._responded = True
             await self._send(
@@ -190,8 +202,33 @@ class Exchange:
             if refusal is not None:
                 await self._refuse(refusal)
         finally:
+            if self.sampled is not None and failure is None:
+                self._shadow()
             self.state.release(self.runtime)
         return ours
+
+    def _shadow(self) -> None:
+        """The client has its whole answer: judge it in the background (gateway/shadow.py)."""
+        sampled, decision, resolved = self.sampled, self.decision, self.resolved
+        assert sampled is not None
+        if not self._delivered or self.tally.failed is not None or decision is None or resolved is None:
+            return
+        if decision.route != sampled.shadow.route:  # the other target answered it (fallback)
+            return
+        job = Job(
+            router=sampled.router,
+            shadow=sampled.shadow,
+            runtime=self.runtime,
+            dialect=self.dialect,
+            path=self.request.scope["path"].removeprefix("/v1"),
+            body=self.body,
+            decision=decision,
+            sent=bytes(sampled.answer),
+            streamed=self.body.get("stream") is True,
+            model=resolved.model,
+            usage=self.tally.usage,
+        )
+        self.state.shadows.start(job)
 
     async def _let_go(self) -> float:
         """Close the upstream stream and free the meter slot; the GPU cost share of the answer."""

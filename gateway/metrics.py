@@ -214,6 +214,30 @@ class Metrics:
             multiprocess_mode="min",
         )
         self.start_time.set(time.time())
+        self.shadow_judged = Counter(
+            "crossover_shadow_judged",
+            "Shadow-judged requests, by the combined verdict and the score's tenth (0.0-0.9, or none).",
+            ["router", "verdict", "score_bucket"],
+            registry=r,
+        )
+        self.shadow_cost = Counter(
+            "crossover_shadow_cost_usd",
+            "What shadow judging spent: the other target's answers and the judge's calls.",
+            ["router"],
+            registry=r,
+        )
+        self.shadow_errors = Counter(
+            "crossover_shadow_errors",
+            "Shadow jobs that ended without an outcome, by what failed.",
+            ["router", "kind"],
+            registry=r,
+        )
+        self.shadow_skipped = Counter(
+            "crossover_shadow_skipped",
+            "Sampled requests not shadowed: the day's budget was spent, or max_concurrent jobs ran.",
+            ["router", "reason"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "crossover_config_reloads",
             "Config reload attempts, by result.",

@@ -125,3 +125,22 @@ class Recorder:
             if o.baseline is not None:
                 m.at(m.baseline_cost, route, backend, model).inc(cost_usd(u, o.baseline))
         m.at(m.cost, route, backend, model).inc(cost)
+
+    def shadow_judged(self, router: str, verdict: str, score: float | None) -> None:
+        self.metrics.at(self.metrics.shadow_judged, router, verdict, score_bucket(score)).inc()
+
+    def shadow_spent(self, router: str, usd: float) -> None:
+        self.metrics.at(self.metrics.shadow_cost, router).inc(usd)
+
+    def shadow_failed(self, router: str, kind: str) -> None:
+        self.metrics.at(self.metrics.shadow_errors, router, kind).inc()
+
+    def shadow_skipped(self, router: str, reason: str) -> None:
+        self.metrics.at(self.metrics.shadow_skipped, router, reason).inc()
+
+
+def score_bucket(score: float | None) -> str:
+    """The score's tenth as a bounded label: "0.0" holds [0, 0.1), ..., "0.9" holds [0.9, 1]."""
+    if score is None:
+        return "none"
+    return f"{min(max(int(score * 10), 0), 9) / 10:.1f}"

@@ -32,6 +32,7 @@ import yaml
 
 from gateway.config import ConfigError, gpu_usd_per_hour, parse
 from gateway.exposition import ExpositionError, Key, read_totals
+from gateway.quality import Retained, retained
 from gateway.routing import PATHS
 
 DAYS_PER_MONTH = 30
@@ -58,6 +59,8 @@ class Totals:
     gpu_idle_usd: float = 0.0
     gpu_usd_per_hour: float | None = None  # the crossover_gpu_cost_usd_per_hour gauges, summed
     process_start: float | None = None  # process_start_time_seconds, Unix time
+    verdicts: Mapping[str, float] = field(default_factory=dict)  # shadow-judged requests by verdict
+    shadow_usd: float = 0.0  # what shadow judging spent
 
 
 # sample name -> (short name, labels kept): what the report reads of a gateway's metrics.
@@ -70,6 +73,8 @@ _SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "crossover_gpu_cost_usd_per_hour": ("gpu_rate", ()),
     "crossover_start_time_seconds": ("start", ()),
     "process_start_time_seconds": ("process_start", ()),
+    "crossover_shadow_judged_total": ("judged", ("verdict",)),
+    "crossover_shadow_cost_usd_total": ("shadow_cost", ()),
 }
 
 
@@ -107,6 +112,8 @@ def parse_exposition(text: str) -> Totals:
         gpu_idle_usd=values.get(("idle",), 0.0),
         gpu_usd_per_hour=values.get(("gpu_rate",)),
         process_start=start,
+        verdicts={k[1]: v for k, v in values.items() if k[0] == "judged"},
+        shadow_usd=values.get(("shadow_cost",), 0.0),
     )
 
 
@@ -157,6 +164,10 @@ class Report:
     breakeven_local_per_day: float | None  # locally served queries/day at which self-hosting pays off
     breakeven_per_day: float | None  # the same in all queries/day, at the measured local share
     notes: tuple[str, ...] = ()  # where the inputs came from, and anything odd in them
+    quality: Retained = field(
+        default_factory=lambda: Retained(0.0, 0.0)
+    )  # shadow judging's verdicts on the local answers
+    monthly_shadow_usd: float = 0.0  # what judging them costs, beside the metered cost
 
     @property
     def monthly_fixed_usd(self) -> float:
@@ -262,6 +273,8 @@ def economics(
         breakeven_local_per_day=breakeven_local,
         breakeven_per_day=breakeven,
         notes=tuple(notes),
+        quality=retained(totals.verdicts.items()),
+        monthly_shadow_usd=totals.shadow_usd * to_month,
     )
 
 
@@ -367,6 +380,7 @@ def render_text(r: Report) -> str:
         else f"{_usd(r.savings_usd)}/month ({_pct(r.savings_ratio)} of all-API), ops included"
         + ("" if r.savings_usd >= 0 else ": this setup costs more than the API alone"),
     )
+    item("Quality retained", quality_line(r.quality, r.monthly_shadow_usd))
     if r.gpu_usd_per_hour > 0:
         item(
             "GPU",
@@ -398,6 +412,18 @@ def render_text(r: Report) -> str:
     if r.notes:
         lines += ["", "Inputs:", *(f"  - {n}" for n in r.notes)]
     return "\n".join(lines) + "\n"
+
+
+def quality_line(q: Retained, monthly_shadow_usd: float) -> str:
+    """The share of local answers judged at least as good as the API's, or why there is none."""
+    if q.share is None or q.interval is None:
+        return f"{NA} (no shadow-judged requests: see routers.NAME.shadow)"
+    low, high = q.interval
+    return (
+        f"{_pct(q.share)} of local answers judged at least as good as the API's "
+        f"(95% interval {_pct(low)}-{_pct(high)}, {_count(q.judged)} judged; "
+        f"judging costs {_usd(monthly_shadow_usd)}/month)"
+    )
 
 
 def _breakeven_lines(r: Report) -> list[str]:

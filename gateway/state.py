@@ -13,6 +13,7 @@ from gateway.config import Settings, Target
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.runtime import Runtime
+from gateway.shadow import Shadows
 
 log = logging.getLogger("crossover")
 
@@ -31,6 +32,7 @@ class GatewayState:
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
         self.meters: dict[str, BackendMeter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
+        self.shadows = Shadows(self.recorder, self.hold, self.unhold)  # shadow judging's jobs and stores
         self._sync_meters()
         self.export_thresholds()
 
@@ -79,13 +81,20 @@ class GatewayState:
         """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.
         Every acquire is paired with one `release`."""
         runtime = self.runtime
-        runtime.in_flight += 1
+        self.hold(runtime)
         self.recorder.serving(+1)
         return runtime
 
     def release(self, runtime: Runtime) -> None:
-        runtime.in_flight -= 1
         self.recorder.serving(-1)
+        self.unhold(runtime)
+
+    def hold(self, runtime: Runtime) -> None:
+        """Keep a runtime open for background work that is not a request (a shadow job)."""
+        runtime.in_flight += 1
+
+    def unhold(self, runtime: Runtime) -> None:
+        runtime.in_flight -= 1
         if runtime.in_flight == 0 and runtime in self._retired:
             self._retired.discard(runtime)
             task = asyncio.create_task(runtime.close())
@@ -122,6 +131,7 @@ class GatewayState:
         return True
 
     async def close(self) -> None:
+        await self.shadows.close()
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()

@@ -1,12 +1,15 @@
-"""Offline commands over traffic logs: `crossover classify` and `crossover calibrate`.
+"""Offline commands over traffic logs and judged outcomes: `crossover classify`, `crossover calibrate`
+and `crossover outcomes export`.
 
 Input is JSONL, one chat request per line: `{"messages": [...]}` or a whole request object (a
-completion's `prompt` works too). Users run these over their own traffic logs.
+completion's `prompt` works too). Users run these over their own traffic logs. With `--quality-target`,
+calibrate reads the outcome store that shadow judging fills (gateway/store/) instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import re
@@ -19,7 +22,9 @@ from typing import IO, Any
 from classifier import Classifier, Explainer, extract_features, load_classifier, weightiest
 from gateway.config import ConfigError, Router, load
 from gateway.online_threshold import share_threshold
+from gateway.quality import RETAINED, Choice, quality_threshold
 from gateway.routing import Ask, plan_route
+from gateway.store import Judged, StoreError, open_store
 
 
 class ToolError(Exception):
@@ -100,7 +105,92 @@ def _write_threshold(path: Path, router: str, threshold: float) -> None:
     os.replace(tmp.name, path)
 
 
+def _outcomes(url: str, router: str | None) -> list[Judged]:
+    async def read() -> list[Judged]:
+        store = open_store(url)
+        try:
+            return await store.rows()
+        finally:
+            await store.close()
+
+    if "://" not in url and not Path(url).exists():
+        raise ToolError(f"no outcome store at {url}")
+    try:
+        rows = asyncio.run(read())
+    except StoreError as exc:
+        raise ToolError(str(exc)) from None
+    return [r for r in rows if router is None or r.router == router]
+
+
+def calibrate_quality(args: argparse.Namespace, out: IO[str]) -> int:
+    """The threshold that keeps the estimated quality of all answers at `--quality-target` of all-API
+    quality, at the least API share (see gateway/quality.py)."""
+    if not 0 < args.quality_target <= 1:
+        raise ToolError("--quality-target must be above 0 and at most 1")
+    if args.outcomes is None:
+        raise ToolError("--quality-target needs --outcomes STORE (a path or a postgresql:// URL)")
+    router = _router(args)[0]
+    name = args.router or (router.name if router is not None else None)
+    rows = [r for r in _outcomes(args.outcomes, name) if r.score is not None]
+    points = [(float(r.score), r.verdict in RETAINED, r.api_usd) for r in rows if r.score is not None]
+    estimated = quality_threshold(points, args.quality_target)
+    if estimated is None:
+        where = f" of router {name!r}" if name else ""
+        raise ToolError(f"no judged outcomes with a score{where} in {args.outcomes}")
+    sure = quality_threshold(points, args.quality_target, sure=True)
+    out.write(_choice_line("estimated", estimated, args.quality_target))
+    if sure is not None:
+        out.write(_choice_line("sure (95%)", sure, args.quality_target))
+    else:
+        out.write(f"sure (95%): none; {len(points)} judged requests are too few to be sure of the target\n")
+    choice = sure if args.sure else estimated
+    if choice is None:
+        raise ToolError("--sure: no threshold is sure of the target yet; nothing written")
+    if args.write:
+        if router is None or args.config is None:
+            raise ToolError("--write needs --config")
+        _write_threshold(Path(args.config), router.name, choice.threshold)
+        out.write(f"written to {args.config} (routers.{router.name}.threshold)\n")
+    return 0
+
+
+def _choice_line(kind: str, choice: Choice, target: float) -> str:
+    low, high = choice.interval
+    return (
+        f"{kind}: threshold {choice.threshold:.4f} keeps {choice.quality:.1%} of all-API quality "
+        f"(95% interval {low:.1%}-{high:.1%}, {choice.n} judged) with {choice.api_share:.1%} of requests "
+        f"and {choice.api_spend_share:.1%} of the API spend on the API (target {target:.1%})\n"
+    )
+
+
+def export_outcomes(args: argparse.Namespace, out: IO[str]) -> int:
+    """The store as JSONL in the training format: the prompt (when it was stored), the score, and the
+    label "needs the API" (the judge found the API's answer better), with the verdicts behind it."""
+    for row in _outcomes(args.store, args.router):
+        line: dict[str, Any] = {}
+        if row.prompt is not None:
+            line.update(json.loads(row.prompt))
+        line.update(
+            label=int(row.verdict == "api_better"),
+            score=row.score,
+            verdict=row.verdict,
+            verdicts=[row.verdict_local_first, row.verdict_api_first],
+            router=row.router,
+            classifier=row.classifier,
+            local_model=row.local_model,
+            api_model=row.api_model,
+            prompt_sha256=row.prompt_sha256,
+            at=row.at,
+        )
+        out.write(json.dumps(line) + "\n")
+    return 0
+
+
 def calibrate(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.quality_target is not None:
+        return calibrate_quality(args, out)
+    if args.target_api_share is None:
+        raise ToolError("give --target-api-share or --quality-target")
     if not 0 <= args.target_api_share <= 1:
         raise ToolError("--target-api-share must be between 0 and 1")
     router, classifier = _router(args)
@@ -154,7 +244,17 @@ def add_arguments(parser: argparse.ArgumentParser, calibrating: bool) -> None:
     parser.add_argument("--router", help="router model in --config (default: the first)")
     parser.add_argument("--classifier", default="learned", help="without --config: which classifier")
     if calibrating:
-        parser.add_argument("--target-api-share", type=float, required=True, help="e.g. 0.3 for 30%%")
+        target = parser.add_mutually_exclusive_group(required=True)
+        target.add_argument("--target-api-share", type=float, help="e.g. 0.3 for 30%%")
+        target.add_argument(
+            "--quality-target", type=float, help="e.g. 0.95: keep 95%% of all-API quality (needs --outcomes)"
+        )
+        parser.add_argument("--outcomes", metavar="STORE", help="the outcome store shadow judging writes")
+        parser.add_argument(
+            "--sure",
+            action="store_true",
+            help="with --quality-target: by the 95%% lower bound, not the estimate",
+        )
         parser.add_argument("--write", action="store_true", help="write the threshold into --config")
     else:
         parser.add_argument(
@@ -162,9 +262,17 @@ def add_arguments(parser: argparse.ArgumentParser, calibrating: bool) -> None:
         )
 
 
+def add_outcomes_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", required=True)
+    export = actions.add_parser("export", help="judged outcomes as JSONL, in the training format")
+    export.add_argument("--store", required=True, help="a SQLite path or a postgresql:// URL")
+    export.add_argument("--router", help="only this router's outcomes")
+
+
 def run(args: argparse.Namespace) -> int:
+    commands = {"calibrate": calibrate, "classify": classify, "outcomes": export_outcomes}
     try:
-        return (calibrate if args.command == "calibrate" else classify)(args, sys.stdout)
+        return commands[args.command](args, sys.stdout)
     except (ToolError, ValueError) as exc:
         print(f"crossover {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -11,6 +11,14 @@ misbehaving server might send) or {"status": 4xx|5xx, "error": {...}} (that erro
 or {"stream_error": {...}} (streaming: one chunk, then a `data: {"error": {...}}` line, as OpenAI
 and vLLM report a failure mid-stream). `GET /_sim/requests` returns the bodies received.
 
+Shadow judging (gateway/shadow.py) uses two additions. A request with the header `x-sim-answer-prefix`
+is answered "<prefix> ..." instead of "echo: ...", so two backends on one simulator give different
+answers. And a chat request in the judge's pairwise format is judged by a rule on its question, so tests
+know the truth: `truth:local`, `truth:api`, `truth:tie` or `truth:bad` (both bad) picks the verdict, the
+API's answer being the one that starts with "echo:"; `truth:fail` answers 500, `truth:slow` waits 30 s,
+`truth:mumble` gives no verdict; no rule is a tie. `GET /_sim/arrivals` lists, per API request,
+its arrival time (Unix seconds), model, whether it was a judge call, and the question it asked.
+
     python -m tests.simulators.openai_sim --port 9100 --key sk-sim
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -56,6 +65,7 @@ class Simulator(Controls):
     def __init__(self, key: str) -> None:
         super().__init__()
         self.key = key
+        self.arrivals: list[dict[str, Any]] = []
 
     def app(self) -> Starlette:
         return Starlette(
@@ -63,6 +73,7 @@ class Simulator(Controls):
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
+                Route("/_sim/arrivals", self.get_arrivals, methods=["GET"]),
                 *self.control_routes(),
             ]
         )
@@ -88,6 +99,9 @@ class Simulator(Controls):
             )
         return None
 
+    async def get_arrivals(self, request: Request) -> Response:
+        return JSONResponse(self.arrivals)
+
     async def models(self, request: Request) -> Response:
         if (denied := self._auth(request)) is not None:
             return denied
@@ -110,6 +124,12 @@ class Simulator(Controls):
                 {},
             )
         self.requests.append(body)
+        judging = _judging(body)
+        messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+        said = judging[0] if judging else str(messages[-1].get("content")) if messages else ""
+        self.arrivals.append(
+            {"at": time.time(), "judge": judging is not None, "model": body.get("model"), "text": said}
+        )
         self.headers.append({"anthropic-beta": request.headers.get("anthropic-beta")})
         fault = self.next_fault()
         if "delay" in fault:
@@ -160,8 +180,11 @@ class Simulator(Controls):
             return refused
         if "body" in fault:
             return JSONResponse(fault["body"])
+        judging = _judging(body)
+        if judging is not None:
+            return await self._judge(body, *judging)
         try:
-            return self._chat(body, fault)
+            return self._chat(body, fault, request.headers.get("x-sim-answer-prefix", "echo:"))
         except (AttributeError, KeyError, IndexError, TypeError):
             # OpenAI validates every field and answers 400 to a misshapen one; the simulator reads
             # only what it needs, so a field it cannot read stands for that (not a 500).
@@ -172,7 +195,7 @@ class Simulator(Controls):
                 "invalid_type",
             )
 
-    def _chat(self, body: dict[str, Any], fault: dict[str, Any]) -> Response:
+    def _chat(self, body: dict[str, Any], fault: dict[str, Any], prefix: str) -> Response:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(
@@ -205,7 +228,7 @@ class Simulator(Controls):
         elif format_ in ("json_object", "json_schema"):
             answer = json.dumps({"answer": text})
         else:
-            answer = "echo: " + text
+            answer = prefix + " " + text
         pieces = answer.split(" ") if answer else []
         completion_tokens = len(pieces) + (5 if tool_call else 0)
         usage = {
@@ -332,6 +355,41 @@ class Simulator(Controls):
             yield frame
             await asyncio.sleep(0)
 
+    async def _judge(self, body: dict[str, Any], question: str, a: str, b: str) -> Response:
+        """A pairwise verdict by the rule in the question (see the module's docstring)."""
+        truth = _TRUTH.search(question)
+        rule = truth.group(1) if truth else "tie"
+        if rule == "fail":
+            return _error(500, "The server had an error while processing your request.", "server_error", None)
+        if rule == "slow":
+            await asyncio.sleep(30)
+        a_is_api = a.startswith("echo:")
+        letter = {
+            "api": "A" if a_is_api else "B",
+            "local": "B" if a_is_api else "A",
+            "tie": "C",
+            "bad": "D",
+        }.get(rule)
+        text = f"The verdict follows the rule '{rule}'." + (f" [[{letter}]]" if letter else "")
+        usage = {"prompt_tokens": 200, "completion_tokens": 10, "total_tokens": 210}
+        return JSONResponse(
+            {
+                "id": "chatcmpl-" + uuid.uuid4().hex[:29],
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+
     async def completions(self, request: Request) -> Response:
         body, refused, _ = await self._prelude(request)
         if body is None:
@@ -355,6 +413,24 @@ class Simulator(Controls):
                 "usage": usage,
             }
         )
+
+
+_JUDGE_FORMAT = re.compile(
+    r"\[User Question\]\n(.*)\n\n\[The Start of Assistant A's Answer\]\n(.*)\n\[The End of Assistant A's Answer\]"
+    r"\n\n\[The Start of Assistant B's Answer\]\n(.*)\n\[The End of Assistant B's Answer\]",
+    re.S,
+)
+_TRUTH = re.compile(r"truth:(local|api|tie|bad|fail|slow|mumble)")
+
+
+def _judging(body: dict[str, Any]) -> tuple[str, str, str] | None:
+    """(question, answer A, answer B) of a request in the pairwise judge's format, else None."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+        return None
+    content = messages[-1].get("content")
+    found = _JUDGE_FORMAT.search(content) if isinstance(content, str) else None
+    return (found.group(1), found.group(2), found.group(3)) if found else None
 
 
 def main() -> None:
