@@ -19,7 +19,7 @@ from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from classifier import extract_features
 from classifier.features import estimate_tokens
@@ -82,7 +82,7 @@ class Exchange:
         self._gone = False  # the client hung up
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._watcher: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Future[Message] | None = None
 
     async def __aenter__(self) -> Exchange:
         self.runtime = self.state.acquire()
@@ -96,12 +96,16 @@ class Exchange:
         return self.body
 
     def _arm(self) -> None:
-        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        # The receive itself is the task (no wrapper coroutine): after the body, it can only be a disconnect.
+        self._watcher = asyncio.ensure_future(self._receive())
+        self._watcher.add_done_callback(self._heard)
 
-    async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
-        if not self._delivered and self._task is not None:  # servers also report it after a response
+    def _heard(self, receiving: asyncio.Future[Message]) -> None:
+        if receiving.cancelled() or receiving.exception() is not None:
+            return
+        if receiving.result()["type"] != "http.disconnect":
+            self._arm()
+        elif not self._delivered and self._task is not None:  # servers also report it after a response
             self._gone = True
             self._task.cancel()
 
