@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,35 @@ class Tree:
             node = child
 
 
+def _expression(tree: Tree, node: int = 0) -> str:
+    """The tree as one nested conditional expression over locals x0, x1, ... (numbers only)."""
+    if tree.feature[node] == LEAF:
+        return repr(float(tree.value[node]))
+    left = _expression(tree, tree.left[node])
+    right = _expression(tree, tree.right[node])
+    return f"({left} if x{int(tree.feature[node])} <= {float(tree.threshold[node])!r} else {right})"
+
+
+def compile_sum(trees: Sequence[Tree], n_features: int) -> Callable[[list[float]], float]:
+    """sum(tree.predict(x) for tree in trees), as one generated function.
+
+    Walking 200 trees node by node costs ~100 us a request in Python, a quarter of the gateway's whole
+    per-request budget; as straight-line conditional expressions it is ~10 us. The source is built
+    from the artifact's numbers through int() and float() only, so nothing else can reach exec()."""
+    unpack = ", ".join(f"x{i}" for i in range(n_features))
+    # a flat tuple, not a chain of +, so that no number of trees nests the compiler's recursion
+    terms = "".join(f"{_expression(tree)},\n" for tree in trees)
+    source = f"def tree_sum(x):\n    {unpack}, = x\n    return sum((\n{terms}))\n"
+    namespace: dict[str, Any] = {}
+    exec(compile(source, "<learned-v2 trees>", "exec"), namespace)
+    function: Callable[[list[float]], float] = namespace["tree_sum"]
+    return function
+
+
 @dataclass(frozen=True, slots=True)
 class BoostedModel:
     trees: tuple[Tree, ...]
+    tree_sum: Callable[[list[float]], float]  # compile_sum(trees)
     base: float  # the boosting's initial prediction plus every tree's root value
     tree_scale: float
     length_weight: float
@@ -68,7 +95,7 @@ class BoostedModel:
     meta: dict[str, Any]
 
     def logit(self, x: list[float]) -> float:
-        raw = sum(tree.predict(x) for tree in self.trees)
+        raw = self.tree_sum(x)
         return self.bias + self.tree_scale * raw + self.length_weight * (x[0] - self.length_mean)
 
     @property
@@ -93,6 +120,7 @@ def load_boosted(directory: Path = DEFAULT_ARTIFACT) -> BoostedModel:
     )
     return BoostedModel(
         trees=trees,
+        tree_sum=compile_sum(trees, len(CUE_NAMES)),
         base=float(model["init"]) + sum(t.value[0] for t in trees),
         tree_scale=float(model["tree_scale"]),
         length_weight=float(model["length_weight"]),

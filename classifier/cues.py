@@ -72,6 +72,11 @@ CUE_NAMES = (
 )
 
 
+def _any_in(text: str, chars: str) -> bool:
+    """A shortcut before a group of counts: every mark of the group holds one of `chars`."""
+    return any(map(text.__contains__, chars))
+
+
 def first_word(low: str) -> str:
     words = low[:24].split(None, 1)
     return words[0].strip(",.:!") if words else ""
@@ -83,7 +88,7 @@ def cue_vector(features: Features) -> list[float]:
     n = len(text)
     low = text.lower()
     words = low.count(" ") + 1 if n else 0
-    digits = sum(text.count(d) for d in string.digits) if n else 0
+    digits = sum(map(text.count, string.digits)) if n else 0
     return [
         math.log1p(features.total_chars),
         math.log1p(n),
@@ -100,8 +105,8 @@ def cue_vector(features: Features) -> list[float]:
         float(min(count_marks(low, CREATION, 2), CAP)),
         float(min(count_marks(low, CONSTRAINTS, 2), CAP)),
         float(min(count_marks(low, CODE_WORDS, 2), CAP)),
-        float(min(count_marks(text, LATEX, 3), 10)),
-        1.0 if count_marks(low, OPTION_MARKS, 1) >= 3 else 0.0,
+        float(min(count_marks(text, LATEX, 3), 10)) if _any_in(text, "$\\{") else 0.0,
+        1.0 if _any_in(low, "\n:") and count_marks(low, OPTION_MARKS, 1) >= 3 else 0.0,
         min(n / words, 20.0) if words else 0.0,
         1.0 if first_word(low) in IMPERATIVES else 0.0,
     ]

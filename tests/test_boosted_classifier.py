@@ -58,6 +58,19 @@ def test_a_tree_walks_left_at_or_below_the_threshold_and_charges_each_split() ->
     assert sum(moves) == pytest.approx(tree.predict([2.0, 0.0, 9.0]) - tree.value[0])
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.floats(min_value=-1, max_value=50, allow_nan=False),
+        min_size=len(CUE_NAMES),
+        max_size=len(CUE_NAMES),
+    )
+)
+def test_the_compiled_trees_add_up_what_walking_them_gives(x: list[float]) -> None:
+    model = BoostedClassifier().load()
+    assert model.tree_sum(x) == pytest.approx(sum(tree.predict(x) for tree in model.trees), abs=1e-12)
+
+
 def test_cues_are_finite_and_in_order() -> None:
     x = cue_vector(features("Write a Python function that proves $x^2 \\ge 0$?\nA. yes\nB. no\nC. maybe"))
     assert len(x) == len(CUE_NAMES) and all(math.isfinite(v) for v in x)
@@ -97,7 +110,9 @@ def test_registered_by_name_with_an_explanation_and_its_own_threshold() -> None:
     hard = features("Prove that the integral of exp(-x^2) over the real line is sqrt(pi). " * 3)
     easy = features("hi, what's the capital of France?")
     assert classifier.score(hard) > classifier.score(easy)
-    assert load_classifier("learned-v1").score(easy) == load_classifier("learned").score(easy)
+    # learned-v2 is the default, `learned`; learned-v1 stays reachable by name
+    assert load_classifier("learned").score(easy) == classifier.score(easy)
+    assert load_classifier("learned-v1").score(easy) != classifier.score(easy)
 
 
 def test_serving_needs_the_standard_library_only() -> None:
