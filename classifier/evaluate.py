@@ -291,7 +291,7 @@ def plot(helds: Sequence[Held], path: Path) -> None:
         curve = call_performance(held.scores["random"], held.weak, held.strong)
         ax.axhline(curve.weak_accuracy, color="grey", linestyle="--", label="weak only")
         ax.axhline(curve.strong_accuracy, color="red", linestyle="--", label="strong only")
-        ax.set_title(held.name, fontsize=9)
+        ax.set_title(held.name if "held-out split" in held.name else f"held out: {held.name}", fontsize=9)
         ax.set_xlabel("strong-model calls (%)")
     axes[0][0].set_ylabel("quality (%)")
     axes[0][0].legend(fontsize=7)
@@ -305,16 +305,16 @@ def ablations(examples: Sequence[Example], seed: int) -> list[str]:
     from classifier.train import ABLATIONS
 
     lines = ["| recipe | " + " | ".join(FAMILIES) + " | average |", "|---" * (len(FAMILIES) + 2) + "|"]
-    for name, recipe in [*ABLATIONS.items(), ("prompt length", None)]:
-        helds = (
-            leave_one_family_out(examples, None, seed, recipe)
-            if recipe
-            else leave_one_family_out(examples, None, seed)
-        )
-        method = "learned-v2" if recipe else "length"
-        values = [metrics(h.scores[method], h.weak, h.strong).apgr for h in helds]
+    length: list[float] = []
+    for name, recipe in ABLATIONS.items():
+        helds = leave_one_family_out(examples, None, seed, recipe)
+        values = [metrics(h.scores["learned-v2"], h.weak, h.strong).apgr for h in helds]
+        length = length or [metrics(h.scores["length"], h.weak, h.strong).apgr for h in helds]
         lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} |")
         sys.stderr.write(lines[-1] + "\n")
+    lines.append(
+        "| prompt length | " + " | ".join(f"{v:.3f}" for v in length) + f" | {np.mean(length):.3f} |"
+    )
     return lines
 
 

@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
 from classifier.sources import FAMILIES, Example
+
+if TYPE_CHECKING:  # classifier.train imports the evaluation: only its type here
+    from classifier.train import Recipe
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -76,11 +80,11 @@ def _v1_scores(examples: Sequence[Example], v1_artifact: Path) -> FloatArray:
 
 
 def leave_one_family_out(
-    examples: Sequence[Example], v1_artifact: Path | None, seed: int, recipe: object | None = None
+    examples: Sequence[Example], v1_artifact: Path | None, seed: int, recipe: Recipe | None = None
 ) -> list[Held]:
-    from classifier.train import RECIPE, Recipe, dataset, fit
+    from classifier.train import RECIPE, dataset, fit
 
-    chosen = recipe if isinstance(recipe, Recipe) else RECIPE
+    chosen = recipe or RECIPE
     out = []
     for family in FAMILIES:
         train = dataset([e for e in examples if e.family != family], chosen)

@@ -1,21 +1,25 @@
 """Every labelled source in ../shared/data/routing, read into one shape, and the rules that turn its
 outcomes, grades and votes into a "needs the strong model" label.
 
-Each prompt keeps the per-model quality it was published with, on one scale (0..1: a right answer is
-1, a GPT-4 grade of 7/10 is 0.7), so a label rule is a function of two qualities and the rules stay
-comparable across sources. Human votes have no per-model quality; a battle between a weak-tier and a
+Every per-model result is read on one scale, a quality in 0..1 (a right answer is 1, a GPT-4 grade of
+7/10 is 0.7), so a label rule is a function of qualities and the rules stay comparable across sources. Human votes have no per-model quality; a battle between a weak-tier and a
 strong-tier model is read directly as one comparison.
 
-The decisions, each measured by leave-one-family-out (see classifier/evaluate.py and the model card):
+The decisions, each measured by leave-one-family-out (`crossover classifier eval --ablations`; the
+figures are in classifier/models/learned-v2/MODEL_CARD.md):
 
-- Pairs: several weak (self-hostable, 7B-13B) and strong models per source. The label of a prompt is the
-  share of its (weak, strong) pairs in which the strong model is better by at least the source's margin,
-  a soft label in [0, 1]: more pairs give a less noisy estimate of "a small model is not enough here".
-- Margins: 0/1 outcomes need a flip (wrong -> right); graded answers need MARGIN_RATING (3 of 10).
-- Votes: a strong-tier model beating a weak-tier one is 1; the weak one winning or a tie is 0; "both
-  bad" is 0 as well, since the strong model did not help.
+- Models: several weak (self-hostable, 7B-13B) and strong models per source (RULES). More models give a
+  less noisy estimate of "a small model is not enough here" than one pair does.
+- Label (`weak_fails`, the one learned-v2 ships with): the share of the weak models that failed the
+  prompt (wrong, under half marks, a grade under 5/10). The alternative (`label`): the share of
+  (weak, strong) pairs in which the strong model did better by the source's margin (0/1 outcomes need
+  a flip; grades MARGIN_RATING, 3 of 10). It transferred worse: where both fail, the request is hard
+  for the local model all the same.
+- Votes: for a battle between the weak and the strong tier, the strong model winning is 1 in both
+  labels; "both bad" is 1 for `weak_fails` (the weak one failed) and 0 for the pair label.
 - Families: the unit held out by the evaluation. A family is one publisher's collection, so prompts
   written and graded the same way never sit on both sides of a split.
+- Evaluation pairs: one (weak, strong) pair per family, whose per-prompt results the metrics use.
 
 GSM8K train has no outcomes, so it gives no label and is not used for fitting.
 """
@@ -27,7 +31,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +119,6 @@ class Example:
     weak_fails: float  # the alternative label: share of the weak models that failed (below half marks)
     eval_weak: float | None = None  # the evaluation pair's qualities, when both were measured
     eval_strong: float | None = None
-    qualities: dict[str, float] = field(default_factory=dict)
 
     def features(self) -> Features:
         return extract_features({"messages": [{"role": r, "content": t} for r, t in self.messages]})
@@ -188,7 +191,6 @@ def _example(
         weak_fails=weak_failure(qualities, rule),
         eval_weak=qualities.get(rule.eval_weak),
         eval_strong=qualities.get(rule.eval_strong),
-        qualities=qualities,
     )
 
 
