@@ -90,7 +90,7 @@ def main() -> int:
     loads = workloads(questions(args.data), rng)
     print("| classifier | prompt | mean chars | p50 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|---|")
-    for name in ("heuristic", "learned"):
+    for name in ("heuristic", "learned-v1", "learned-v2"):
         for label, requests in loads.items():
             times = sorted(measure(name, requests))
             chars = statistics.mean(extract_features(r).total_chars for r in requests)

@@ -12,11 +12,13 @@ model right):
 - CPT(x%): np.interp(weak + x * (strong - weak), accuracies, strong-call %), over the curve sorted by
   strong-call % (as RouteLLM does, without forcing the accuracies to be monotonic).
 
-Added here: AUROC of the score against the label (local wrong and API right), bootstrap 95% intervals
-(resampling questions), the random and prompt-length baselines, the heuristic classifier, and a
-leave-one-source-out table (MMLU-Pro `src` prefix: stemez, theoremQA, scibench).
+A model's result may be right/wrong or a grade scaled to [0, 1] (Arena's GPT-4 ratings); "accuracy" is
+then the mean grade. Added here: AUROC of the score against the label (the strong model did better),
+bootstrap 95% intervals (resampling prompts; every method on the same resamples, so differences are
+paired), the random and prompt-length baselines, the heuristic classifier, and the two tables of
+classifier/protocol.py: leave one source family out, and the in-distribution split.
 
-    python -m classifier.evaluate [--data ../shared/data/routing] [--out classifier/models/learned-v1]
+    crossover classifier eval [--data ../shared/data/routing] [--out classifier/models/learned-v2]
 """
 
 from __future__ import annotations
@@ -31,8 +33,12 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from classifier.protocol import Held, in_distribution, leave_one_family_out
+from classifier.sources import FAMILIES, Example
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+Quality = BoolArray | FloatArray  # per prompt: right/wrong, or a grade scaled to [0, 1]
 
 NUM_RESULTS = 10
 BOOTSTRAP = 1000
@@ -48,7 +54,7 @@ class Curve:
 
 
 def call_performance(
-    scores: FloatArray, weak_correct: BoolArray, strong_correct: BoolArray, num_results: int = NUM_RESULTS
+    scores: FloatArray, weak_correct: Quality, strong_correct: Quality, num_results: int = NUM_RESULTS
 ) -> Curve:
     scores = np.asarray(scores, dtype=np.float64)
     thresholds = np.quantile(scores, np.linspace(0.0, 1.0, num_results + 1))
@@ -93,16 +99,9 @@ def auroc(scores: FloatArray, labels: npt.NDArray[np.int64] | BoolArray) -> floa
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    i = 0
-    while i < len(scores):
-        j = i
-        while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    # A tied group's rank is the mean of the positions it spans (1-based).
+    ordered = np.sort(scores)
+    ranks = (np.searchsorted(ordered, scores, "left") + np.searchsorted(ordered, scores, "right") + 1) / 2
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
@@ -117,29 +116,44 @@ class Metrics:
         return (self.apgr, self.cpt50, self.cpt80, self.auroc)
 
 
-def metrics(scores: FloatArray, weak: BoolArray, strong: BoolArray) -> Metrics:
+def metrics(scores: FloatArray, weak: Quality, strong: Quality) -> Metrics:
+    """`weak`/`strong` are each model's result per prompt: right or wrong, or a grade in [0, 1]. The
+    AUROC's label is "the strong model did better" (for right/wrong: weak wrong and strong right)."""
     curve = call_performance(scores, weak, strong)
-    label = (~weak) & strong
+    label = np.asarray(strong, dtype=np.float64) > np.asarray(weak, dtype=np.float64)
     return Metrics(apgr(curve), cpt(curve, 0.5), cpt(curve, 0.8), auroc(scores, label))
+
+
+def resamples(
+    statistic: Callable[[npt.NDArray[np.int64]], Sequence[float]], n: int, reps: int, seed: int
+) -> FloatArray:
+    """reps x k: `statistic` over `reps` resamples of n items; a resample whose curve cannot be cut
+    into quantiles is a row of NaN (the same seed gives the same resamples to every method)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(reps):
+        index = rng.integers(0, n, n)
+        try:
+            rows.append(list(statistic(index)))
+        except ValueError:
+            rows.append([])
+    width = max((len(r) for r in rows), default=0)
+    return np.array([r or [np.nan] * width for r in rows], dtype=np.float64)
+
+
+def percentiles(rows: FloatArray) -> FloatArray:
+    """2 x k: the 2.5% and 97.5% percentiles of each column, NaN rows left out."""
+    return np.asarray(np.nanpercentile(rows, [2.5, 97.5], axis=0), dtype=np.float64)
 
 
 def _interval(
     statistic: Callable[[npt.NDArray[np.int64]], Sequence[float]], n: int, reps: int, seed: int
 ) -> FloatArray:
-    """2 x k: the 2.5% and 97.5% percentiles of `statistic` over `reps` resamples of n items (a
-    resample whose curve cannot be cut into quantiles is skipped)."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for _ in range(reps):
-        try:
-            rows.append(statistic(rng.integers(0, n, n)))
-        except ValueError:
-            continue
-    return np.asarray(np.percentile(np.array(rows), [2.5, 97.5], axis=0), dtype=np.float64)
+    return percentiles(resamples(statistic, n, reps, seed))
 
 
 def bootstrap(
-    scores: FloatArray, weak: BoolArray, strong: BoolArray, reps: int = BOOTSTRAP, seed: int = 0
+    scores: FloatArray, weak: Quality, strong: Quality, reps: int = BOOTSTRAP, seed: int = 0
 ) -> FloatArray:
     """2 x 4 array: the 2.5% and 97.5% percentiles of (APGR, CPT50, CPT80, AUROC) over resamples."""
     return _interval(lambda i: metrics(scores[i], weak[i], strong[i]).as_tuple(), len(scores), reps, seed)
@@ -148,8 +162,8 @@ def bootstrap(
 def paired_bootstrap(
     scores: FloatArray,
     baseline: FloatArray,
-    weak: BoolArray,
-    strong: BoolArray,
+    weak: Quality,
+    strong: Quality,
     reps: int = BOOTSTRAP,
     seed: int = 0,
 ) -> tuple[FloatArray, FloatArray]:
@@ -168,163 +182,180 @@ def paired_bootstrap(
 # ---------------------------------------------------------------------------------------------------
 
 
-Scorer = Callable[[Sequence[object]], FloatArray]
+METHODS = ("learned-v2", "learned-v1", "heuristic", "length", "random")
+KEYS = ("APGR", "CPT50", "CPT80", "AUROC")
+TABLE_HEAD = "| held out | method | APGR | CPT(50%) | CPT(80%) | AUROC |\n|---|---|---|---|---|---|"
 
 
-def _baselines(examples: Sequence[object], seed: int) -> dict[str, FloatArray]:
-    from classifier.heuristic import HeuristicClassifier
-    from classifier.train import Example
+def _resampled(held: Held, reps: int, seed: int) -> dict[str, FloatArray]:
+    """Per method, reps x 4 metrics on the same resamples of the set (so differences are paired)."""
+    out = {}
+    for method, s in held.scores.items():
 
-    typed = [e for e in examples if isinstance(e, Example)]
-    feats = [e.features() for e in typed]
-    heuristic = HeuristicClassifier()
-    rng = np.random.default_rng(seed)
-    return {
-        "random": rng.random(len(typed)),
-        "length": np.array([float(f.total_chars) for f in feats]) + rng.random(len(typed)) * 1e-3,
-        "heuristic": np.array([heuristic.score(f) for f in feats]) + rng.random(len(typed)) * 1e-9,
-    }
+        def statistic(i: npt.NDArray[np.int64], s: FloatArray = s) -> Sequence[float]:
+            return metrics(s[i], held.weak[i], held.strong[i]).as_tuple()
+
+        out[method] = resamples(statistic, len(s), reps, seed)
+    return out
 
 
-def _row(
-    name: str, scores: FloatArray, weak: BoolArray, strong: BoolArray, reps: int = BOOTSTRAP
-) -> dict[str, object]:
-    m = metrics(scores, weak, strong)
-    lo, hi = bootstrap(scores, weak, strong, reps)
-    return {
-        "method": name,
-        "APGR": m.apgr,
-        "CPT50": m.cpt50,
-        "CPT80": m.cpt80,
-        "AUROC": m.auroc,
-        "ci_low": [float(v) for v in lo],
-        "ci_high": [float(v) for v in hi],
-    }
-
-
-def _fmt(row: dict[str, object]) -> str:
-    lo = row["ci_low"]
-    hi = row["ci_high"]
-    assert isinstance(lo, list) and isinstance(hi, list)
+def _cells(point: Sequence[float] | FloatArray, rows: FloatArray, signed: bool = False) -> list[str]:
+    lo, hi = percentiles(rows)
+    sign = "+" if signed else ""
     cells = []
-    for k, key in enumerate(("APGR", "CPT50", "CPT80", "AUROC")):
-        value = row[key]
-        assert isinstance(value, float)
-        unit = "%" if key.startswith("CPT") else ""
-        digits = 1 if unit else 3
-        cells.append(f"{value:.{digits}f}{unit} [{lo[k]:.{digits}f}, {hi[k]:.{digits}f}]")
-    return f"| {row['method']} | " + " | ".join(cells) + " |"
+    for k, key in enumerate(KEYS):
+        unit, digits = ("%", 1) if key.startswith("CPT") else ("", 3)
+        cells.append(
+            f"{point[k]:{sign}.{digits}f}{unit} [{lo[k]:{sign}.{digits}f}, {hi[k]:{sign}.{digits}f}]"
+        )
+    return cells
 
 
-TABLE_HEAD = "| method | APGR | CPT(50%) | CPT(80%) | AUROC |\n|---|---|---|---|---|"
+def _record(point: Sequence[float] | FloatArray, rows: FloatArray) -> dict[str, object]:
+    lo, hi = percentiles(rows)
+    return dict(zip(KEYS, (float(v) for v in point), strict=True)) | {
+        "ci_low": lo.tolist(),
+        "ci_high": hi.tolist(),
+    }
 
 
-def plot(curves: dict[str, Curve], path: Path, title: str) -> None:
+def report(helds: Sequence[Held], reps: int, seed: int, average: bool) -> tuple[list[str], dict[str, object]]:
+    """The table's lines (each set's methods with 95% intervals, then learned-v2 - length, paired) and
+    the same figures as JSON; with `average`, rows averaged over the sets, resample by resample."""
+    lines = [TABLE_HEAD]
+    record: dict[str, object] = {}
+    points: dict[str, list[FloatArray]] = {}
+    draws: dict[str, list[FloatArray]] = {}
+    for held in helds:
+        rows = _resampled(held, reps, seed)
+        per: dict[str, object] = {"pair": held.pair}
+        for method in METHODS:
+            if method not in held.scores:
+                continue
+            point = np.array(metrics(held.scores[method], held.weak, held.strong).as_tuple())
+            lines.append(f"| {held.name} | {method} | " + " | ".join(_cells(point, rows[method])) + " |")
+            per[method] = _record(point, rows[method])
+            points.setdefault(method, []).append(point)
+            draws.setdefault(method, []).append(rows[method])
+        for baseline in ("length", "learned-v1"):
+            if baseline not in held.scores:
+                continue
+            point = np.array(
+                metrics(held.scores["learned-v2"], held.weak, held.strong).as_tuple()
+            ) - np.array(metrics(held.scores[baseline], held.weak, held.strong).as_tuple())
+            diff = rows["learned-v2"] - rows[baseline]
+            label = f"learned-v2 - {baseline}"
+            lines.append(f"| {held.name} | {label} | " + " | ".join(_cells(point, diff, signed=True)) + " |")
+            per[label] = _record(point, diff)
+        record[held.name] = per
+    if average:
+        summary: dict[str, object] = {}
+        for method in METHODS:
+            if method not in points or len(points[method]) != len(helds):
+                continue  # learned-v1 has no MMLU-Pro row: no average comparable with the others
+            point = np.mean(points[method], axis=0)
+            lines.append(
+                f"| average | {method} | " + " | ".join(_cells(point, np.mean(draws[method], axis=0))) + " |"
+            )
+            summary[method] = _record(point, np.mean(draws[method], axis=0))
+        point = np.mean(points["learned-v2"], axis=0) - np.mean(points["length"], axis=0)
+        diff = np.mean(draws["learned-v2"], axis=0) - np.mean(draws["length"], axis=0)
+        lines.append(
+            "| average | learned-v2 - length | " + " | ".join(_cells(point, diff, signed=True)) + " |"
+        )
+        summary["learned-v2 - length"] = _record(point, diff)
+        wins = sum(
+            a[0] > b[0] and a[0] > c[0]
+            for a, b, c in zip(points["learned-v2"], points["length"], points["random"], strict=True)
+        )
+        summary["families_above_length_and_random"] = int(wins)
+        lines.append(
+            f"\nlearned-v2's APGR is above both length and random on {wins} of {len(helds)} families"
+        )
+        record["average"] = summary
+    return lines, record
+
+
+def plot(helds: Sequence[Held], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    any_curve = next(iter(curves.values()))
-    for name, curve in curves.items():
-        ax.plot(curve.strong_pct, curve.accuracy, marker=".", label=name)
-    ax.axhline(any_curve.weak_accuracy, color="grey", linestyle="--", label="local only")
-    ax.axhline(any_curve.strong_accuracy, color="red", linestyle="--", label="API only")
-    ax.set_xlabel("API model calls (%)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(title)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(helds), figsize=(4.2 * len(helds), 4.2), squeeze=False)
+    for ax, held in zip(axes[0], helds, strict=True):
+        for method in METHODS:
+            if method in held.scores:
+                curve = call_performance(held.scores[method], held.weak, held.strong)
+                ax.plot(curve.strong_pct, curve.accuracy, marker=".", label=method)
+        curve = call_performance(held.scores["random"], held.weak, held.strong)
+        ax.axhline(curve.weak_accuracy, color="grey", linestyle="--", label="weak only")
+        ax.axhline(curve.strong_accuracy, color="red", linestyle="--", label="strong only")
+        ax.set_title(held.name if "held-out split" in held.name else f"held out: {held.name}", fontsize=9)
+        ax.set_xlabel("strong-model calls (%)")
+    axes[0][0].set_ylabel("quality (%)")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from classifier.learned import DEFAULT_ARTIFACT, LearnedClassifier
-    from classifier.train import (
-        CACHE_DIR,
-        DEFAULT_API,
-        DEFAULT_DATA,
-        DEFAULT_LOCAL,
-        SEED,
-        design_matrix,
-        distill_embedding,
-        fit_head,
-        labels,
-        load_examples,
-        split,
-    )
+def ablations(examples: Sequence[Example], seed: int) -> list[str]:
+    """Leave-one-family-out APGR of the recipe with one decision changed at a time (no intervals)."""
+    from classifier.train import ABLATIONS
 
-    parser = argparse.ArgumentParser(prog="crossover classifier eval", description=__doc__.split("\n")[0])
+    lines = ["| recipe | " + " | ".join(FAMILIES) + " | average |", "|---" * (len(FAMILIES) + 2) + "|"]
+    length: list[float] = []
+    for name, recipe in ABLATIONS.items():
+        helds = leave_one_family_out(examples, None, seed, recipe)
+        values = [metrics(h.scores["learned-v2"], h.weak, h.strong).apgr for h in helds]
+        length = length or [metrics(h.scores["length"], h.weak, h.strong).apgr for h in helds]
+        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + f" | {np.mean(values):.3f} |")
+        sys.stderr.write(lines[-1] + "\n")
+    lines.append(
+        "| prompt length | " + " | ".join(f"{v:.3f}" for v in length) + f" | {np.mean(length):.3f} |"
+    )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from classifier.boosted import DEFAULT_ARTIFACT
+    from classifier.learned import DEFAULT_ARTIFACT as V1_ARTIFACT
+    from classifier.sources import DEFAULT_DATA, SEED, load_all
+
+    doc = __doc__ or ""
+    parser = argparse.ArgumentParser(prog="crossover classifier eval", description=doc.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="the learned-v2 artifact")
+    parser.add_argument("--v1", type=Path, default=V1_ARTIFACT, help="the learned-v1 artifact")
     parser.add_argument("--out", type=Path, default=None, help="where to write eval.json/eval.png")
-    parser.add_argument("--local", default=DEFAULT_LOCAL)
-    parser.add_argument("--api", default=DEFAULT_API)
     parser.add_argument("--seed", type=int, default=SEED)
-    parser.add_argument("--cache", type=Path, default=CACHE_DIR)
-    parser.add_argument("--no-loso", action="store_true", help="skip the leave-one-source-out table")
+    parser.add_argument("--no-loso", action="store_true", help="skip the leave-one-family-out table")
+    parser.add_argument("--ablations", action="store_true", help="also measure each recipe decision")
     parser.add_argument("--bootstrap", type=int, default=BOOTSTRAP, help="resamples per interval")
     args = parser.parse_args(argv)
     out: Path = args.out or args.artifact
 
-    examples = load_examples(args.data, args.local, args.api)
-    _, test = split(examples, args.seed)
-    weak = np.array([e.local_correct for e in test])
-    strong = np.array([e.api_correct for e in test])
-    learned = LearnedClassifier(args.artifact)
-    scores = {"learned": np.array([learned.score(e.features()) for e in test])}
-    scores |= _baselines(test, args.seed)
-    rows = [_row(name, s, weak, strong, args.bootstrap) for name, s in scores.items()]
-    print(f"held-out split: {len(test)} questions, local {weak.mean():.3f}, API {strong.mean():.3f} accuracy")
-    print(TABLE_HEAD)
-    for row in rows:
-        print(_fmt(row))
-    print("\npaired differences, learned - baseline (same resamples for both):")
-    print("| comparison | ΔAPGR | ΔCPT(50%) | ΔCPT(80%) | ΔAUROC |\n|---|---|---|---|---|")
-    paired = []
-    for name in ("heuristic", "length", "random"):
-        point, (lo, hi) = paired_bootstrap(scores["learned"], scores[name], weak, strong, args.bootstrap)
-        paired.append(
-            {"baseline": name, "difference": point.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
-        )
-        cells = [
-            f"{point[k]:+.{d}f}{u} [{lo[k]:+.{d}f}, {hi[k]:+.{d}f}]"
-            for k, (d, u) in enumerate(((3, ""), (1, " pts"), (1, " pts"), (3, "")))
-        ]
-        print(f"| learned - {name} | " + " | ".join(cells) + " |")
-    curves = {name: call_performance(s, weak, strong) for name, s in scores.items()}
+    examples = load_all(args.data)
+    report_json: dict[str, object] = {"bootstrap": args.bootstrap}
+    helds = []
+    if not args.no_loso:
+        loso = leave_one_family_out(examples, args.v1, args.seed)
+        lines, report_json["leave_one_family_out"] = report(loso, args.bootstrap, args.seed, average=True)
+        print("(a) leave one source family out: trained on the other families, tested on this one")
+        print("\n".join(lines))
+        helds.extend(loso)
+    held = in_distribution(examples, args.artifact, args.v1, args.seed)
+    lines, report_json["in_distribution"] = report([held], args.bootstrap, args.seed, average=False)
+    print(f"\n(b) in distribution: the shipped artifacts on held-out MMLU-Pro questions ({held.pair})")
+    print("\n".join(lines))
+    helds.insert(0, held)
+    if args.ablations:
+        print("\nrecipe decisions, leave-one-family-out APGR (one change at a time):")
+        print("\n".join(ablations(examples, args.seed)))
     out.mkdir(parents=True, exist_ok=True)
-    plot(curves, out / "eval.png", f"MMLU-Pro held-out ({args.local} vs {args.api})")
-    report: dict[str, object] = {"held_out": rows, "paired": paired, "n_test": len(test)}
-
-    if not args.no_loso:
-        try:
-            tokens, matrix = distill_embedding(args.cache)
-        except ImportError as exc:
-            print(f"leave-one-source-out skipped: it retrains, which needs the `train` extra ({exc})")
-            args.no_loso = True
-    if not args.no_loso:
-        x_all = design_matrix(examples, tokens, matrix, "featurising all")
-        l2 = float(json.loads((args.artifact / "head.json").read_text())["meta"]["l2"])
-        loso = []
-        for source in sorted({e.source for e in examples}):
-            inside = np.array([e.source != source for e in examples])
-            held = [e for e in examples if e.source == source]
-            head = fit_head(x_all[inside], labels([e for e in examples if e.source != source]), l2)
-            w = np.array([e.local_correct for e in held])
-            s = np.array([e.api_correct for e in held])
-            per = {"learned": head.scores(x_all[~inside])} | _baselines(held, args.seed)
-            for name, sc in per.items():
-                row = _row(f"{source} (n={len(held)}): {name}", sc, w, s, args.bootstrap)
-                loso.append(row)
-        print("\nleave-one-source-out (trained on the other sources, l2 from the artifact):")
-        print(TABLE_HEAD)
-        for row in loso:
-            print(_fmt(row))
-        report["leave_one_source_out"] = loso
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    plot(helds, out / "eval.png")
+    (out / "eval.json").write_text(json.dumps(report_json, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out / 'eval.json'} and {out / 'eval.png'}", file=sys.stderr)
     return 0
 

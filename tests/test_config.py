@@ -99,12 +99,12 @@ def test_target_naming_no_model_of_its_backend() -> None:
 
 
 def test_threshold_defaults_to_the_classifiers_own() -> None:
-    from classifier.learned import LearnedClassifier
+    from classifier import load_classifier
 
     data = minimal()
     del data["routers"]["auto"]["threshold"]
     router = build(parse(data), ENV).routers["auto"]
-    assert (router.classifier, router.threshold) == ("learned", LearnedClassifier().default_threshold)
+    assert (router.classifier, router.threshold) == ("learned", load_classifier("learned").default_threshold)
     data["routers"]["auto"]["classifier"] = "heuristic"
     assert build(parse(data), ENV).routers["auto"].threshold == 0.5
     data["routers"]["auto"]["classifier"] = "json:loads"  # a factory that fails without arguments

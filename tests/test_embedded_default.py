@@ -8,17 +8,17 @@ from pathlib import Path
 import httpx
 import openai
 
-from classifier.learned import LearnedClassifier
+from classifier import load_classifier
 from tests.conftest import SIM_KEY
 from tests.servers import Server, free_port, start
 from tests.test_openai_sdk import SIMPLE, TOOLS
 
-# The learned classifier (trained on MMLU-Pro) scores this physics problem ~0.5, above its default threshold.
+# The learned classifier scores this physics problem with units ~0.74, above its default threshold (~0.68).
 MMLU_HARD = [
     {
         "role": "user",
         "content": "A 2 kg block slides down a frictionless incline of 30 degrees. "
-        "Find the acceleration and the normal force.",
+        "Find the acceleration (in m/s^2) and the normal force (in N), given g = 9.8 m/s^2.",
     }
 ]
 
@@ -54,7 +54,9 @@ def test_serve_without_config_routes_between_vllm_and_openai(
             # The default classifier is `learned`, with its own threshold; a question like its
             # training data's hardest goes to the API.
             hard = client.chat.completions.with_raw_response.create(model="auto", messages=MMLU_HARD)
-            assert float(hard.headers["x-crossover-threshold"]) == LearnedClassifier().default_threshold
+            assert (
+                float(hard.headers["x-crossover-threshold"]) == load_classifier("learned").default_threshold
+            )
             assert (hard.headers["x-crossover-backend"], hard.headers["x-crossover-model"]) == (
                 "openai",
                 "gpt-4o",

@@ -162,7 +162,7 @@ def test_wordpiece_splits_and_drops_unknowns() -> None:
 
 @pytest.mark.skipif(not DATA.exists(), reason="../shared/data/routing is not beside the project")
 def test_learned_beats_length_and_random_on_the_held_out_split() -> None:
-    from classifier.train import DEFAULT_API, DEFAULT_LOCAL, load_examples, split
+    from classifier.train_v1 import DEFAULT_API, DEFAULT_LOCAL, load_examples, split
 
     _, test = split(load_examples(DATA, DEFAULT_LOCAL, DEFAULT_API))
     assert len(test) > 900
@@ -181,11 +181,11 @@ def test_learned_beats_length_and_random_on_the_held_out_split() -> None:
 
 def test_folded_artifact_equals_the_logistic_regression_it_was_trained_as() -> None:
     """Serving (one float per token, standard library) gives the numpy head's probabilities."""
-    from classifier.train import CACHE_DIR, PCA_DIMS
+    from classifier.train_v1 import CACHE_DIR, PCA_DIMS
 
     if not (CACHE_DIR / f"minilm-m2v-pca{PCA_DIMS}.npz").exists() or not DATA.exists():
-        pytest.skip("needs the distilled embedding cache (python -m classifier.train) and the data")
-    from classifier.train import (
+        pytest.skip("needs the distilled embedding cache (python -m classifier.train_v1) and the data")
+    from classifier.train_v1 import (
         DEFAULT_API,
         DEFAULT_LOCAL,
         design_matrix,
@@ -207,42 +207,13 @@ def test_folded_artifact_equals_the_logistic_regression_it_was_trained_as() -> N
     assert np.allclose(served, expected, atol=1e-5)
 
 
-@pytest.mark.skipif(not DATA.exists(), reason="../shared/data/routing is not beside the project")
-def test_eval_command_writes_the_table_the_paired_differences_and_the_plot(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway.cli",
-            "classifier",
-            "eval",
-            "--no-loso",
-            "--bootstrap",
-            "50",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "| learned | 0.578" in result.stdout  # the artifact's held-out APGR, as the README says
-    report = json.loads((tmp_path / "eval.json").read_text())
-    apgr = {row["method"]: row["APGR"] for row in report["held_out"]}
-    assert apgr["learned"] > max(apgr["heuristic"], apgr["length"], apgr["random"])
-    paired = {row["baseline"]: row for row in report["paired"]}
-    assert paired["heuristic"]["difference"][0] == pytest.approx(apgr["learned"] - apgr["heuristic"])
-    assert (tmp_path / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
 def test_training_reproduces_the_artifact_byte_for_byte(tmp_path: Path) -> None:
-    from classifier.train import CACHE_DIR, PCA_DIMS
+    from classifier.train_v1 import CACHE_DIR, PCA_DIMS
 
     if not (CACHE_DIR / f"minilm-m2v-pca{PCA_DIMS}.npz").exists() or not DATA.exists():
-        pytest.skip("needs the distilled embedding cache (python -m classifier.train) and the data")
+        pytest.skip("needs the distilled embedding cache (python -m classifier.train_v1) and the data")
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "classifier", "train", "--out", str(tmp_path)],
+        [sys.executable, "-m", "classifier.train_v1", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,

@@ -18,7 +18,6 @@ import openai
 import pytest
 
 from classifier import extract_features, load_classifier
-from classifier.learned import LearnedClassifier
 from gateway.config import ConfigError, Router, Target, build, parse
 from gateway.online_threshold import OnlineThreshold
 from gateway.routing import decide, spilled
@@ -161,7 +160,7 @@ def test_online_threshold_carries_over_a_reload() -> None:
     assert new.threshold == replayed.threshold  # the same as having seen them itself
 
 
-@pytest.mark.parametrize("name", ["heuristic", "learned"])
+@pytest.mark.parametrize("name", ["heuristic", "learned-v1", "learned"])
 @pytest.mark.parametrize("content", [HARD, "", "\u2603\u2603"])
 def test_explanations_add_up_to_the_logit(name: str, content: str) -> None:
     classifier: Any = load_classifier(name)
@@ -169,6 +168,8 @@ def test_explanations_add_up_to_the_logit(name: str, content: str) -> None:
     terms = classifier.explain(f)
     if name == "heuristic":
         z = classifier.BIAS + sum(v for _, v in terms)
+    elif name == "learned":  # learned-v2: the terms of its trees and length prior, less a constant
+        z = classifier.load().explain_offset + sum(v for _, v in terms)
     else:
         model = classifier.load()
         z = model.bias + model.text_mean_logit + sum(v for _, v in terms)
@@ -388,7 +389,7 @@ def test_the_explain_header_names_score_and_weightiest_terms(ruled: Server) -> N
     assert explained["score"] == pytest.approx(float(headers["x-crossover-score"]), abs=1e-4)
     assert (explained["route"], explained["reason"]) == ("api", "score")
     names = [name for name, _ in explained["top"]]  # the router uses the default classifier, `learned`
-    assert len(names) == 5 and "code_marks" in names and "word:integral" in names
+    assert len(names) == 5 and "math_marks" in names and "digit_share" in names
     weights = [abs(v) for _, v in explained["top"]]
     assert weights == sorted(weights, reverse=True)
     pinned = json.loads(
@@ -438,7 +439,7 @@ def test_the_gateway_holds_a_target_api_share(ruled: Server) -> None:
         static = re.search(
             r'crossover_router_threshold\{router="auto"\} ([0-9.e-]+)', httpx.get(ruled.url + "/metrics").text
         )
-        assert static is not None and float(static.group(1)) == LearnedClassifier().default_threshold
+        assert static is not None and float(static.group(1)) == load_classifier("learned").default_threshold
 
 
 def test_bad_explain_and_route_headers_get_openai_errors(ruled: Server) -> None:
