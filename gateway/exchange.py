@@ -69,6 +69,7 @@ class Exchange:
         self.record = record
         self.started = time.perf_counter()
         self.body: dict[str, Any] = {}
+        self.api_key: str | None = None  # the gateway key the client authenticated with
         self.decision: Decision | None = None
         self.tried: Target | None = None  # the target called last
         self.resolved: Resolved | None = None  # who answered
@@ -76,6 +77,7 @@ class Exchange:
         self.sampled: Sampled | None = None  # picked for shadow judging (gateway/shadow.py)
         self._receive = receive
         self._send = send
+        self._headers_in: dict[str, str] | None = None
         self._answer: Answer | None = None  # held: its meter slot is taken, its stream open
         self._responded = False  # response headers sent
         self._delivered = False  # the whole response sent
@@ -83,6 +85,15 @@ class Exchange:
         self._task: asyncio.Task[Any] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Future[Message] | None = None
+
+    @property
+    def headers_in(self) -> dict[str, str]:
+        """The request's headers by lower-case name (the first of repeated ones), decoded once: a dict
+        lookup per header instead of Starlette's scan of the list on every `headers.get`."""
+        if self._headers_in is None:
+            raw = self.request.scope["headers"]
+            self._headers_in = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(raw)}
+        return self._headers_in
 
     async def __aenter__(self) -> Exchange:
         self.runtime = self.state.acquire()
@@ -109,13 +120,17 @@ class Exchange:
             self._gone = True
             self._task.cancel()
 
+    def authenticated(self, api_key: str | None) -> str | None:
+        self.api_key = api_key
+        return api_key
+
     def decided(self, decision: Decision) -> Decision:
         self.decision = decision
         if decision.routed and self.record:
             router = self.runtime.settings.routers[self.body["model"]]
             if router.shadow is not None:
                 self.sampled = self.state.shadows.sample(
-                    self.runtime, router, decision, self.body, self.request
+                    self.runtime, router, decision, self.body, self.api_key
                 )
         return decision
 

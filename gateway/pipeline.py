@@ -9,7 +9,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +49,11 @@ class Door:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with Exchange(gateway_state(scope), scope, receive, send, self.dialect) as ex:
-            api_key = authenticate(ex.request, ex.runtime.settings.api_keys)
+            api_key = ex.authenticated(authenticate(ex.headers_in, ex.runtime.settings.api_keys))
             body = await ex.read_json()
             self.validate(body)
             decision = ex.decided(await route(ex, body, api_key))
-            explained = explanation(ex, decision) if _wants_explanation(ex.request) else None
+            explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
             answer = await ex.call(
                 Plan.of(decision, Call(self.dialect, self.path, body, headers, _streams(body)))
@@ -71,13 +71,13 @@ def _streams(body: dict[str, Any]) -> bool:
     return body.get("stream") is True
 
 
-def authenticate(request: Request, keys: frozenset[str]) -> str | None:
+def authenticate(headers: Mapping[str, str], keys: frozenset[str]) -> str | None:
     """The gateway key the client sent, once checked; None when the gateway asks for none."""
     if not keys:
         return None
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
-        token = request.headers.get("x-api-key", "")  # what Anthropic's SDK sends
+        token = headers.get("x-api-key", "")  # what Anthropic's SDK sends
     # Compare against every key in constant time so timing does not reveal a prefix.
     # Bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold any latin-1.
     given = token.encode()
@@ -97,7 +97,7 @@ async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Deci
     if router is None:
         return direct(await runtime.target_for_model(model), scope)
     started = time.perf_counter()
-    headers = ex.request.headers
+    headers = ex.headers_in
     ask = Ask(
         features=extract_features(body),
         forced=forced_route(headers.get(ROUTE_HEADER)),
@@ -115,8 +115,8 @@ async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Deci
     return decision
 
 
-def _wants_explanation(request: Request) -> bool:
-    return request.headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
+def _wants_explanation(headers: Mapping[str, str]) -> bool:
+    return headers.get(EXPLAIN_HEADER, "").lower() in ("1", "true")
 
 
 def explanation(ex: Exchange, decision: Decision) -> str:

@@ -16,7 +16,7 @@ from providers.base import UpstreamError, Usage
 log = logging.getLogger("crossover")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ showed in profiles
 class Outcome:
     """What one answered request comes to, for the metrics."""
 

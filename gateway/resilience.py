@@ -25,7 +25,7 @@ from providers.bridges import Bridge, bridge_for
 NOT_RETRIED = frozenset({"circuit_open", "upstream_timeout", "upstream_auth_failed", "backend_unavailable"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Call:
     """What is sent, whatever the target: the client's dialect and endpoint, its body, and headers of
     the client's own API (`anthropic-beta`), which go only to a backend of that same dialect."""
@@ -37,7 +37,7 @@ class Call:
     stream: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Plan:
     targets: tuple[Target, ...]  # the decided target, then its fallback if it has one
     call: Call
@@ -48,7 +48,7 @@ class Plan:
         return cls((decision.target, *fallback), call)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Answer:
     resolved: Resolved
     bridge: Bridge

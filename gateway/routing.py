@@ -78,7 +78,7 @@ class Decision:
         return replace(self, route=other_route(self.route), reason="fallback")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and a frozen __init__ showed in profiles
 class Ask:
     """What a routing decision depends on, besides the router and its classifier."""
 

@@ -25,7 +25,6 @@ import asyncio
 import datetime
 import hashlib
 import logging
-import os
 import random
 import re
 import time
@@ -36,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import orjson
-from starlette.requests import Request
 
 from gateway._answers import answer_text
 from gateway.accounting import cost_usd
@@ -243,6 +241,7 @@ class Shadows:
         recorder: Recorder,
         hold: Callable[[Runtime], None],
         unhold: Callable[[Runtime], None],
+        workers: int = 1,  # processes of this replica: each keeps its share of the day's budget
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.recorder = recorder
@@ -252,14 +251,13 @@ class Shadows:
         self.running: dict[str, int] = {}
         self.budgets: dict[str, Budget] = {}
         self.stores: dict[str, OutcomeStore] = {}
-        self._workers = max(1, int(os.environ.get("CROSSOVER_WORKERS", "1")))
+        self._workers = max(1, workers)
 
     def sample(
-        self, runtime: Runtime, router: Router, decision: Decision, body: dict[str, Any], request: Request
+        self, runtime: Runtime, router: Router, decision: Decision, body: dict[str, Any], api_key: str | None
     ) -> Sampled | None:
-        """Whether to judge this request, decided with its route (before any answer)."""
-        from gateway.pipeline import authenticate  # the pipeline's own reading of the key (it imports us)
-
+        """Whether to judge this request, decided with its route (before any answer); `api_key` is the
+        gateway key the client authenticated with."""
         shadow = router.shadow
         if shadow is None or decision.route != shadow.route or decision.reason in NEVER_SHADOWED:
             return None
@@ -269,7 +267,6 @@ class Shadows:
             return None
         if random.random() >= shadow.sample:
             return None
-        api_key = authenticate(request, runtime.settings.api_keys)
         if api_key is not None:
             scope = runtime.settings.key_scopes.get(api_key)
             other = target_of(router, other_route(shadow.route))

@@ -32,7 +32,9 @@ class GatewayState:
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
         self.meters: dict[str, BackendMeter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
-        self.shadows = Shadows(self.recorder, self.hold, self.unhold)  # shadow judging's jobs and stores
+        self.shadows = Shadows(
+            self.recorder, self.hold, self.unhold, workers
+        )  # shadow judging's jobs and stores
         self._sync_meters()
         self.export_thresholds()
 

@@ -18,7 +18,7 @@ completions = Door("openai", "/completions", validate_completion)
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:
     runtime = gateway_state(request.scope).runtime
-    authenticate(request, runtime.settings.api_keys)
+    authenticate(request.headers, runtime.settings.api_keys)
     data: list[dict[str, Any]] = [
         {"id": name, "object": "model", "created": 0, "owned_by": "crossover"}
         for name in runtime.settings.routers
