@@ -25,7 +25,7 @@ from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_respo
 from gateway.metrics import Metrics
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
-from providers.base import UnsupportedRequest, UpstreamError
+from providers.base import ErrorCode, UnsupportedRequest, UpstreamError
 from providers.http import HttpClient
 from providers.openai_compat import OpenAICompatProvider
 
@@ -92,9 +92,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     where = f"{request.method} {request.url.path}"
     error: GatewayError
     if exc.status_code == 405:
-        error = MethodNotAllowed(f"Method not allowed ({where}).", code="method_not_allowed")
+        error = MethodNotAllowed(f"Method not allowed ({where}).", code=ErrorCode.METHOD_NOT_ALLOWED)
     elif exc.status_code == 404:
-        error = NotFound(f"Invalid URL ({where}).", code="unknown_url")
+        error = NotFound(f"Invalid URL ({where}).", code=ErrorCode.UNKNOWN_URL)
     else:
         error = GatewayError(str(exc.detail))
         error.status = exc.status_code

@@ -8,7 +8,7 @@ import math
 import orjson
 from starlette.responses import Response
 
-from providers.base import UnsupportedRequest, UpstreamError
+from providers.base import UPSTREAM_FAILURES, ErrorCode, UnsupportedRequest, UpstreamError
 from providers.sse import encode
 
 log = logging.getLogger("crossover")
@@ -69,25 +69,11 @@ class PayloadTooLarge(GatewayError):
     type = "invalid_request_error"
 
 
-# Codes the gateway itself assigns to upstream failures; anything else an upstream says is "other",
-# so a metric label never carries an upstream-supplied string.
-_UPSTREAM_CODES = frozenset(
-    {
-        "upstream_error",
-        "upstream_auth_failed",
-        "rate_limit_exceeded",
-        "backend_overloaded",
-        "upstream_timeout",
-        "backend_unreachable",
-        "backend_unavailable",
-        "circuit_open",
-    }
-)
-
-
 def error_code(exc: UpstreamError) -> str:
     """A bounded label for an upstream failure."""
-    if exc.code in _UPSTREAM_CODES:
+    if (
+        exc.code is not None and exc.code in UPSTREAM_FAILURES
+    ):  # an upstream's own string never becomes a label
         return exc.code
     return "rejected" if exc.status < 500 and exc.status != 429 else "other"
 
@@ -117,7 +103,7 @@ def _fields(exc: Exception) -> tuple[int, str, str, str | None, str | None, floa
     if isinstance(exc, UpstreamError):
         return exc.status, exc.message, exc.type, exc.param, exc.code, exc.retry_after
     if isinstance(exc, UnsupportedRequest):
-        return 400, exc.message, "invalid_request_error", exc.param, "unsupported_parameter", None
+        return 400, exc.message, "invalid_request_error", exc.param, ErrorCode.UNSUPPORTED_PARAMETER, None
     log.exception("unexpected error", exc_info=exc)
     return 500, "internal error in the gateway", "server_error", None, "internal_error", None
 
@@ -128,7 +114,7 @@ def _encode(
     if dialect == "anthropic":
         # Anthropic's shape: {"type": "error", "error": {"type", "message"}}; its types follow the status.
         kind = _ANTHROPIC_TYPES.get(status) or (
-            "overloaded_error" if code == "backend_overloaded" else "api_error"
+            "overloaded_error" if code == ErrorCode.BACKEND_OVERLOADED else "api_error"
         )
         return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})
     return error_body(message, type_, param, code)

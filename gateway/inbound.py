@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from gateway.errors import ClientGone, InvalidRequest, PayloadTooLarge
+from providers.base import ErrorCode
 from providers.shapes import MAX_DEPTH, nested_too_deep, type_name
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -30,34 +31,37 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
         raise ClientGone("the client closed the connection while sending the body") from None
     raw = b"".join(chunks)
     if not raw:
-        raise InvalidRequest("The request body is empty; send a JSON object.", code="invalid_json")
+        raise InvalidRequest("The request body is empty; send a JSON object.", code=ErrorCode.INVALID_JSON)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         if "utf-8" in str(exc).lower():
-            raise InvalidRequest("The request body is not valid UTF-8.", code="invalid_encoding") from None
+            raise InvalidRequest(
+                "The request body is not valid UTF-8.", code=ErrorCode.INVALID_ENCODING
+            ) from None
         raise InvalidRequest(
-            f"We could not parse the JSON body of your request: {exc}.", code="invalid_json"
+            f"We could not parse the JSON body of your request: {exc}.", code=ErrorCode.INVALID_JSON
         ) from None
     if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+        raise InvalidRequest("The request body must be a JSON object.", code=ErrorCode.INVALID_JSON)
     # Each level takes two bytes at least, so a short body cannot be too deep: skip the check (~2 µs).
     if len(raw) > 2 * MAX_DEPTH and nested_too_deep(body):
         raise InvalidRequest(
-            f"The request body is nested more than {MAX_DEPTH} levels deep.", code="nesting_too_deep"
+            f"The request body is nested more than {MAX_DEPTH} levels deep.", code=ErrorCode.NESTING_TOO_DEEP
         )
     return body
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(
-        f"The request body is larger than this gateway accepts ({limit} bytes).", code="request_too_large"
+        f"The request body is larger than this gateway accepts ({limit} bytes).",
+        code=ErrorCode.REQUEST_TOO_LARGE,
     )
 
 
 def _missing(param: str) -> InvalidRequest:
     return InvalidRequest(
-        f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        f"Missing required parameter: '{param}'.", param=param, code=ErrorCode.MISSING_REQUIRED_PARAMETER
     )
 
 
@@ -65,7 +69,7 @@ def _wrong_type(param: str, expected: str, value: Any) -> InvalidRequest:
     return InvalidRequest(
         f"Invalid type for '{param}': expected {expected}, but got {type_name(value)} instead.",
         param=param,
-        code="invalid_type",
+        code=ErrorCode.INVALID_TYPE,
     )
 
 
@@ -81,7 +85,7 @@ def _check_common(body: dict[str, Any]) -> None:
         raise _missing("model")
     _check(body, "model", (str,), "a string")
     if not body["model"]:
-        raise InvalidRequest("'model' must not be empty.", param="model", code="invalid_value")
+        raise InvalidRequest("'model' must not be empty.", param="model", code=ErrorCode.INVALID_VALUE)
     _check(body, "stream", (bool, type(None)), "a boolean")
     _check(body, "stream_options", (dict, type(None)), "an object")
     options = body.get("stream_options")
@@ -99,7 +103,7 @@ def _check_common(body: dict[str, Any]) -> None:
                 f"Invalid '{name}': integer below minimum value. "
                 f"Expected a value >= 1, but got {value} instead.",
                 param=name,
-                code="integer_below_min_value",
+                code=ErrorCode.INTEGER_BELOW_MIN_VALUE,
             )
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _check(body, name, (int, float, type(None)), "a number")
@@ -116,7 +120,7 @@ def _messages(body: dict[str, Any]) -> list[Any]:
             "Invalid 'messages': empty array. "
             "Expected an array with minimum length 1, but got an empty array instead.",
             param="messages",
-            code="empty_array",
+            code=ErrorCode.EMPTY_ARRAY,
         )
     return messages
 
@@ -135,7 +139,7 @@ def validate_chat(body: dict[str, Any]) -> None:
                 f"Invalid value for '{where}.role': {role!r:.60}. Supported values are: "
                 "'system', 'developer', 'user', 'assistant', 'tool' and 'function'.",
                 param=f"{where}.role",
-                code="invalid_value",
+                code=ErrorCode.INVALID_VALUE,
             )
         content = message.get("content")
         if content is not None and not isinstance(content, str | list):
@@ -166,7 +170,7 @@ def validate_messages(body: dict[str, Any]) -> None:
             raise InvalidRequest(
                 f"{where}.role: Input should be 'user' or 'assistant'",
                 param=f"{where}.role",
-                code="invalid_value",
+                code=ErrorCode.INVALID_VALUE,
             )
         if not isinstance(message.get("content"), str | list):
             raise _wrong_type(

@@ -23,7 +23,7 @@ from gateway.relay import relay_events
 from gateway.resilience import Answer, Call, Plan
 from gateway.routing import ROUTE_HEADER, Ask, Decision, direct, forced_route, plan_route
 from gateway.state import GatewayState
-from providers.base import Completion, Dialect, UpstreamError, Usage
+from providers.base import Completion, Dialect, ErrorCode, UpstreamError, Usage
 
 EXPLAIN_HEADER = "x-crossover-explain"  # sent as "1" or "true": the answer explains its route
 EXPLAIN_TERMS = 5
@@ -84,7 +84,7 @@ def authenticate(headers: Mapping[str, str], keys: frozenset[str]) -> str | None
     if not token or not any(hmac.compare_digest(given, key.encode()) for key in keys):
         raise Unauthenticated(
             "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",
-            code="invalid_api_key",
+            code=ErrorCode.INVALID_API_KEY,
         )
     return token
 
@@ -151,5 +151,7 @@ def _translated(answer: Answer, reply: Completion) -> tuple[bytes, Usage | None]
         backend = answer.resolved.backend.name
         log.exception("translating an answer of backend %r failed", backend)
         raise UpstreamError(
-            502, f"backend '{backend}' returned an answer the gateway could not read", code="upstream_error"
+            502,
+            f"backend '{backend}' returned an answer the gateway could not read",
+            code=ErrorCode.UPSTREAM_ERROR,
         ) from exc

@@ -17,12 +17,19 @@ from gateway.config import Retries, Target
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
-from providers.base import Completion, Dialect, EventStream, UpstreamError
+from providers.base import Completion, Dialect, ErrorCode, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
 
 # Failures not worth the same backend again: its circuit is open, a timeout (which may have taken the
 # whole read timeout already), its refusal of the gateway's own key, no model discovered yet.
-NOT_RETRIED = frozenset({"circuit_open", "upstream_timeout", "upstream_auth_failed", "backend_unavailable"})
+NOT_RETRIED = frozenset(
+    {
+        ErrorCode.CIRCUIT_OPEN,
+        ErrorCode.UPSTREAM_TIMEOUT,
+        ErrorCode.UPSTREAM_AUTH_FAILED,
+        ErrorCode.BACKEND_UNAVAILABLE,
+    }
+)
 
 
 @dataclass(slots=True)
@@ -84,7 +91,7 @@ async def _call_once(
             503,
             f"backend '{target.backend}' is failing; its circuit is open",
             type="service_unavailable",
-            code="circuit_open",
+            code=ErrorCode.CIRCUIT_OPEN,
             retry_after=breaker.retry_after(),
             retryable=True,
         )

@@ -15,6 +15,7 @@ from classifier import Features
 from gateway.config import Router, Target
 from gateway.errors import InvalidRequest, PermissionDenied
 from gateway.rules import Rule, first_match
+from providers.base import ErrorCode
 
 Route = Literal["local", "api"]  # a router's two targets
 ROUTES: tuple[Route, ...] = get_args(Route)
@@ -46,7 +47,7 @@ def forced_route(value: str | None) -> Route | None:
     raise InvalidRequest(
         f"Invalid value for header '{ROUTE_HEADER}': {value!r}. Use 'local' or 'api'.",
         param=ROUTE_HEADER,
-        code="invalid_value",
+        code=ErrorCode.INVALID_VALUE,
     )
 
 
@@ -165,7 +166,7 @@ def within_scope(decision: Decision, backends: frozenset[str], other: Target | N
     allowed = ", ".join(sorted(backends))
     raise PermissionDenied(
         f"This key may not use backend '{decision.target.backend}'; it is limited to: {allowed}.",
-        code="backend_not_allowed",
+        code=ErrorCode.BACKEND_NOT_ALLOWED,
     )
 
 

@@ -16,7 +16,7 @@ from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
 from gateway.online_threshold import OnlineThreshold
 from gateway.routing import Decision
-from providers.base import Provider, UpstreamError
+from providers.base import ErrorCode, Provider, UpstreamError
 from providers.http import HttpConfig
 from providers.registry import KINDS
 
@@ -151,7 +151,7 @@ class Runtime:
                 503,
                 f"backend '{target.backend}' has no model available yet (is it running?)",
                 type="service_unavailable",
-                code="backend_unavailable",
+                code=ErrorCode.BACKEND_UNAVAILABLE,
                 retry_after=DISCOVERY_RETRY_SECONDS,
                 retryable=True,
             )
@@ -173,5 +173,5 @@ class Runtime:
         raise ModelNotFound(
             f"The model '{name}' does not exist or you do not have access to it.",
             param="model",
-            code="model_not_found",
+            code=ErrorCode.MODEL_NOT_FOUND,
         )

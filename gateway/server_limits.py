@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from gateway.config import HttpLimits
 from gateway.errors import InvalidRequest, error_response
+from providers.base import ErrorCode
 
 # After refusing a request, keep reading (and dropping) what the client still sends for a moment before
 # closing: closing with unread bytes makes the kernel send a reset, which can destroy the refusal in flight.
@@ -46,7 +47,9 @@ class _Refused(Exception):
 
 
 def _too_large(what: str) -> _Refused:
-    return _Refused(431, f"Request header fields too large: {what}.", "request_header_fields_too_large")
+    return _Refused(
+        431, f"Request header fields too large: {what}.", ErrorCode.REQUEST_HEADER_FIELDS_TOO_LARGE
+    )
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -89,7 +92,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if not self._began:
             self.transport.close()  # a connection that never said anything gets no answer, like nginx
         else:
-            self._refuse(_Refused(408, "Request header read timed out.", "request_timeout"))
+            self._refuse(_Refused(408, "Request header read timed out.", ErrorCode.REQUEST_TIMEOUT))
 
     def _body_timed_out(self) -> None:
         self._timer = None
@@ -102,7 +105,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # answered without reading the body (a 404, say): nothing to add
         else:
-            self._refuse(_Refused(408, "Request body read timed out.", "request_timeout"))
+            self._refuse(_Refused(408, "Request body read timed out.", ErrorCode.REQUEST_TIMEOUT))
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
 
@@ -158,7 +161,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
         if len(self.url) > self.limits.max_header_line_bytes:
-            raise _Refused(414, "Request URL too long.", "uri_too_long")
+            raise _Refused(414, "Request URL too long.", ErrorCode.URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         size = len(name) + len(value)

@@ -43,7 +43,7 @@ from gateway.recorder import Recorder
 from gateway.routing import Decision, other_route, target_of
 from gateway.runtime import Runtime
 from gateway.store import Judged, OutcomeStore, StoreError, open_store
-from providers.base import Dialect, UnsupportedRequest, UpstreamError, Usage
+from providers.base import Dialect, ErrorCode, UnsupportedRequest, UpstreamError, Usage
 from providers.bridges import bridge_for
 
 log = logging.getLogger("crossover")
@@ -367,7 +367,7 @@ async def _complete(
     except TimeoutError:
         raise ShadowFailed(timeout) from None
     except UpstreamError as exc:
-        if exc.code == "upstream_timeout":
+        if exc.code == ErrorCode.UPSTREAM_TIMEOUT:
             raise ShadowFailed(timeout) from None
         log.info("shadow call to backend %r failed: %s", target.backend, exc.message)
         raise ShadowFailed(failed) from None

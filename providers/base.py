@@ -4,12 +4,62 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from providers.sse import Event
 
 # The wire formats a client or a backend speaks.
 Dialect = Literal["openai", "anthropic"]
+
+
+class ErrorCode(StrEnum):
+    """Every error `code` the gateway itself gives, declared once. A backend's own codes are passed on
+    only after normalisation (providers/errors.py) and never become one of these."""
+
+    # A client's request the gateway refuses.
+    BACKEND_NOT_ALLOWED = "backend_not_allowed"
+    EMPTY_ARRAY = "empty_array"
+    INTEGER_BELOW_MIN_VALUE = "integer_below_min_value"
+    INVALID_API_KEY = "invalid_api_key"
+    INVALID_ENCODING = "invalid_encoding"
+    INVALID_JSON = "invalid_json"
+    INVALID_TYPE = "invalid_type"
+    INVALID_VALUE = "invalid_value"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+    MODEL_NOT_FOUND = "model_not_found"
+    NESTING_TOO_DEEP = "nesting_too_deep"
+    REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
+    REQUEST_TIMEOUT = "request_timeout"
+    REQUEST_TOO_LARGE = "request_too_large"
+    UNKNOWN_URL = "unknown_url"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    URI_TOO_LONG = "uri_too_long"
+    # An upstream failure. Only these (and "rejected" or "other") label crossover_upstream_errors_total,
+    # and the retry policy (gateway/resilience.py) reads them.
+    UPSTREAM_ERROR = "upstream_error"
+    UPSTREAM_AUTH_FAILED = "upstream_auth_failed"
+    RATE_LIMIT_EXCEEDED = "rate_limit_exceeded"
+    BACKEND_OVERLOADED = "backend_overloaded"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    BACKEND_UNREACHABLE = "backend_unreachable"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    CIRCUIT_OPEN = "circuit_open"
+
+
+UPSTREAM_FAILURES = frozenset(
+    {
+        ErrorCode.UPSTREAM_ERROR,
+        ErrorCode.UPSTREAM_AUTH_FAILED,
+        ErrorCode.RATE_LIMIT_EXCEEDED,
+        ErrorCode.BACKEND_OVERLOADED,
+        ErrorCode.UPSTREAM_TIMEOUT,
+        ErrorCode.BACKEND_UNREACHABLE,
+        ErrorCode.BACKEND_UNAVAILABLE,
+        ErrorCode.CIRCUIT_OPEN,
+    }
+)
 
 
 class UpstreamError(Exception):
@@ -24,7 +74,7 @@ class UpstreamError(Exception):
         status: int,
         message: str,
         *,
-        type: str = "upstream_error",
+        type: str = "upstream_error",  # an OpenAI error type, not a code
         code: str | None = None,
         param: str | None = None,
         retry_after: float | None = None,

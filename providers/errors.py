@@ -11,7 +11,7 @@ from time import time
 import aiohttp
 import orjson
 
-from providers.base import UpstreamError
+from providers.base import ErrorCode, UpstreamError
 
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
 
@@ -126,7 +126,7 @@ def error_from_response(
         return UpstreamError(
             502,
             f"backend '{backend}' rejected the gateway's credentials (HTTP {status})",
-            code="upstream_auth_failed",
+            code=ErrorCode.UPSTREAM_AUTH_FAILED,
             retryable=True,
         )
     if status == 429:
@@ -134,7 +134,7 @@ def error_from_response(
             429,
             message or f"backend '{backend}' is rate limiting requests",
             type=_safe_type(type_, "rate_limit_error"),
-            code=code or "rate_limit_exceeded",
+            code=code or ErrorCode.RATE_LIMIT_EXCEEDED,
             retry_after=retry_after,
             retryable=True,
             backend_asked=retry_after is not None,
@@ -144,20 +144,24 @@ def error_from_response(
             503,
             f"backend '{backend}' is overloaded" + (f": {message}" if message else ""),
             type="service_unavailable",
-            code="backend_overloaded",
+            code=ErrorCode.BACKEND_OVERLOADED,
             retry_after=retry_after if retry_after is not None else 1.0,
             retryable=True,
             backend_asked=retry_after is not None,
         )
     if status in (408, 504):
         return UpstreamError(
-            504, f"backend '{backend}' timed out", type="timeout", code="upstream_timeout", retryable=True
+            504,
+            f"backend '{backend}' timed out",
+            type="timeout",
+            code=ErrorCode.UPSTREAM_TIMEOUT,
+            retryable=True,
         )
     if status >= 500:
         return UpstreamError(
             502,
             f"backend '{backend}' failed (HTTP {status})" + (f": {message}" if message else ""),
-            code="upstream_error",
+            code=ErrorCode.UPSTREAM_ERROR,
             retryable=True,
         )
     # 4xx: the request itself was refused upstream; the client should see why.
@@ -173,17 +177,24 @@ def error_from_response(
 def error_from_transport(backend: str, exc: BaseException) -> UpstreamError:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamError(
-            504, f"backend '{backend}' timed out", type="timeout", code="upstream_timeout", retryable=True
+            504,
+            f"backend '{backend}' timed out",
+            type="timeout",
+            code=ErrorCode.UPSTREAM_TIMEOUT,
+            retryable=True,
         )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return UpstreamError(
             503,
             f"backend '{backend}' is unreachable",
             type="service_unavailable",
-            code="backend_unreachable",
+            code=ErrorCode.BACKEND_UNREACHABLE,
             retry_after=1.0,
             retryable=True,
         )
     return UpstreamError(
-        502, f"backend '{backend}' closed the connection unexpectedly", code="upstream_error", retryable=True
+        502,
+        f"backend '{backend}' closed the connection unexpectedly",
+        code=ErrorCode.UPSTREAM_ERROR,
+        retryable=True,
     )

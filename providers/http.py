@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from providers.base import UpstreamError
+from providers.base import ErrorCode, UpstreamError
 from providers.errors import error_from_response, error_from_transport, redact
 from providers.sse import Event, SSEDecoder
 
@@ -188,7 +188,7 @@ class HttpClient:
             502,
             f"backend '{self.config.name}' answered a streamed request with {what} "
             f"instead of an event stream (HTTP {resp.status})",
-            code="upstream_error",
+            code=ErrorCode.UPSTREAM_ERROR,
             retryable=True,
         )
 

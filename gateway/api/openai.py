@@ -11,6 +11,7 @@ from starlette.responses import Response
 from gateway.errors import ModelNotFound, error_response
 from gateway.inbound import validate_chat, validate_completion
 from gateway.pipeline import Door, authenticate, gateway_state
+from providers.base import ErrorCode
 
 chat_completions = Door("openai", "/chat/completions", validate_chat)
 completions = Door("openai", "/completions", validate_completion)
@@ -45,7 +46,9 @@ async def retrieve_model(request: Request) -> Response:
     try:
         found = next((m for m in _model_objects(request) if m["id"] == wanted), None)
         if found is None:
-            raise ModelNotFound(f"The model '{wanted}' does not exist", param="model", code="model_not_found")
+            raise ModelNotFound(
+                f"The model '{wanted}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND
+            )
     except Exception as exc:
         return error_response(exc)
     return Response(orjson.dumps(found), media_type="application/json")
