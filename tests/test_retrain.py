@@ -22,8 +22,9 @@ import pytest
 
 from classifier import extract_features, load_classifier
 from classifier.boosted import BoostedClassifier
-from classifier.cues import cue_map
+from classifier.cues import CUE_NAMES, cue_map
 from classifier.evaluate import auroc
+from gateway.config import ConfigError, load
 from gateway.store import Judged, open_store
 from tests.test_store import crossover, row
 
@@ -138,6 +139,36 @@ def test_a_retrained_artifact_is_a_classifier_by_path(retrained: Path) -> None:
     )
     with pytest.raises(ValueError, match="no learned-v2 artifact"):
         load_classifier(f"learned:{retrained / 'missing'}")
+    # explained like the shipped one: the new trees' terms add up to the logit too
+    served = BoostedClassifier(retrained)
+    total = sum(v for _, v in served.explain(features)) + served.load().explain_offset
+    assert total == pytest.approx(served.logit(features), abs=1e-9)
+
+
+def test_a_router_takes_the_retrained_artifact_by_path(retrained: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "crossover.yaml"
+    text = (
+        "backends:\n"
+        "  local: {kind: openai_compatible, base_url: 'http://127.0.0.1:1/v1', models: [{name: m}]}\n"
+        "routers:\n"
+        "  auto: {classifier: 'learned:CLASSIFIER', local: local, api: local/m}\n"
+    )
+    cfg.write_text(text.replace("CLASSIFIER", str(retrained)))
+    artifact = json.loads((retrained / "model.json").read_text())
+    assert load(cfg).routers["auto"].threshold == artifact["default_threshold"]  # the artifact's own
+    cfg.write_text(text.replace("CLASSIFIER", str(tmp_path / "missing")))
+    with pytest.raises(ConfigError, match=r"routers\.auto.*no learned-v2 artifact"):
+        load(cfg)
+
+
+def test_export_writes_the_cues_and_the_training_label(retrained: Path) -> None:
+    result = crossover("outcomes", "export", "--store", str(retrained.parent / "outcomes.sqlite"))
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 400 and all(len(line["cues"]) == len(CUE_NAMES) for line in lines)
+    assert {line["verdict"]: line["label"] for line in lines} == {
+        "api_better": 1, "both_bad": 1, "tie": 0, "local_better": 0,
+    }  # fmt: skip
 
 
 def test_eval_on_outcomes_prints_the_table(retrained: Path, tmp_path: Path) -> None:
