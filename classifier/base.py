@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from classifier.features import Features
@@ -75,12 +77,28 @@ REGISTRY: dict[str, Callable[[], Classifier]] = {
 }
 
 
+def _artifact(path: str) -> Callable[[], Classifier]:
+    """learned-v2 from another artifact: a folder holding model.json (or the file itself), such as
+    `crossover classifier train --outcomes` writes."""
+    from classifier.boosted import BoostedClassifier
+
+    directory = Path(path)
+    if directory.name == "model.json":
+        directory = directory.parent
+    if not (directory / "model.json").is_file():
+        raise ValueError(f"no learned-v2 artifact (model.json) at {path!r}")
+    return functools.partial(BoostedClassifier, directory)
+
+
 def classifier_factory(name: str) -> Callable[[], Classifier]:
-    """A registered name, or a user's own `module:attribute` (a class or a factory taking no
-    arguments), resolved without building it: config validation uses this, the runtime builds once."""
+    """A registered name, `learned:PATH` (learned-v2 from the artifact at PATH), or a user's own
+    `module:attribute` (a class or a factory taking no arguments), resolved without building it:
+    config validation uses this, the runtime builds once."""
     if name in REGISTRY:
         return REGISTRY[name]
     module_name, sep, attribute = name.partition(":")
+    if sep and module_name in ("learned", "learned-v2") and attribute:
+        return _artifact(attribute)
     if not sep or not module_name or not attribute:
         known = ", ".join(sorted(REGISTRY))
         raise ValueError(f"unknown classifier {name!r}; use one of {known} or 'module:attribute'")

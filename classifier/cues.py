@@ -110,3 +110,15 @@ def cue_vector(features: Features) -> list[float]:
         min(n / words, 20.0) if words else 0.0,
         1.0 if first_word(low) in IMPERATIVES else 0.0,
     ]
+
+
+def cue_map(features: Features) -> dict[str, float]:
+    """The cues by name: how the outcome store keeps them (names, so a later cue set cannot misread)."""
+    return dict(zip(CUE_NAMES, cue_vector(features), strict=True))
+
+
+def cues_from_map(found: dict[str, float]) -> list[float] | None:
+    """The vector back from `cue_map`'s form; None when it was written with other cues."""
+    if set(found) != set(CUE_NAMES):
+        return None
+    return [float(found[name]) for name in CUE_NAMES]

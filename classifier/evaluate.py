@@ -219,9 +219,18 @@ def _record(point: Sequence[float] | FloatArray, rows: FloatArray) -> dict[str, 
     }
 
 
-def report(helds: Sequence[Held], reps: int, seed: int, average: bool) -> tuple[list[str], dict[str, object]]:
-    """The table's lines (each set's methods with 95% intervals, then learned-v2 - length, paired) and
-    the same figures as JSON; with `average`, rows averaged over the sets, resample by resample."""
+def report(
+    helds: Sequence[Held],
+    reps: int,
+    seed: int,
+    average: bool,
+    methods: Sequence[str] = METHODS,
+    lead: str = "learned-v2",
+    against: Sequence[str] = ("length", "learned-v1"),
+) -> tuple[list[str], dict[str, object]]:
+    """The table's lines (each set's methods with 95% intervals, then `lead` minus each of `against`,
+    paired) and the same figures as JSON; with `average`, rows averaged over the sets, resample by
+    resample."""
     lines = [TABLE_HEAD]
     record: dict[str, object] = {}
     points: dict[str, list[FloatArray]] = {}
@@ -229,7 +238,7 @@ def report(helds: Sequence[Held], reps: int, seed: int, average: bool) -> tuple[
     for held in helds:
         rows = _resampled(held, reps, seed)
         per: dict[str, object] = {"pair": held.pair}
-        for method in METHODS:
+        for method in methods:
             if method not in held.scores:
                 continue
             point = np.array(metrics(held.scores[method], held.weak, held.strong).as_tuple())
@@ -237,14 +246,14 @@ def report(helds: Sequence[Held], reps: int, seed: int, average: bool) -> tuple[
             per[method] = _record(point, rows[method])
             points.setdefault(method, []).append(point)
             draws.setdefault(method, []).append(rows[method])
-        for baseline in ("length", "learned-v1"):
+        for baseline in against:
             if baseline not in held.scores:
                 continue
-            point = np.array(
-                metrics(held.scores["learned-v2"], held.weak, held.strong).as_tuple()
-            ) - np.array(metrics(held.scores[baseline], held.weak, held.strong).as_tuple())
-            diff = rows["learned-v2"] - rows[baseline]
-            label = f"learned-v2 - {baseline}"
+            point = np.array(metrics(held.scores[lead], held.weak, held.strong).as_tuple()) - np.array(
+                metrics(held.scores[baseline], held.weak, held.strong).as_tuple()
+            )
+            diff = rows[lead] - rows[baseline]
+            label = f"{lead} - {baseline}"
             lines.append(f"| {held.name} | {label} | " + " | ".join(_cells(point, diff, signed=True)) + " |")
             per[label] = _record(point, diff)
         record[held.name] = per

@@ -102,6 +102,10 @@ def app_from_env(validated: Settings | None = None) -> object:
 def _classifier(args: argparse.Namespace) -> int:
     """Offline tools (their heavy dependencies are the `train` extra)."""
     try:
+        if any(a == "--outcomes" or a.startswith("--outcomes=") for a in args.rest):
+            from gateway.learn import main as learn_main  # the deployment's own outcomes
+
+            return learn_main(args.action, args.rest)
         if args.action == "train":
             from classifier.train import main as train_main
 
@@ -150,9 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = commands.add_parser("outcomes", help="what shadow judging stored (see README, Quality)")
     tools.add_outcomes_arguments(outcomes)
     outcomes.set_defaults(run=tools.run)
-    # `classifier train|eval --outcomes STORE` (issue 11) is not here yet: classifier/train.py is being
-    # rewritten; `crossover outcomes export` already writes the rows in the training format.
-    classifier_cmd = commands.add_parser("classifier", help="train or evaluate the learned classifier")
+    classifier_cmd = commands.add_parser(
+        "classifier", help="train or evaluate the learned classifier (--outcomes STORE: on your own traffic)"
+    )
     classifier_cmd.add_argument("action", choices=["train", "eval"])
     classifier_cmd.add_argument("rest", nargs=argparse.REMAINDER)
     classifier_cmd.set_defaults(run=_classifier)

@@ -36,6 +36,8 @@ from typing import Any, Literal, get_args
 
 import orjson
 
+from classifier import extract_features
+from classifier.cues import cue_map
 from gateway._answers import answer_text
 from gateway.accounting import cost_usd
 from gateway.config import ModelEntry, Price, Router, Settings, Shadow, Target
@@ -451,4 +453,6 @@ async def judge(job: Job, answer: str, spent: list[float]) -> Judged:
         api_output_tokens=api_usage.output,
         prompt_sha256=fingerprint(prompt),
         prompt=orjson.dumps(prompt).decode() if shadow.store_prompts else None,
+        # counts and lengths, no text: what retraining needs when the prompt is not kept
+        features=orjson.dumps(cue_map(extract_features(job.body))).decode(),
     )

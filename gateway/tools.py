@@ -105,7 +105,9 @@ def _write_threshold(path: Path, router: str, threshold: float) -> None:
     os.replace(tmp.name, path)
 
 
-def _outcomes(url: str, router: str | None) -> list[Judged]:
+def read_outcomes(url: str, router: str | None) -> list[Judged]:
+    """Every judged row of the store at `url` (of one router's, given one)."""
+
     async def read() -> list[Judged]:
         store = open_store(url)
         try:
@@ -131,7 +133,7 @@ def calibrate_quality(args: argparse.Namespace, out: IO[str]) -> int:
         raise ToolError("--quality-target needs --outcomes STORE (a path or a postgresql:// URL)")
     router = _router(args)[0]
     name = args.router or (router.name if router is not None else None)
-    rows = [r for r in _outcomes(args.outcomes, name) if r.score is not None]
+    rows = [r for r in read_outcomes(args.outcomes, name) if r.score is not None]
     points = [(float(r.score), r.verdict in RETAINED, r.api_usd) for r in rows if r.score is not None]
     estimated = quality_threshold(points, args.quality_target)
     if estimated is None:
@@ -164,14 +166,17 @@ def _choice_line(kind: str, choice: Choice, target: float) -> str:
 
 
 def export_outcomes(args: argparse.Namespace, out: IO[str]) -> int:
-    """The store as JSONL in the training format: the prompt (when it was stored), the score, and the
-    label "needs the API" (the judge found the API's answer better), with the verdicts behind it."""
-    for row in _outcomes(args.store, args.router):
+    """The store as JSONL in the training format: the prompt (when it was stored), the cues, the score,
+    and the label "needs the API" (the local answer was not good enough: see gateway/learn.py), with the
+    verdicts behind it."""
+    for row in read_outcomes(args.store, args.router):
         line: dict[str, Any] = {}
         if row.prompt is not None:
             line.update(json.loads(row.prompt))
+        if row.features is not None:
+            line["cues"] = json.loads(row.features)
         line.update(
-            label=int(row.verdict == "api_better"),
+            label=int(row.verdict not in RETAINED),
             score=row.score,
             verdict=row.verdict,
             verdicts=[row.verdict_local_first, row.verdict_api_first],

@@ -5,6 +5,7 @@ the question (`truth:api` and so on, see tests/simulators/openai_sim.py), so the
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +19,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from classifier import extract_features
+from classifier.cues import cue_map
 from gateway.quality import wilson
 from tests.conftest import SIM_KEY
 from tests.servers import Server, start_gateway, start_openai_sim
@@ -147,8 +150,6 @@ def rows(store: Path) -> dict[str, sqlite3.Row]:
     with sqlite3.connect(store) as db:
         db.row_factory = sqlite3.Row
         found = db.execute("SELECT * FROM outcomes").fetchall()
-    import json
-
     return {json.loads(r["prompt"])["messages"][-1]["content"]: r for r in found}
 
 
@@ -180,6 +181,8 @@ def test_the_verdicts_are_the_judges_in_both_orders_and_are_stored(gateway: Serv
         assert row["local_usd"] == 0 and row["api_usd"] == pytest.approx(3 * OUT_PRICE / 1e6)  # "echo: ..."
         assert row["api_output_tokens"] == 3 and row["local_output_tokens"] == 3
         assert len(row["prompt_sha256"]) == 64
+        asked = {"messages": [{"role": "user", "content": f"truth:{truth} verdicts"}]}
+        assert json.loads(row["features"]) == pytest.approx(cue_map(extract_features(asked)))
         bucket = f"{int(row['score'] * 10) / 10:.1f}"
         assert metric(gateway, "crossover_shadow_judged_total", verdict=verdict, score_bucket=bucket) >= 1
     assert metric(gateway, "crossover_shadow_cost_usd_total", router="auto") > 0

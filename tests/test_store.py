@@ -11,14 +11,18 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import openai
 import pytest
 import yaml
 
+import gateway.learn
 import gateway.store.postgres
 import gateway.store.sqlite
+from classifier import extract_features
+from classifier.cues import cue_map, cue_vector
 from gateway.quality import quality_threshold, wilson
 from gateway.store import MIGRATIONS, Judged, open_store
 from tests.conftest import SIM_KEY
@@ -92,8 +96,12 @@ def row(n: int, score: float | None = 0.5, verdict: str = "tie", prompt: str | N
 def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "new" / "outcomes.sqlite")
-    base: str = request.getfixturevalue("postgres")
-    name = f"t{os.urandom(4).hex()}"  # a database per test: migrations start from nothing
+    return _database(request.getfixturevalue("postgres"))
+
+
+def _database(base: str) -> str:
+    """A new database in the cluster: a test's own, its migrations starting from nothing."""
+    name = f"t{os.urandom(4).hex()}"
     import psycopg
 
     with psycopg.connect(base, autocommit=True) as db:
@@ -273,3 +281,16 @@ def test_calibrate_by_quality_target_prints_and_writes_it(tmp_path: Path) -> Non
     assert unsure.returncode == 2 and "nothing written" in unsure.stderr
     empty = crossover("calibrate", "--quality-target", "0.9")
     assert empty.returncode == 2 and "--outcomes" in empty.stderr
+
+
+def test_learning_reads_judged_outcomes_from_postgres(postgres: str) -> None:
+    url = _database(postgres)
+    asked = extract_features({"messages": [{"role": "user", "content": "Write a poem about rain."}]})
+    cues = json.dumps(cue_map(asked))
+    verdicts = ("api_better", "tie", "both_bad", "local_better")
+    rows = [replace(row(n, 0.3, v), features=cues) for n, v in enumerate(verdicts)]
+    rows.append(row(9, 0.3, "api_better"))  # neither cues nor a prompt: left out
+    asyncio.run(_add(open_store(url), rows))
+    found = gateway.learn.outcomes(url, "auto")
+    assert [(o.needs_api, o.local, o.api) for o in found] == [(1, 0, 1), (0, 1, 1), (1, 0, 0), (0, 1, 0)]
+    assert all(o.cues == pytest.approx(cue_vector(asked)) and o.score == 0.3 for o in found)

@@ -45,6 +45,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX outcomes_at ON outcomes (at)",
     ),
+    # the request's cues (classifier/cues.py) as a JSON object: what retraining needs when the prompt
+    # itself is not kept
+    ("ALTER TABLE outcomes ADD COLUMN features TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -52,7 +55,8 @@ SCHEMA_VERSION = len(MIGRATIONS)
 @dataclass(frozen=True, slots=True)
 class Judged:
     """One judged request. `verdict` combines the two orders; the judge's own verdict in each order is
-    kept beside it. `prompt` (the request's messages as JSON) only with `shadow.store_prompts`."""
+    kept beside it. `prompt` (the request's messages as JSON) only with `shadow.store_prompts`;
+    `features` (the request's cues as a JSON object, counts and lengths, no text) always."""
 
     id: str
     at: float  # Unix time
@@ -77,6 +81,7 @@ class Judged:
     api_output_tokens: int
     prompt_sha256: str
     prompt: str | None = None
+    features: str | None = None
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Judged))
