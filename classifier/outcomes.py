@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from classifier.base import load_classifier
 from classifier.boosted import BoostedClassifier, sigmoid
 from classifier.features import Features
+from classifier.registry import load_classifier
 
 FloatArray = npt.NDArray[np.float64]
 

@@ -169,7 +169,7 @@ def blend(raw: FloatArray, log_length: FloatArray, weights: FloatArray, beta: fl
 def choose_beta(data: Dataset, log: bool = True) -> float:
     """The length prior's weight with the best mean APGR over the training families, each held out
     in turn from a model fitted on the others (never looking at a family outside `data`)."""
-    from classifier.evaluate import metrics
+    from classifier.measures import metrics
 
     betas = data.recipe.betas
     if len(betas) == 1:

@@ -212,7 +212,7 @@ def fit_head(x: FloatArray, y: npt.NDArray[np.int64], l2: float, iterations: int
 
 def choose_l2(x: FloatArray, y: npt.NDArray[np.int64], seed: int = SEED, folds: int = 5) -> float:
     """The L2 strength with the best mean cross-validated AUROC inside the training split."""
-    from classifier.evaluate import auroc
+    from classifier.measures import auroc
 
     order = np.random.default_rng(seed).permutation(len(y))
     fold_of = np.empty(len(y), dtype=np.int64)

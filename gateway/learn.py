@@ -91,7 +91,7 @@ def train(argv: Sequence[str]) -> int:
 
 
 def evaluate(argv: Sequence[str]) -> int:
-    from classifier.evaluate import BOOTSTRAP
+    from classifier.measures import BOOTSTRAP
     from classifier.retrain import SEED
 
     parser = argparse.ArgumentParser(

@@ -15,8 +15,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from classifier import extract_features, load_classifier
-from classifier.evaluate import apgr, auroc, call_performance, cpt, metrics, paired_bootstrap
 from classifier.learned import DEFAULT_ARTIFACT, LearnedClassifier, _normalise_slow, pre_tokenize, tokenize
+from classifier.measures import apgr, auroc, call_performance, cpt, metrics, paired_bootstrap
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "routing"
 

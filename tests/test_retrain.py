@@ -23,7 +23,7 @@ import pytest
 from classifier import extract_features, load_classifier
 from classifier.boosted import BoostedClassifier
 from classifier.cues import CUE_NAMES, cue_map
-from classifier.evaluate import auroc
+from classifier.measures import auroc
 from gateway.config import ConfigError, load
 from gateway.store import Judged, open_store
 from tests.test_store import crossover, row
