@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from tests.conftest import ANTHROPIC_KEY, SIM_KEY, base_config
-from tests.servers import ROOT, Server, free_port, start, start_gateway
+from tests.servers import ROOT, Server, free_port, start, start_gateway, start_openai_sim
 
 ALERTS = ROOT / "deploy/alerts.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy/prometheus.yml"
@@ -189,12 +189,35 @@ def test_each_alert_fires_when_it_should_and_not_before(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def cost_gateway(tmp_path: Path, vllm: Server, openai_sim: Server, anthropic_sim: Server) -> Iterator[Server]:
-    """The shared set-up plus the cost model: the local vLLM priced as a GPU, its queue scraped, and
-    every request also priced on the all-API baseline."""
+def judge_sim(tmp_path: Path) -> Iterator[Server]:
+    """A second OpenAI simulator as the shadow judge, so its calls cannot take the faults that drive()
+    scripts on the first."""
+    server = start_openai_sim(tmp_path, SIM_KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def cost_gateway(
+    tmp_path: Path, vllm: Server, openai_sim: Server, anthropic_sim: Server, judge_sim: Server
+) -> Iterator[Server]:
+    """The shared set-up plus the cost model (the local vLLM priced as a GPU, its queue scraped, every
+    request also priced on the all-API baseline) and shadow judging of every local answer of `hybrid`."""
     config = base_config(vllm.url, openai_sim.url, anthropic_sim.url)
     config["backends"]["local"].update({"gpu_usd_per_hour": 2.0, "gpus": 1, "scrape_metrics": True})
     config["backends"]["openai"]["circuit_breaker"] = {"failures": 100}  # its gauge, for the alert query
+    config["backends"]["judge"] = {
+        "kind": "openai_compatible",
+        "base_url": judge_sim.url + "/v1",
+        "api_key": "${SIM_OPENAI_KEY}",
+        # Its own name: a request naming gpt-4o must still reach the `openai` backend.
+        "models": [{"name": "judge-gpt-4o", "upstream": "gpt-4o"}],
+    }
+    config["routers"]["hybrid"]["shadow"] = {
+        "sample": 1.0,
+        "judge": "judge/judge-gpt-4o",
+        "store": str(tmp_path / "outcomes.sqlite"),
+    }
     config["accounting"] = {"baseline": "openai/gpt-4o"}
     server = start_gateway(
         tmp_path,
