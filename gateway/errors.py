@@ -64,6 +64,11 @@ class ClientGone(GatewayError):
     type = "client_closed_request"
 
 
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"

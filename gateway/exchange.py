@@ -255,10 +255,12 @@ class Exchange:
         if held is None:
             return 0.0
         self._answer = None
+        # The meter first: a cancellation landing in aclose() must not leak the slot (spill-over reads it).
+        meter = self.state.meters.get(held.resolved.backend.name)
+        gpu_usd = meter.stop(held.gpu_mark) if meter is not None else 0.0
         if not isinstance(held.reply, Completion):
             await held.reply.aclose()  # idempotent; drops the connection if the stream was cut short
-        meter = self.state.meters.get(held.resolved.backend.name)
-        return meter.stop(held.gpu_mark) if meter is not None else 0.0
+        return gpu_usd
 
     def _labels(self) -> tuple[str, str, str]:
         decision = self.decision

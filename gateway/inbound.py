@@ -8,11 +8,15 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, Request
 
-from gateway.errors import ClientGone, InvalidRequest, PayloadTooLarge
+from gateway.errors import ClientGone, InvalidRequest, PayloadTooLarge, RequestTimeout
 from providers.base import ErrorCode
 from providers.shapes import MAX_DEPTH, nested_too_deep, type_name
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+# Set in the ASGI scope by the server when it gave up on a stalled body and answered 408 itself.
+BODY_TIMED_OUT = "crossover.body_timed_out"
 
 
 async def read_json(request: Request, limit: int) -> dict[str, Any]:
@@ -28,6 +32,8 @@ async def read_json(request: Request, limit: int) -> dict[str, Any]:
                 raise _too_large(limit)
             chunks.append(chunk)
     except ClientDisconnect:
+        if request.scope.get(BODY_TIMED_OUT):  # the server refused a stalled body (gateway/server_limits.py)
+            raise RequestTimeout("Request body read timed out.", code=ErrorCode.REQUEST_TIMEOUT) from None
         raise ClientGone("the client closed the connection while sending the body") from None
     raw = b"".join(chunks)
     if not raw:

@@ -171,7 +171,8 @@ class Runtime:
                 break
             await asyncio.gather(*(self._discover(n) for n in discoverable))
         raise ModelNotFound(
-            f"The model '{name}' does not exist or you do not have access to it.",
+            # A client's string, echoed: bounded, so a 100 KB name does not come back whole.
+            f"The model '{name[:100]}{'…' if len(name) > 100 else ''}' does not exist or you do not have access to it.",
             param="model",
             code=ErrorCode.MODEL_NOT_FOUND,
         )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import uvicorn
@@ -21,6 +21,7 @@ from uvicorn.server import ServerState
 
 from gateway.config import HttpLimits
 from gateway.errors import InvalidRequest, error_response
+from gateway.inbound import BODY_TIMED_OUT
 from providers.base import ErrorCode
 
 # After refusing a request, keep reading (and dropping) what the client still sends for a moment before
@@ -105,6 +106,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         elif self.cycle is not None and self.cycle.response_started:
             self.transport.close()  # answered without reading the body (a 404, say): nothing to add
         else:
+            if self.cycle is not None:
+                # The app waits for the rest of the body: end its wait now, saying why, so it counts a
+                # 408 (gateway/inbound.py) rather than a client that left.
+                cast(dict[str, Any], self.cycle.scope)[BODY_TIMED_OUT] = True  # not in uvicorn's TypedDict
+                self.cycle.disconnected = True
+                self.cycle.message_event.set()
             self._refuse(_Refused(408, "Request body read timed out.", ErrorCode.REQUEST_TIMEOUT))
 
     # ---- asyncio.Protocol ------------------------------------------------------------------------------
@@ -199,8 +206,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._refused = True
         log.warning("refused a request from %s: %s", self.client and self.client[0], refusal.message)
-        if self.cycle is not None and self.cycle.response_started and not self.cycle.response_complete:
-            self.transport.close()  # a pipelined request behind an answer being written: nothing can follow
+        if self._in_head and self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request behind one still being answered: that answer goes out first, then the
+            # connection closes (writing the refusal now would put it in the earlier request's place).
+            self.cycle.keep_alive = False
             return
         error = InvalidRequest(refusal.message, code=refusal.code)
         error.status = refusal.status

@@ -419,7 +419,14 @@ async def judge(job: Job, answer: str, spent: list[float]) -> Judged:
             raise ShadowFailed("judge_unreadable")
         return verdict, cost
 
-    (first, first_usd), (second, second_usd) = await asyncio.gather(ask(True), ask(False))
+    # A task group, not gather: when one order fails, the other is cancelled before the job settles its
+    # spend and lets go of its runtime (gather left it running, unbilled, on a runtime a reload closed).
+    try:
+        async with asyncio.TaskGroup() as group:
+            asked = group.create_task(ask(True)), group.create_task(ask(False))
+    except* ShadowFailed as failed:
+        raise failed.exceptions[0] from None
+    (first, first_usd), (second, second_usd) = asked[0].result(), asked[1].result()
     ours = (_spend(job.usage, job.model), job.usage or Usage(0, 0))
     theirs = (_spend(other_usage, other_model), other_usage or Usage(0, 0))
     (local_usd, local_usage), (api_usd, api_usage) = (

@@ -157,7 +157,18 @@ def test_an_idle_kept_alive_connection_is_closed(gw: Server) -> None:
     assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1") == 1
 
 
-def test_a_stalled_body_is_408(gw: Server) -> None:
+def unrouted(server: Server, status_class: str) -> float:
+    """crossover_requests_total of requests refused before routing, of one status class."""
+    metrics = httpx.get(server.url + "/metrics", timeout=10).text
+    labels = f'backend="none",model="none",route="none",status_class="{status_class}"'
+    found = [
+        line for line in metrics.splitlines() if line.startswith(f"crossover_requests_total{{{labels}}}")
+    ]
+    return float(found[0].split()[-1]) if found else 0.0
+
+
+def test_a_stalled_body_is_408_and_counted_as_one(gw: Server) -> None:
+    refused, cancelled = unrouted(gw, "4xx"), unrouted(gw, "cancelled")
     with connect(gw) as sock:
         sock.sendall(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
@@ -165,6 +176,26 @@ def test_a_stalled_body_is_408(gw: Server) -> None:
         )
         status, error = status_and_error(read_to_end(sock))
     assert status == 408 and "body" in error["message"]
+    # The app counts the 408 it was part of, not a client that left.
+    assert (unrouted(gw, "4xx"), unrouted(gw, "cancelled")) == (refused + 1, cancelled)
+
+
+def test_a_refused_pipelined_request_does_not_take_the_earlier_ones_place(
+    gw: Server, openai_sim: Server
+) -> None:
+    httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 1}]).raise_for_status()
+    body = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    first = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body) + body
+    )
+    second = request_with(b"".join(b"x-h%d: v\r\n" % i for i in range(150)))
+    try:
+        answer = send_and_read(gw, first + second)  # both in one write, the first still being answered
+    finally:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[]).raise_for_status()
+    # The earlier request gets its own answer, then the connection closes.
+    assert answer.startswith(b"HTTP/1.1 200") and b"chat.completion" in answer and b" 431 " not in answer
 
 
 def test_a_client_leaving_mid_body_is_no_gateway_error(gw: Server) -> None:

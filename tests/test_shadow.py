@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -261,6 +262,25 @@ def test_a_failing_or_slow_judge_loses_no_request_and_is_counted(gateway: Server
         metric(gateway, "crossover_shadow_errors_total", router="auto", kind="judge_unreadable")
         == unreadable + 1
     )
+    assert ask(gateway, "still answering") == "local: still answering"
+
+
+def test_one_failed_judge_order_ends_the_other_before_the_job_lets_go(gateway: Server, sim: Server) -> None:
+    """The job's runtime is released only once no call of it runs: a reload right after one judge order
+    failed must not close the runtime under the other (it used to: gather left the sibling running)."""
+    before = settled(gateway, "auto")
+    # Served in order: the local answer, the API's answer, then the two judge orders (one fails, one
+    # is slow, whichever arrives first).
+    faults = [{}, {}, {"status": 500}, {"delay": 2.5}]
+    httpx.post(sim.url + "/_sim/faults", json=faults).raise_for_status()
+    try:
+        assert ask(gateway, "orders apart") == "local: orders apart"
+        wait_for(gateway, "auto", before + 1)
+        gateway.process.send_signal(signal.SIGHUP)  # retires the runtime the job held
+        time.sleep(3.0)  # past the slow order's answer
+    finally:
+        httpx.post(sim.url + "/_sim/faults", json=[]).raise_for_status()
+    assert "closed the connection unexpectedly" not in gateway.log_text()
     assert ask(gateway, "still answering") == "local: still answering"
 
 

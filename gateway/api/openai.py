@@ -47,7 +47,7 @@ async def retrieve_model(request: Request) -> Response:
         found = next((m for m in _model_objects(request) if m["id"] == wanted), None)
         if found is None:
             raise ModelNotFound(
-                f"The model '{wanted}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND
+                f"The model '{wanted[:100]}' does not exist", param="model", code=ErrorCode.MODEL_NOT_FOUND
             )
     except Exception as exc:
         return error_response(exc)
