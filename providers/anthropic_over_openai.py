@@ -114,10 +114,13 @@ def _assistant(content: Any, where: str) -> dict[str, Any]:
 def _tools(tools: Any) -> list[dict[str, Any]]:
     out = []
     for i, tool in enumerate(array_or_empty(tools, "tools")):
-        if not isinstance(tool, dict) or "input_schema" not in tool:
-            raise UnsupportedRequest(
-                "server tools cannot run on this backend; only custom tools", f"tools[{i}]"
-            )
+        tool = obj(tool, f"tools[{i}]")
+        if "input_schema" not in tool:
+            if tool.get("type") not in (None, "custom"):  # web search, code execution, ...
+                raise UnsupportedRequest(
+                    "server tools cannot run on this backend; only custom tools", f"tools[{i}]"
+                )
+            raise UnsupportedRequest(f"tools[{i}].input_schema is required", f"tools[{i}].input_schema")
         function = {
             "name": string(tool.get("name"), f"tools[{i}].name"),
             "parameters": obj(tool["input_schema"], f"tools[{i}].input_schema"),

@@ -543,7 +543,15 @@ def test_server_tools_are_refused() -> None:
             },
             "tiny",
         )
-    assert info.value.param == "tools[0]"
+    assert info.value.param == "tools[0]" and "server tools" in info.value.message
+
+
+def test_a_custom_tool_without_a_schema_is_told_so_not_called_a_server_tool() -> None:
+    with pytest.raises(UnsupportedRequest) as info:
+        anthropic_to_openai_request(
+            {"model": "m", "max_tokens": 1, "messages": [], "tools": [{"name": 5}]}, "tiny"
+        )
+    assert info.value.param == "tools[0].input_schema" and "server tools" not in info.value.message
 
 
 openai_texts = st.lists(words, max_size=5)
