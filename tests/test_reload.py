@@ -13,7 +13,7 @@ import yaml
 
 from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
-from tests.workers import replace_every_worker
+from tests.workers import replace_every_worker, wait_for_workers
 
 HI = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -109,6 +109,7 @@ def test_sighup_with_two_workers_reloads_each_and_counts_a_bad_file(
     )
     path = tmp_path / "gateway.yaml"
     try:
+        wait_for_workers(server)  # /healthz answered from one; both must be up to count two reloads
         bad = config(openai_sim, 0.25, watch=False)
         bad["routers"]["auto"]["threshold"] = 7
         path.write_text(yaml.safe_dump(bad))

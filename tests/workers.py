@@ -41,3 +41,11 @@ def replace_every_worker(server: Server) -> None:
             time.sleep(0.2)
         assert pid not in worker_pids(server) and len(worker_pids(server)) == 2
         assert httpx.get(server.url + "/healthz", timeout=30).status_code == 200
+
+
+def wait_for_workers(server: Server, count: int = 2) -> None:
+    """Until every worker's app has started: before that, a worker ignores SIGHUP (nothing to reload)."""
+    deadline = time.monotonic() + 30
+    while server.log_text().count("Application startup complete.") < count:
+        assert time.monotonic() < deadline, "the workers did not all start"
+        time.sleep(0.1)
