@@ -69,6 +69,7 @@ class Exchange:
         self.record = record
         self.started = time.perf_counter()
         self.body: dict[str, Any] = {}
+        self.stream = False  # the client asked for a streamed answer
         self.api_key: str | None = None  # the gateway key the client authenticated with
         self.decision: Decision | None = None
         self.tried: Target | None = None  # the target called last
@@ -103,6 +104,7 @@ class Exchange:
     async def read_json(self) -> dict[str, Any]:
         """The body; from here on, what the connection says next can only be a disconnect."""
         self.body = await read_json(self.request, self.runtime.settings.max_body_bytes)
+        self.stream = self.body.get("stream") is True
         self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._arm)
         return self.body
 
@@ -150,7 +152,7 @@ class Exchange:
         """What the response says of its route, for a request a backend answered."""
         decision, resolved, answer = self.decision, self.resolved, self._answer
         assert decision is not None and resolved is not None and answer is not None
-        overhead = max(time.perf_counter() - self.started - self.tally.upstream_seconds, 0.0)
+        overhead = self._overhead(time.perf_counter() - self.started)
         headers = {
             "x-crossover-route": decision.route,
             "x-crossover-backend": resolved.backend.name,
@@ -168,6 +170,10 @@ class Exchange:
         if answer.fell_back_from is not None:
             headers["x-crossover-fallback-from"] = answer.fell_back_from
         return headers
+
+    def _overhead(self, seconds: float) -> float:
+        """Of `seconds` since arrival, the gateway's own: not waiting on backends."""
+        return max(seconds - self.tally.upstream_seconds, 0.0)
 
     async def respond(self, content: bytes, headers: dict[str, str], usage: Usage | None = None) -> None:
         self.tally.usage = usage
@@ -243,7 +249,7 @@ class Exchange:
             body=self.body,
             decision=decision,
             sent=bytes(sampled.answer),
-            streamed=self.body.get("stream") is True,
+            streamed=self.stream,
             model=resolved.model,
             usage=self.tally.usage,
         )
@@ -281,9 +287,8 @@ class Exchange:
         t = self.tally
         if t.failed is not None:
             recorder.upstream_failed(self.resolved.backend.name, t.failed)
-        stream = self.body.get("stream") is True
         usage, estimated = t.usage, False
-        if usage is None and stream:  # a stream cut short: count prompt characters, a token per event
+        if usage is None and self.stream:  # a stream cut short: count prompt characters, a token per event
             features = self.decision.features or extract_features(self.body)
             usage, estimated = Usage(input=estimate_tokens(features.total_chars), output=t.events), True
         seconds = time.perf_counter() - self.started
@@ -296,10 +301,10 @@ class Exchange:
                 decision=self.decision,
                 backend=self.resolved.backend.name,
                 model=self.resolved.model,
-                stream=stream,
+                stream=self.stream,
                 status_class="cancelled" if failure is not None else "5xx" if t.failed else "2xx",
                 seconds=seconds,
-                overhead=max(seconds - t.upstream_seconds, 0.0),
+                overhead=self._overhead(seconds),
                 usage=usage,
                 gpu_usd=gpu_usd,
                 first_token=None if t.first_token_at is None else t.first_token_at - self.started,

@@ -55,9 +55,7 @@ class Door:
             decision = ex.decided(await route(ex, body, api_key))
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
-            answer = await ex.call(
-                Plan.of(decision, Call(self.dialect, self.path, body, headers, _streams(body)))
-            )
+            answer = await ex.call(Plan.of(decision, Call(self.dialect, self.path, body, headers, ex.stream)))
             if isinstance(answer.reply, Completion):
                 content, usage = _translated(answer, answer.reply)
                 await ex.respond(content, ex.headers(explained), usage)
@@ -65,10 +63,6 @@ class Door:
                 backend = answer.resolved.backend.name
                 relay = relay_events(answer.reply, answer.bridge.stream(), ex.tally, self.dialect, backend)
                 await ex.respond_stream(relay, ex.headers(explained))
-
-
-def _streams(body: dict[str, Any]) -> bool:
-    return body.get("stream") is True
 
 
 def authenticate(headers: Mapping[str, str], keys: frozenset[str]) -> str | None:

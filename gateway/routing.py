@@ -140,8 +140,8 @@ def plan_route(
     scored = score(ask.features) if rule is None and ask.forced is None else None
     decision = decide(router, scored, ask.forced, rule, threshold, ask.features)
     if ask.scope is not None:  # first: spill-over may then only use a fallback the key may reach
-        route = decision.route if decision.route != "direct" else "local"
-        decision = within_scope(decision, ask.scope, target_of(router, other_route(route)))
+        other = router.local if decision.target == router.api else router.api
+        decision = within_scope(decision, ask.scope, other)
     if decision.fallback is not None and ask.full(decision.target) and not ask.full(decision.fallback):
         decision = spilled(decision)
     return decision
