@@ -137,6 +137,8 @@ def test_a_worker_restarted_while_the_file_is_bad_serves_the_checked_config(
         tmp_path, config(openai_sim, 0.5, watch=False), workers=2, env={"SIM_OPENAI_KEY": SIM_KEY}
     )
     try:
+        # A worker still starting when the file turns bad would say so too: only replacements may.
+        wait_for_workers(server)
         bad = config(openai_sim, 0.25, watch=False)
         bad["routers"]["auto"]["threshold"] = 7
         (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(bad))
