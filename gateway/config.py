@@ -199,9 +199,20 @@ class AccountingSpec(_Strict):
     ops_usd_per_month: Annotated[float, Field(ge=0)] = 0.0
 
 
+class RedisSpec(_Strict):
+    """Where workers and gateway replicas share state (gateway/redis_link.py); absent: each process
+    keeps its own, as a single process needs."""
+
+    url: str  # redis://[user:password@]host:port/db, usually an environment reference
+    key_prefix: Annotated[str, Field(min_length=1)] = "crossover"
+    timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 250  # past it, Redis counts as down for a call
+    retry_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0  # while down, how often to try again
+
+
 class ConfigFile(_Strict):
     server: ServerSpec = ServerSpec()
     accounting: AccountingSpec = AccountingSpec()
+    redis: RedisSpec | None = None
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
     routers: dict[str, RouterSpec] = {}
 
@@ -286,6 +297,14 @@ class Router:
 
 
 @dataclass(frozen=True, slots=True)
+class Redis:
+    url: str
+    key_prefix: str
+    timeout: float  # seconds
+    retry_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: Mapping[str, Backend]
     routers: Mapping[str, Router]
@@ -297,6 +316,7 @@ class Settings:
     ops_usd_per_month: float = 0.0
     key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> backends it may reach
     http: HttpLimits = field(default_factory=HttpLimits)
+    redis: Redis | None = None
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -421,7 +441,15 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
         key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
         http=spec.server.http,
+        redis=_redis(spec.redis, env) if spec.redis is not None else None,
     )
+
+
+def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:
+    url = _resolve(spec.url, "redis.url", env)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
+    return Redis(url, spec.key_prefix, spec.timeout_ms / 1000, spec.retry_seconds)
 
 
 def _key_scopes(

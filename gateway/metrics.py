@@ -238,6 +238,17 @@ class Metrics:
             ["router", "reason"],
             registry=r,
         )
+        self.redis_up = Gauge(
+            "crossover_redis_up",
+            "1 while shared state in Redis is reachable, 0 while the gateway keeps it locally instead.",
+            registry=r,
+            multiprocess_mode="livemin",  # any worker cut off from Redis shows
+        )
+        self.redis_errors = Counter(
+            "crossover_redis_errors",
+            "Redis calls that failed (each answered from local state instead).",
+            registry=r,
+        )
         self.config_reloads = Counter(
             "crossover_config_reloads",
             "Config reload attempts, by result.",

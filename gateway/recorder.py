@@ -95,6 +95,11 @@ class Recorder:
         if changed:
             log.warning("circuit of backend %r %s", backend, "opened" if open else "closed")
 
+    def redis(self, up: bool, failed: bool = False) -> None:
+        self.metrics.redis_up.set(1 if up else 0)
+        if failed:
+            self.metrics.redis_errors.inc()
+
     def refused(self, route: str, backend: str, model: str, status_class: str, gpu_usd: float) -> None:
         """A request that ended in an error before any answer reached the client."""
         m = self.metrics

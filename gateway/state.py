@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.accounting import BackendMeter
@@ -12,6 +12,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
+from gateway.redis_link import RedisLink
 from gateway.runtime import Runtime
 from gateway.shadow import Shadows
 
@@ -35,8 +36,19 @@ class GatewayState:
         self.shadows = Shadows(
             self.recorder, self.hold, self.unhold, workers
         )  # shadow judging's jobs and stores
+        self.redis: RedisLink | None = None  # shared state across workers and replicas; None: local
+        self._sync_redis()
         self._sync_meters()
         self.export_thresholds()
+
+    def _sync_redis(self) -> None:
+        """Connect to the configured Redis; a reload that changes it reconnects."""
+        wanted = self.runtime.settings.redis
+        if self.redis is not None and self.redis.settings == wanted:
+            return
+        if self.redis is not None:
+            self._background(self.redis.close())
+        self.redis = RedisLink(wanted, self.recorder) if wanted is not None else None
 
     def _sync_meters(self, previous: Settings | None = None) -> None:
         backends = self.runtime.settings.backends
@@ -99,13 +111,15 @@ class GatewayState:
         runtime.in_flight -= 1
         if runtime.in_flight == 0 and runtime in self._retired:
             self._retired.discard(runtime)
-            task = asyncio.create_task(runtime.close())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(runtime.close())
 
     def schedule_reload(self) -> None:
         """For a signal handler: reload soon, in a task the state keeps until it is done."""
-        task = asyncio.get_running_loop().create_task(self.reload())
+        self._background(self.reload())
+
+    def _background(self, work: Coroutine[Any, Any, Any]) -> None:
+        """Run `work` in a task the state keeps until it is done."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -122,6 +136,7 @@ class GatewayState:
             return False
         new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
+        self._sync_redis()
         self._sync_meters(old.settings)
         self.export_thresholds()
         self.recorder.reloaded(True)
@@ -134,6 +149,8 @@ class GatewayState:
 
     async def close(self) -> None:
         await self.shadows.close()
+        if self.redis is not None:
+            await self.redis.close()
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()

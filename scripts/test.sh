@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install --quiet -e '.[dev]'
 bash scripts/setup-vllm.sh
-bash scripts/setup-services.sh   # Prometheus (promtool) and Chromium, from Debian, for the dashboard tests
+bash scripts/setup-services.sh   # Prometheus, Chromium, PostgreSQL and Redis, from Debian (what each is for: see the script)
 ruff check .
 ruff format --check .
 mypy

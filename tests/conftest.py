@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.servers import Server, start_anthropic_sim, start_gateway, start_openai_sim, start_vllm
+from tests.services import RedisServer, redis_server
 
 SIM_KEY = "sk-sim-0123456789abcdefSECRET"
 ANTHROPIC_KEY = "sk-ant-sim-0123456789SECRET"
@@ -45,6 +46,13 @@ def vllm(tmp_session: Path) -> Iterator[Server]:
     server = start_vllm(tmp_session)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own (tests/services.py)."""
+    with redis_server() as server:
+        yield server
 
 
 def sim_backend(sim: Server, *models: dict[str, Any], **options: Any) -> dict[str, Any]:

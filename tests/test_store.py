@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,42 +24,15 @@ from classifier.cues import cue_map, cue_vector
 from gateway.quality import quality_threshold, wilson
 from gateway.store import MIGRATIONS, Judged, open_store
 from tests.conftest import SIM_KEY
-from tests.servers import ROOT, Server, free_port, start_gateway, start_openai_sim
+from tests.servers import ROOT, Server, start_gateway, start_openai_sim
+from tests.services import postgres_cluster
 from tests.test_shadow import KEYS, config, wait_for
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    if found:
-        return found[-1].parent
-    pg_ctl = shutil.which("pg_ctl")
-    return Path(pg_ctl).parent if pg_ctl else None
 
 
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[str]:
-    """A PostgreSQL cluster of the test's own; as root it runs as the `postgres` user (it refuses root)."""
-    bin_dir = _pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (scripts/setup-services.sh installs it)")
-    home = Path(tempfile.mkdtemp(prefix="crossover-pg-"))
-    as_user: list[str] = []
-    if os.getuid() == 0:
-        shutil.chown(home, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data, port = home / "data", free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
-
-    run(str(bin_dir / "initdb"), "-D", str(data), "-U", "crossover", "--auth=trust", "-E", "UTF8")
-    options = f"-p {port} -k {home} -c listen_addresses=127.0.0.1"
-    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(home / "log"), "-w", "-o", options, "start")
-    try:
-        yield f"postgresql://crossover@127.0.0.1:{port}/postgres"
-    finally:
-        run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(home, ignore_errors=True)
+    with postgres_cluster() as url:
+        yield url
 
 
 def row(n: int, score: float | None = 0.5, verdict: str = "tie", prompt: str | None = None) -> Judged:
