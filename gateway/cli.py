@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             log_level=args.log_level,
             access_log=args.access_log,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
     finally:
         if metrics_dir is not None:
@@ -135,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="after SIGTERM, how long in-flight requests (streams included) may take to finish",
+    )
     serve.set_defaults(run=_serve)
     check = commands.add_parser("check", help="validate a config file without serving")
     check.add_argument("config")
