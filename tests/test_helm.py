@@ -235,8 +235,16 @@ def test_vllm_hpa_alternative_reads_the_queue_metric() -> None:
     assert hpa["scaleTargetRef"]["name"] == "crossover-vllm"
     [metric] = hpa["metrics"]
     assert metric["external"]["metric"]["selector"]["matchLabels"]["service"] == "crossover-vllm"
-    with pytest.raises(helm.HelmRenderError, match="keda or hpa"):
+
+
+def test_values_are_checked_against_the_charts_schema() -> None:
+    """values.schema.json: a misspelt or mistyped value fails the install instead of being ignored."""
+    with pytest.raises(helm.HelmValuesError, match="'keda', 'hpa'"):
         render({"vllm": {"enabled": True, "autoscaling": {"enabled": True, "kind": "cron"}}})
+    with pytest.raises(helm.HelmValuesError, match="'replica' not allowed"):
+        render({"gateway": {"replica": 3}})
+    with pytest.raises(helm.HelmValuesError, match="longestStreamSeconds"):
+        render({"gateway": {"longestStreamSeconds": "5m"}})
 
 
 def test_the_config_map_holds_a_valid_config_that_names_the_charts_services() -> None:
