@@ -330,8 +330,8 @@ def start_rendered_gateway(tmp_path: Path, sim: Server, longest_stream: int) -> 
     here = {"--host": "127.0.0.1", "--port": str(port), "--config": str(config)}
     args = [f"{k}={here.get(k, v)}" for k, _, v in (a.partition("=") for a in container["args"][1:])]
     env = {e["name"]: e["value"] for e in container["env"]}
-    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
-    (tmp_path / "metrics").mkdir()
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")  # the pod's emptyDir
+    (tmp_path / "metrics").mkdir(exist_ok=True)
     env |= one(docs, "Secret", "crossover-keys")["stringData"]
     cmd = [sys.executable, "-m", "gateway.cli", container["args"][0], *args]
     return start(cmd, port, tmp_path / "gateway.log", container["readinessProbe"]["httpGet"]["path"], 30, env)
@@ -393,3 +393,21 @@ def test_the_drain_ends_at_the_longest_stream_the_chart_names(tmp_path: Path, op
     # Cut after about 1 s, not when the upstream answers (15 s) nor after the old fixed 30 s.
     assert got["exited_after"] < 10, got
     assert "data: [DONE]" not in got.get("text", ""), got
+
+
+def test_a_restarted_gateway_container_starts_its_metrics_afresh(tmp_path: Path, openai_sim: Server) -> None:
+    """The metrics directory is an emptyDir, which outlives a container restart (a liveness failure, an
+    OOM kill): the new gateway must not add the old one's counts to its own."""
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
+    for run in ("first", "after a restart"):
+        gateway = start_rendered_gateway(tmp_path, openai_sim, longest_stream=1)
+        try:
+            assert httpx.post(gateway.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+            counted = [
+                line
+                for line in httpx.get(gateway.url + "/metrics").text.splitlines()
+                if line.startswith("crossover_requests_total{")
+            ]
+        finally:
+            gateway.stop()
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in counted) == 1, (run, counted)
