@@ -43,7 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
             "OPENAI_API_KEY is not set: requests routed to the API (backend 'openai') will fail"
         )
     metrics_dir = None
-    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        _forget_earlier_runs(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+    elif args.workers > 1:
         # Workers share metrics through files; this must be set before prometheus_client is imported
         # in the worker processes, which are spawned fresh and inherit the environment.
         metrics_dir = tempfile.mkdtemp(prefix="crossover-metrics-")
@@ -67,11 +69,19 @@ def _serve(args: argparse.Namespace) -> int:
             loop="uvloop",
             log_level=args.log_level,
             access_log=args.access_log,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=args.timeout_graceful_shutdown,
         )
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _forget_earlier_runs(metrics_dir: Path) -> None:
+    """A given metrics directory outlives the gateway (the image's, a Kubernetes emptyDir across
+    container restarts): an earlier run's files would be summed into this run's metrics, and a
+    worker that gets a dead one's PID (PID 1 again, in a container) would carry on its gauges."""
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink(missing_ok=True)
 
 
 def app_from_env(validated: Settings | None = None) -> object:
@@ -135,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     serve.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=False)
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=int,
+        default=30,
+        metavar="SECONDS",
+        help="after SIGTERM, how long in-flight requests (streams included) may take to finish",
+    )
     serve.set_defaults(run=_serve)
     check = commands.add_parser("check", help="validate a config file without serving")
     check.add_argument("config")

@@ -1,7 +1,8 @@
 """The deployment files hold together: what they mount exists, the configs they carry are valid, and
 Prometheus, its alert rules, Grafana's provisioning and the dashboard point at each other.
 (No Docker engine here: docker-compose.yml is checked, not run; tests/test_prometheus.py runs the
-Prometheus config, the alert rules and every dashboard query against a real Prometheus.)"""
+Prometheus config, the alert rules and every dashboard query against a real Prometheus; the Helm chart
+is rendered and validated by tests/test_helm.py.)"""
 
 from __future__ import annotations
 
@@ -142,12 +143,3 @@ def test_dashboard_is_well_formed() -> None:
         "GPU cost rate",
     ):
         assert wanted in titles, wanted
-
-
-def test_kubernetes_config_map_holds_a_valid_config() -> None:
-    docs = list(yaml.safe_load_all((ROOT / "deploy/kubernetes/gateway.yaml").read_text()))
-    config_map = next(d for d in docs if d["kind"] == "ConfigMap")
-    build(parse(yaml.safe_load(config_map["data"]["crossover.yaml"])), ENV)
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
