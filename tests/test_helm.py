@@ -251,6 +251,7 @@ def test_the_config_map_holds_a_valid_config_that_names_the_charts_services() ->
     build(parse(gateway_config(render())), ENV)
     docs = render({"redis": {"enabled": True}, "vllm": {"enabled": True}})
     config = gateway_config(docs)
+    assert build(parse(config), ENV).redis is not None  # the gateway reads the chart's Redis
     vllm = urlsplit(config["backends"]["local"]["base_url"])
     service = one(docs, "Service", vllm.hostname)
     assert vllm.port == service["spec"]["ports"][0]["port"]
