@@ -204,7 +204,7 @@ class Metrics:
         )
         self.replica_in_flight = Gauge(
             "crossover_replica_in_flight",
-            "Requests the gateway has running on a backend replica now.",
+            "Requests the gateway had running on a backend replica at its last health probe.",
             ["backend", "replica"],
             registry=r,
             multiprocess_mode="livesum",

@@ -132,12 +132,26 @@ class Runtime:
                 return
             self._discovered_at[backend] = time.monotonic()
             try:
-                names = await self.providers[backend].list_models()
+                names = await self._list_models(backend)
             except UpstreamError as exc:
                 log.warning("model discovery on backend %r failed: %s", backend, exc.message)
                 return
             known = {m.name for m in self._models[backend]}
             self._models[backend].extend(ModelEntry(n, n, Price()) for n in names if n not in known)
+
+    async def _list_models(self, backend: str) -> list[str]:
+        """The backend's model list; from a replica that answers, the live ones first."""
+        replicas = self.replicas.get(backend)
+        if replicas is None:
+            return await self.providers[backend].list_models()
+        failed: UpstreamError | None = None
+        for replica in sorted(replicas.replicas, key=lambda r: not r.load.up):
+            try:
+                return await replica.provider.list_models()
+            except UpstreamError as exc:
+                failed = exc
+        assert failed is not None
+        raise failed
 
     def models(self) -> list[tuple[str, ModelEntry]]:
         return [(backend, m) for backend, entries in self._models.items() for m in entries]

@@ -15,6 +15,10 @@ import httpx
 import openai
 import pytest
 
+from gateway.config import Settings, build, parse
+from gateway.metrics import Metrics
+from gateway.runtime import Runtime
+from gateway.state import GatewayState
 from tests.conftest import SIM_KEY
 from tests.servers import Server, free_port, start_gateway, start_openai_sim
 
@@ -298,8 +302,8 @@ def test_the_real_vllm_beside_a_dead_replica(tmp_path: Path, vllm: Server) -> No
     dead = f"http://127.0.0.1:{free_port()}/v1"
     backend = {
         "kind": "openai_compatible",
-        "replicas": [vllm.url + "/v1", dead],
-        "models": [{"name": "tiny-llama"}],
+        "replicas": [dead, vllm.url + "/v1"],  # the first is dead: models are discovered from the other
+        "discover_models": True,
         "scrape_metrics": True,
         "health_check_seconds": 1,
     }
@@ -326,3 +330,19 @@ def test_the_real_vllm_beside_a_dead_replica(tmp_path: Path, vllm: Server) -> No
         )
     finally:
         gateway.stop()
+
+
+async def test_a_reload_keeps_replica_circuits_unless_the_replicas_changed() -> None:
+    def settings(*urls: str) -> Settings:
+        spec = pool(list(urls), circuit_breaker={"failures": 1, "cooldown_seconds": 60})
+        return build(parse({"backends": {"pool": spec}}), {"SIM_OPENAI_KEY": "k"})
+
+    first = settings("http://a:1/v1", "http://b:2/v1")
+    configs = iter([first, settings("http://a:1/v1", "http://c:3/v1")])
+    state = GatewayState(Runtime(first), Metrics(), loader=lambda: next(configs))
+    assert sorted(state.breakers) == ["pool/a:1", "pool/b:2"]
+    state.breakers["pool/a:1"].record(False)
+    assert await state.reload() and state.breakers["pool/a:1"].open  # the same replicas: kept
+    assert await state.reload()
+    assert sorted(state.breakers) == ["pool/a:1", "pool/c:3"] and not state.breakers["pool/a:1"].open
+    await state.close()
