@@ -103,6 +103,8 @@ class _BackendSpec(_Strict):
             raise ValueError("give base_url or replicas, not both")
         if self.replicas is None and self.base_url is None:
             raise ValueError("base_url or replicas is required")
+        if self.affinity is not None and self.replicas is None:
+            raise ValueError("affinity chooses among replicas: give replicas")
         if self.spill_when is not None and not getattr(self, "scrape_metrics", False):
             raise ValueError("spill_when reads the replicas' /metrics: set scrape_metrics: true")
         return self

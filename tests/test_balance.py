@@ -116,6 +116,7 @@ def test_replica_labels_and_circuit_names_come_from_the_config() -> None:
             "waiting_over or kv_cache_over",
         ),
         ({"replicas": ["http://a/v1"], "affinity": "session"}, "affinity"),
+        ({"base_url": "http://a/v1", "affinity": "prefix"}, "give replicas"),
     ],
 )
 def test_bad_replica_configs_name_their_key(keys: dict[str, Any], message: str) -> None:
