@@ -89,12 +89,13 @@ def by_affinity(
 
 
 def prefix_key(body: dict[str, Any], chars: int) -> int | None:
-    """A hash of the first `chars` characters of a request's conversation (roles and texts, in order),
-    or of its prompt; None when it has neither. Requests that share this prefix share vLLM's prefix
-    cache on one replica."""
+    """A hash of the first `chars` characters of a request's conversation (roles and texts, in order,
+    after Anthropic's top-level `system`), or of its prompt; None when it has neither. Requests that
+    share this prefix share vLLM's prefix cache on one replica."""
     messages = body.get("messages")
-    parts: list[str] = []
-    size = 0
+    system = _text(body.get("system"))
+    parts: list[str] = [f"system\x1f{system}\x1e"] if system else []
+    size = len(parts[0]) if parts else 0
     if isinstance(messages, list):
         for message in messages:
             if size >= chars or not isinstance(message, dict):

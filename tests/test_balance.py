@@ -74,6 +74,8 @@ def test_the_prefix_key_is_the_conversation_so_far_up_to_a_length() -> None:
     assert prefix_key(a, 5000) != prefix_key(b, 5000)
     parts = {"messages": [{"role": "system", "content": [{"type": "text", "text": system["content"]}]}]}
     assert prefix_key(parts, 200) == prefix_key(a, 200)
+    anthropic = {"system": system["content"], "messages": [{"role": "user", "content": "first question"}]}
+    assert prefix_key(anthropic, 200) == prefix_key(a, 200)  # Anthropic's system field is the same prefix
     assert prefix_key({"prompt": "abc"}, 10) == prefix_key({"prompt": "abcdef"}, 3)
     assert prefix_key({"messages": []}, 10) is None
     assert prefix_key({"input": 1}, 10) is None
