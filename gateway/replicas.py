@@ -160,5 +160,6 @@ async def watch(state: GatewayState) -> None:
         await asyncio.sleep(TICK_SECONDS)
         now = time.monotonic()
         due = [s for s in state.runtime.replicas.values() if s.next_probe <= now]
-        if due:
-            await asyncio.gather(*(s.probe(state.recorder) for s in due))
+        for result in await asyncio.gather(*(s.probe(state.recorder) for s in due), return_exceptions=True):
+            if isinstance(result, Exception):  # a bug must not stop the probes: no replica would come back
+                log.error("probing replicas failed: %r", result)
