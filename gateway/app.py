@@ -18,6 +18,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from gateway import replicas
 from gateway.api import admin, anthropic, dashboard, openai
 from gateway.config import Settings
 from gateway.dashboard import snapshot
@@ -72,6 +73,8 @@ async def _housekeeping(state: GatewayState) -> None:
                 state.recorder.pool(name, http.pool_waits.take(), http.pool_waits.queued)
         for name, backend in runtime.settings.backends.items():
             provider = runtime.providers[name]
+            if backend.replicated:  # scraped per replica (gateway/replicas.py)
+                continue
             if not backend.scrape_metrics or not isinstance(provider, OpenAICompatProvider):
                 continue
             try:
@@ -143,7 +146,10 @@ def create_app(
         state = GatewayState(runtime, metrics or Metrics(), loader, workers=workers)
         app.state.gateway = state
         loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[None]] = [loop.create_task(_housekeeping(state))]
+        tasks: list[asyncio.Task[None]] = [
+            loop.create_task(_housekeeping(state)),
+            loop.create_task(replicas.watch(state)),
+        ]
         if loader is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(signal.SIGHUP, state.schedule_reload)

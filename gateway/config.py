@@ -61,11 +61,30 @@ class RetriesSpec(_Strict):
 BaseUrl = Annotated[str, Field(pattern=r"^(https?://[^\s]+|\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\})$")]
 
 
+class SpillWhenSpec(_Strict):
+    """Spill-over on the backend's own queue, as its replicas' /metrics say (needs scrape_metrics)."""
+
+    waiting_over: Annotated[int, Field(ge=0)] | None = None  # vllm:num_requests_waiting
+    kv_cache_over: Annotated[float, Field(gt=0, le=1)] | None = None  # vllm:kv_cache_usage_perc, 0-1
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SpillWhenSpec:
+        if self.waiting_over is None and self.kv_cache_over is None:
+            raise ValueError("spill_when needs waiting_over or kv_cache_over")
+        return self
+
+
 class _BackendSpec(_Strict):
     """What every backend has; each kind adds its own keys (providers/registry.py)."""
 
     kind: str
-    base_url: BaseUrl
+    base_url: BaseUrl | None = None  # one server; or `replicas`, several serving the same models
+    replicas: Annotated[list[BaseUrl], Field(min_length=1, max_length=64)] | None = None
+    affinity: Literal["prefix"] | None = None  # same conversation prefix -> same replica (prefix cache)
+    affinity_prefix_chars: Annotated[int, Field(ge=1)] = 2048
+    affinity_max_load: Annotated[float, Field(ge=1)] = 1.25  # x the mean load, then the ring's next
+    health_check_seconds: Annotated[float, Field(gt=0)] = 5.0  # each replica's /health probe
+    spill_when: SpillWhenSpec | None = None
     api_key: str | None = None
     models: list[ModelSpec] = []
     discover_models: bool = False  # also serve whatever the backend's GET /models lists
@@ -77,6 +96,18 @@ class _BackendSpec(_Strict):
     max_in_flight: Annotated[int, Field(ge=1)] | None = None
     circuit_breaker: CircuitBreakerSpec | None = None  # none: always call, however often it fails
     retries: RetriesSpec | None = None  # none: a retryable failure goes straight to the fallback
+
+    @model_validator(mode="after")
+    def _one_address(self) -> _BackendSpec:
+        if self.replicas is not None and "base_url" in self.model_fields_set:
+            raise ValueError("give base_url or replicas, not both")
+        if self.replicas is None and self.base_url is None:
+            raise ValueError("base_url or replicas is required")
+        if self.affinity is not None and self.replicas is None:
+            raise ValueError("affinity chooses among replicas: give replicas")
+        if self.spill_when is not None and not getattr(self, "scrape_metrics", False):
+            raise ValueError("spill_when reads the replicas' /metrics: set scrape_metrics: true")
+        return self
 
 
 def _spec_of(kind: Kind) -> type[_BackendSpec]:
@@ -259,6 +290,23 @@ class Backend:
     max_in_flight: int | None = None  # spill-over limit, per worker
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown seconds)
     retries: Retries | None = None
+    replicas: tuple[str, ...] = ()  # several servers of this backend (base_url is the first); () : one
+    affinity: Literal["prefix"] | None = None
+    affinity_prefix_chars: int = 2048
+    affinity_max_load: float = 1.25
+    health_check_seconds: float = 5.0
+    spill_when: SpillWhen | None = None
+
+    @property
+    def replicated(self) -> bool:
+        """Balanced over replicas, with their health and queues watched (gateway/replicas.py)."""
+        return bool(self.replicas) or self.spill_when is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SpillWhen:
+    waiting_over: int | None
+    kv_cache_over: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,10 +431,17 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         path = f"backends.{name}"
         models = tuple(ModelEntry(m.name, m.upstream or m.name, _price(m)) for m in b.models)
         own = KINDS[b.kind].options
+        urls = (
+            [_resolve(u, f"{path}.replicas[{i}]", env).rstrip("/") for i, u in enumerate(b.replicas)]
+            if b.replicas is not None
+            else [_resolve(b.base_url or "", f"{path}.base_url", env).rstrip("/")]
+        )
+        if len(set(urls)) != len(urls):
+            raise ConfigError(f"{path}.replicas: each replica's URL must differ")
         backends[name] = Backend(
             name=name,
             kind=b.kind,
-            base_url=_resolve(b.base_url, f"{path}.base_url", env).rstrip("/"),
+            base_url=urls[0],
             api_key=_secret(b.api_key, f"{path}.api_key", env) or None if b.api_key else None,
             models=models,
             discover_models=b.discover_models,
@@ -407,6 +462,14 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
                 Retries(b.retries.attempts, b.retries.backoff_seconds, b.retries.max_wait_seconds)
                 if b.retries
                 else None
+            ),
+            replicas=tuple(urls) if b.replicas is not None else (),
+            affinity=b.affinity,
+            affinity_prefix_chars=b.affinity_prefix_chars,
+            affinity_max_load=b.affinity_max_load,
+            health_check_seconds=b.health_check_seconds,
+            spill_when=(
+                SpillWhen(b.spill_when.waiting_over, b.spill_when.kv_cache_over) if b.spill_when else None
             ),
         )
     keys = frozenset(_secret(k, f"server.api_keys[{i}]", env) for i, k in enumerate(spec.server.api_keys))

@@ -264,6 +264,8 @@ class Exchange:
         # The meter first: a cancellation landing in aclose() must not leak the slot (spill-over reads it).
         meter = self.state.meters.get(held.resolved.backend.name)
         gpu_usd = meter.stop(held.gpu_mark) if meter is not None else 0.0
+        if held.replica is not None:
+            held.replica.load.in_flight -= 1
         if not isinstance(held.reply, Completion):
             await held.reply.aclose()  # idempotent; drops the connection if the stream was cut short
         return gpu_usd

@@ -194,6 +194,42 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        # Per replica of a backend with `replicas` (gateway/replicas.py); labels bounded by the config.
+        self.replica_up = Gauge(
+            "crossover_replica_up",
+            "1 while a backend replica's health probe passes, else 0.",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livemin",  # down in any worker's eyes shows
+        )
+        self.replica_in_flight = Gauge(
+            "crossover_replica_in_flight",
+            "Requests the gateway had running on a backend replica at its last health probe.",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.replica_waiting = Gauge(
+            "crossover_replica_requests_waiting",
+            "Requests queued in a vLLM replica (its vllm:num_requests_waiting).",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.replica_running = Gauge(
+            "crossover_replica_requests_running",
+            "Requests running in a vLLM replica (vllm:num_requests_running).",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.replica_kv_cache = Gauge(
+            "crossover_replica_kv_cache_usage_ratio",
+            "KV-cache use of a vLLM replica, 0-1 (vllm:kv_cache_usage_perc).",
+            ["backend", "replica"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.pool_wait = Counter(
             "crossover_upstream_pool_wait_seconds",
             "Time requests waited for a free connection of a backend's pool (max_connections).",

@@ -76,6 +76,19 @@ class Recorder:
         m.at(m.backend_running, backend).set(running)
         m.at(m.backend_kv_cache, backend).set(kv_cache)
 
+    def replica_up(self, backend: str, replica: str, up: bool) -> None:
+        self.metrics.at(self.metrics.replica_up, backend, replica).set(1 if up else 0)
+
+    def replica(
+        self, backend: str, replica: str, in_flight: int, waiting: float, running: float, kv_cache: float
+    ) -> None:
+        """A backend replica's state at its probe: ours in flight, and its engine's own queue."""
+        m = self.metrics
+        m.at(m.replica_in_flight, backend, replica).set(in_flight)
+        m.at(m.replica_waiting, backend, replica).set(waiting)
+        m.at(m.replica_running, backend, replica).set(running)
+        m.at(m.replica_kv_cache, backend, replica).set(kv_cache)
+
     # ---- requests ----
 
     def threshold(self, router: str, value: float) -> None:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config import Retries, Target
+from gateway.replicas import Replica
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
-from providers.base import Completion, Dialect, ErrorCode, EventStream, UpstreamError
+from providers.base import Completion, Dialect, ErrorCode, EventStream, Provider, UpstreamError
 from providers.bridges import Bridge, bridge_for
 
 # Failures not worth the same backend again: its circuit is open, a timeout (which may have taken the
@@ -63,6 +64,7 @@ class Answer:
     upstream_seconds: float  # waiting on backends and between retries: not the gateway's overhead
     fell_back_from: str | None  # the backend that failed first, when the fallback answered
     gpu_mark: float  # the backend meter's mark: the answer holds a slot on it until it is done
+    replica: Replica | None = None  # the replica answering, on a backend with replicas: a slot there too
 
 
 def retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | None:
@@ -77,25 +79,76 @@ def retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | N
 
 
 async def _call_once(
-    runtime: Runtime, state: GatewayState, target: Target, call: Call
-) -> tuple[Resolved, Bridge, Completion | EventStream, float]:
-    """One call to one target: (resolved, bridge, reply, meter mark). Raises UpstreamError."""
+    runtime: Runtime, state: GatewayState, target: Target, call: Call, avoid: set[int]
+) -> tuple[Resolved, Bridge, Completion | EventStream, float, Replica | None]:
+    """One call to one target: (resolved, bridge, reply, meter mark, replica). Raises UpstreamError.
+    On a backend with replicas, a replica that cannot be reached (the request never got there) or
+    whose circuit is open passes the call to the next; `avoid` holds the replicas this request
+    already tried, so a retry goes elsewhere first."""
     resolved = await runtime.resolve(target)
     provider = resolved.provider
     bridge = bridge_for(call.dialect, call.path, provider, call.body)
     outgoing = bridge.request(resolved.model.upstream)
     extra = call.headers if call.headers and provider.dialect == call.dialect else None
-    breaker = state.breakers.get(target.backend)
+    replicas = runtime.replicas.get(target.backend)
+    if replicas is None:
+        reply, mark = await _send(
+            state, target.backend, target.backend, provider, bridge, outgoing, extra, call
+        )
+        return resolved, bridge, reply, mark, None
+    last: UpstreamError | None = None
+    while True:
+        replica = replicas.choose(outgoing, frozenset(avoid))
+        if replica.index in avoid:
+            if last is not None:
+                raise last  # every live replica failed this call
+            avoid.clear()  # a retry after backoff: any replica again, the least loaded first
+        avoid.add(replica.index)
+        replica.load.in_flight += 1
+        try:
+            reply, mark = await _send(
+                state, target.backend, replica.circuit, replica.provider, bridge, outgoing, extra, call
+            )
+        except UpstreamError as exc:
+            replica.load.in_flight -= 1
+            if exc.code == ErrorCode.BACKEND_UNREACHABLE:
+                replicas.mark(replica, False, state.recorder, " (a connection to it failed)")
+            elif exc.code != ErrorCode.CIRCUIT_OPEN:
+                raise
+            if last is not None:  # the last one is counted by the caller
+                state.recorder.upstream_failed(target.backend, last)
+            last = exc
+            continue
+        except BaseException:
+            replica.load.in_flight -= 1
+            raise
+        if last is not None:
+            state.recorder.upstream_failed(target.backend, last)
+        return resolved, bridge, reply, mark, replica
+
+
+async def _send(
+    state: GatewayState,
+    backend: str,
+    circuit: str,
+    provider: Provider,
+    bridge: Bridge,
+    outgoing: dict[str, Any],
+    extra: Mapping[str, str] | None,
+    call: Call,
+) -> tuple[Completion | EventStream, float]:
+    """The call itself, behind the circuit named `circuit` (the backend's, or one replica's)."""
+    breaker = state.breakers.get(circuit)
     if breaker is not None and not breaker.allow():  # asked last: an allowed call always reports
         raise UpstreamError(
             503,
-            f"backend '{target.backend}' is failing; its circuit is open",
+            f"backend '{backend}' is failing; its circuit is open",
             type="service_unavailable",
             code=ErrorCode.CIRCUIT_OPEN,
             retry_after=breaker.retry_after(),
             retryable=True,
         )
-    meter = state.meters[target.backend]
+    meter = state.meters[backend]
     mark = meter.start()
     reply: Completion | EventStream
     try:
@@ -106,19 +159,19 @@ async def _call_once(
     except BaseException as exc:
         meter.stop(mark)  # a refused (or abandoned) call is not charged GPU time
         if breaker is not None and isinstance(exc, UpstreamError):
-            _report(state, target.backend, ok=not exc.retryable)
+            _report(state, circuit, ok=not exc.retryable)
         raise
     if breaker is not None:
-        _report(state, target.backend, ok=True)
-    return resolved, bridge, reply, mark
+        _report(state, circuit, ok=True)
+    return reply, mark
 
 
-def _report(state: GatewayState, backend: str, ok: bool) -> None:
-    breaker = state.breakers[backend]
+def _report(state: GatewayState, circuit: str, ok: bool) -> None:
+    breaker = state.breakers[circuit]
     was_open = breaker.open
     breaker.record(ok)
     if breaker.open != was_open:
-        state.recorder.circuit(backend, breaker.open)
+        state.recorder.circuit(circuit, breaker.open)
 
 
 async def answer(
@@ -134,10 +187,13 @@ async def answer(
         on_try(target)
         retries = runtime.settings.backends[target.backend].retries
         attempt = 0
+        avoid: set[int] = set()  # replicas of this target already tried
         while True:
             started = time.perf_counter()
             try:
-                resolved, bridge, reply, mark = await _call_once(runtime, state, target, plan.call)
+                resolved, bridge, reply, mark, replica = await _call_once(
+                    runtime, state, target, plan.call, avoid
+                )
             except UpstreamError as exc:
                 upstream_seconds += time.perf_counter() - started
                 state.recorder.upstream_failed(target.backend, exc)
@@ -157,5 +213,5 @@ async def answer(
                 state.recorder.fell_back(target.backend, plan.targets[index + 1].backend)
                 break
             waited = upstream_seconds + time.perf_counter() - started
-            return Answer(resolved, bridge, reply, waited, failed, mark)
+            return Answer(resolved, bridge, reply, waited, failed, mark, replica)
     raise AssertionError("a plan has at least one target")

@@ -15,6 +15,7 @@ from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
 from gateway.online_threshold import OnlineThreshold
+from gateway.replicas import ReplicaSet
 from gateway.routing import Decision
 from providers.base import ErrorCode, Provider, UpstreamError
 from providers.http import HttpConfig
@@ -35,10 +36,10 @@ class Resolved:
     model: ModelEntry
 
 
-def _http(backend: Backend) -> HttpConfig:
+def _http(backend: Backend, base_url: str) -> HttpConfig:
     return HttpConfig(
         name=backend.name,
-        base_url=backend.base_url,
+        base_url=base_url,
         headers=backend.headers,
         connect_timeout=backend.connect_timeout,
         read_timeout=backend.read_timeout,
@@ -46,15 +47,24 @@ def _http(backend: Backend) -> HttpConfig:
     )
 
 
-def build_provider(backend: Backend) -> Provider:
-    return KINDS[backend.kind].build(_http(backend), backend.api_key, backend.options)
+def build_provider(backend: Backend, base_url: str | None = None) -> Provider:
+    http = _http(backend, base_url or backend.base_url)
+    return KINDS[backend.kind].build(http, backend.api_key, backend.options)
 
 
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # A replicated backend has a provider per replica; its first stands for the backend where
+        # any one will do (model lists, token counts, readiness).
+        self.replicas: dict[str, ReplicaSet] = {
+            name: ReplicaSet(b, [build_provider(b, url) for url in b.replicas or (b.base_url,)])
+            for name, b in settings.backends.items()
+            if b.replicated
+        }
         self.providers: dict[str, Provider] = {
-            name: build_provider(b) for name, b in settings.backends.items()
+            name: self.replicas[name].replicas[0].provider if name in self.replicas else build_provider(b)
+            for name, b in settings.backends.items()
         }
         self.classifiers: dict[str, Classifier] = {
             name: load_classifier(r.classifier) for name, r in settings.routers.items()
@@ -111,7 +121,9 @@ class Runtime:
         )
 
     async def close(self) -> None:
-        await asyncio.gather(*(p.close() for p in self.providers.values()))
+        providers = {id(p): p for p in self.providers.values()}
+        providers.update((id(r.provider), r.provider) for s in self.replicas.values() for r in s.replicas)
+        await asyncio.gather(*(p.close() for p in providers.values()))
 
     async def _discover(self, backend: str) -> None:
         async with self._discovery_locks[backend]:
@@ -120,12 +132,26 @@ class Runtime:
                 return
             self._discovered_at[backend] = time.monotonic()
             try:
-                names = await self.providers[backend].list_models()
+                names = await self._list_models(backend)
             except UpstreamError as exc:
                 log.warning("model discovery on backend %r failed: %s", backend, exc.message)
                 return
             known = {m.name for m in self._models[backend]}
             self._models[backend].extend(ModelEntry(n, n, Price()) for n in names if n not in known)
+
+    async def _list_models(self, backend: str) -> list[str]:
+        """The backend's model list; from a replica that answers, the live ones first."""
+        replicas = self.replicas.get(backend)
+        if replicas is None:
+            return await self.providers[backend].list_models()
+        failed: UpstreamError | None = None
+        for replica in sorted(replicas.replicas, key=lambda r: not r.load.up):
+            try:
+                return await replica.provider.list_models()
+            except UpstreamError as exc:
+                failed = exc
+        assert failed is not None
+        raise failed
 
     def models(self) -> list[tuple[str, ModelEntry]]:
         return [(backend, m) for backend, entries in self._models.items() for m in entries]

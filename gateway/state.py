@@ -13,6 +13,7 @@ from gateway.config import Settings, Target
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
+from gateway.replicas import circuit_names
 from gateway.runtime import Runtime
 from gateway.shadow import Shadows
 
@@ -64,18 +65,29 @@ class GatewayState:
 
     def _sync_breakers(self, previous: Settings | None) -> None:
         """A circuit outlives a reload that leaves its backend as it was; a backend now elsewhere (its
-        URL or kind changed), or without a breaker, starts afresh."""
+        URL or kind changed), or without a breaker, starts afresh. A backend with replicas has a
+        circuit per replica, named "backend/replica"."""
         backends = self.runtime.settings.backends
+        wanted = {
+            name: b for b in backends.values() if b.circuit_breaker is not None for name in circuit_names(b)
+        }
         for name in list(self.breakers):
-            old = previous.backends.get(name) if previous is not None else None
-            new = backends.get(name)
-            moved = old is None or new is None or (old.kind, old.base_url) != (new.kind, new.base_url)
-            if new is None or new.circuit_breaker is None or moved:
+            new = wanted.get(name)
+            old = previous.backends.get(new.name) if previous is not None and new is not None else None
+            moved = (
+                old is None
+                or new is None
+                or (old.kind, old.replicas or old.base_url)
+                != (
+                    new.kind,
+                    new.replicas or new.base_url,
+                )
+            )
+            if new is None or moved:
                 del self.breakers[name]
                 self.recorder.circuit(name, False, changed=False)
-        for name, backend in backends.items():
-            if backend.circuit_breaker is None:
-                continue
+        for name, backend in wanted.items():
+            assert backend.circuit_breaker is not None
             if name in self.breakers:
                 self.breakers[name].failures, self.breakers[name].cooldown = backend.circuit_breaker
             else:
@@ -87,9 +99,14 @@ class GatewayState:
             self.recorder.threshold(name, self.runtime.threshold(name))
 
     def full(self, settings: Settings, target: Target) -> bool:
-        """Is the target's backend at its `max_in_flight` (spill-over)?"""
-        limit = settings.backends[target.backend].max_in_flight
-        return limit is not None and self.meters[target.backend].running >= limit
+        """Is the target's backend at its `max_in_flight`, or its replicas' queues past `spill_when`
+        (spill-over)?"""
+        backend = settings.backends[target.backend]
+        limit = backend.max_in_flight
+        if limit is not None and self.meters[target.backend].running >= limit:
+            return True
+        replicas = self.runtime.replicas.get(target.backend) if backend.spill_when is not None else None
+        return replicas is not None and replicas.full()
 
     def acquire(self) -> Runtime:
         """The runtime a request uses from start to last byte, even if a reload swaps it meanwhile.

@@ -106,6 +106,16 @@ class OpenAICompatProvider:
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
             raise UpstreamError(502, f"backend '{self.name}' returned an unreadable token count") from None
 
+    async def health(self) -> bool:
+        """vLLM's (and SGLang's) `GET /health` beside `/v1`: 200 while its engine serves. A server
+        without one (404) is healthy when it lists its models."""
+        status, _ = await self.http.call(
+            "GET", self.http.base.removesuffix("/v1") + "/health", limit_seconds=5
+        )
+        if status == 404:
+            await self.http.model_ids()
+        return status < 300 or status == 404
+
     async def engine_state(self) -> dict[str, float]:
         """vLLM's own queue state from its Prometheus endpoint beside `/v1`, summed over engines."""
         status, raw = await self.http.call(

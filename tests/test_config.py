@@ -174,6 +174,7 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
         c.TimeoutSpec,
         c.CircuitBreakerSpec,
         c.RetriesSpec,
+        c.SpillWhenSpec,
         c.RouterSpec,
         c.RuleSpec,
         c.RuleWhenSpec,

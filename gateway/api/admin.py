@@ -34,7 +34,11 @@ async def readyz(request: Request) -> Response:
             return name, "timed out"
         return name, "ok"
 
-    results = dict(await asyncio.gather(*(probe(n) for n in providers)))
+    # A backend with replicas is as ready as its health probes say: ready while any replica is up.
+    replicas = {name: s.states() for name, s in state.runtime.replicas.items()}
+    results = dict(await asyncio.gather(*(probe(n) for n in providers if n not in replicas)))
+    for name, states in replicas.items():
+        results[name] = "ok" if "up" in states.values() else "no replica is up"
     routers = state.runtime.settings.routers.values()
     if routers:
         # With fallback, a router serves while either target answers: one API blip must not take
@@ -42,7 +46,10 @@ async def readyz(request: Request) -> Response:
         ready = all(results[r.local.backend] == "ok" or results[r.api.backend] == "ok" for r in routers)
     else:
         ready = all(v == "ok" for v in results.values())
-    body = orjson.dumps({"status": "ready" if ready else "not ready", "backends": results})
+    answer: dict[str, object] = {"status": "ready" if ready else "not ready", "backends": results}
+    if replicas:
+        answer["replicas"] = replicas  # per replicated backend: each replica's health probe, up or down
+    body = orjson.dumps(answer)
     return Response(body, status_code=200 if ready else 503, media_type="application/json")
 
 

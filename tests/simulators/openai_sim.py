@@ -19,6 +19,11 @@ API's answer being the one that starts with "echo:"; `truth:fail` answers 500, `
 `truth:mumble` gives no verdict; no rule is a tie. `GET /_sim/arrivals` lists, per API request,
 its arrival time (Unix seconds), model, whether it was a judge call, and the question it asked.
 
+As a vLLM replica (gateway/replicas.py): `GET /health` and a vLLM-shaped `GET /metrics`
+(`vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`). `POST /_sim/engine`
+sets what they say ({"waiting": n, "kv_cache": 0-1, "healthy": bool}; running counts the requests in
+progress) and {"latency": seconds}, a wait before every API answer, so requests overlap.
+
     python -m tests.simulators.openai_sim --port 9100 --key sk-sim
 """
 
@@ -66,6 +71,8 @@ class Simulator(Controls):
         super().__init__()
         self.key = key
         self.arrivals: list[dict[str, Any]] = []
+        self.engine: dict[str, Any] = {"waiting": 0, "kv_cache": 0.0, "healthy": True, "latency": 0.0}
+        self.running = 0
 
     def app(self) -> Starlette:
         return Starlette(
@@ -74,6 +81,9 @@ class Simulator(Controls):
                 Route("/v1/completions", self.completions, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/_sim/arrivals", self.get_arrivals, methods=["GET"]),
+                Route("/health", self.health, methods=["GET"]),
+                Route("/metrics", self.metrics, methods=["GET"]),
+                Route("/_sim/engine", self.set_engine, methods=["POST"]),
                 *self.control_routes(),
             ]
         )
@@ -98,6 +108,25 @@ class Simulator(Controls):
                 "invalid_api_key",
             )
         return None
+
+    async def health(self, request: Request) -> Response:
+        return Response(status_code=200 if self.engine["healthy"] else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        labels = '{engine="0",model_name="gpt-4o"}'
+        lines = [
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{labels} {float(self.running)}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{labels} {float(self.engine['waiting'])}",
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{labels} {float(self.engine['kv_cache'])}",
+        ]
+        return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    async def set_engine(self, request: Request) -> Response:
+        self.engine.update(await request.json())
+        return JSONResponse(self.engine)
 
     async def get_arrivals(self, request: Request) -> Response:
         return JSONResponse(self.arrivals)
@@ -174,6 +203,15 @@ class Simulator(Controls):
         return body, None, fault
 
     async def chat(self, request: Request) -> Response:
+        self.running += 1
+        try:
+            if self.engine["latency"]:
+                await asyncio.sleep(self.engine["latency"])
+            return await self._chat_request(request)
+        finally:
+            self.running -= 1
+
+    async def _chat_request(self, request: Request) -> Response:
         body, refused, fault = await self._prelude(request)
         if body is None:
             assert refused is not None
