@@ -3,7 +3,7 @@
 # (the real-vLLM tests included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install --quiet -e '.[dev]'
+python3 -m pip install --quiet -e '.[dev,tracing]'
 bash scripts/setup-vllm.sh
 bash scripts/setup-services.sh   # Prometheus (promtool) and Chromium, from Debian, for the dashboard tests
 ruff check .

@@ -96,6 +96,7 @@ def start_gateway(
     workers: int = 1,
     env: dict[str, str] | None = None,
     name: str = "gateway",
+    args: tuple[str, ...] = (),
 ) -> Server:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -113,6 +114,7 @@ def start_gateway(
         str(workers),
         "--log-level",
         "info",
+        *args,
     ]
     return start(cmd, port, tmp / f"{name}.log", "/healthz", 30, env)
 
