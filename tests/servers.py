@@ -119,6 +119,11 @@ def start_gateway(
     return start(cmd, port, tmp / f"{name}.log", "/healthz", 30, env)
 
 
+def loopback_backend(port: int) -> dict[str, Any]:
+    """An OpenAI-compatible backend on this machine's `port`, its models discovered."""
+    return {"kind": "openai_compatible", "base_url": f"http://127.0.0.1:{port}/v1", "discover_models": True}
+
+
 def make_tiny_llama(out: Path) -> Path:
     subprocess.run(
         [str(VLLM_PYTHON), str(ROOT / "tests/vllm/make_model.py"), str(out)], check=True, capture_output=True
