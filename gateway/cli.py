@@ -80,6 +80,9 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.supervisor import serve
 
     if child is not None:
+        # uvicorn raises the signal it shut down for again once it is done, which would end this process
+        # before vLLM is stopped: a handler of ours takes it, and the process exits through `finally`.
+        signal.signal(signal.SIGTERM, lambda *_: None)
         child.start()
     try:
         return serve(
@@ -201,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         help="an argument for vllm serve, repeatable; write it with '=': --vllm-arg=--max-model-len=8192",
     )
     serve.add_argument(
-        "--vllm-bin", help="the vllm executable (default: CROSSOVER_VLLM_BIN, or vllm on PATH)"
+        "--vllm-bin",
+        help="the vllm executable, or a vLLM environment's python (default: CROSSOVER_VLLM_BIN, or vllm on PATH)",
     )
     serve.add_argument("--vllm-backend", default="local", help="the backend vLLM serves (default: local)")
     serve.set_defaults(run=_serve)

