@@ -223,3 +223,17 @@ def test_a_request_without_a_traceparent_starts_a_trace_and_a_streamed_one_ends_
     # The attempt lasts as long as its stream, which ends before the request does.
     assert attempt.span.end_time_unix_nano <= request.span.end_time_unix_nano
     assert request.attributes["gen_ai.usage.output_tokens"] > 0
+
+
+def test_tracing_is_off_unless_the_file_or_the_standard_environment_names_a_collector() -> None:
+    from gateway.tracing_config import TracingSettings, TracingSpec, tracing_settings
+
+    assert tracing_settings(None, {}) is None
+    assert tracing_settings(TracingSpec(sample_ratio=0.5), {}) is None
+    assert tracing_settings(None, {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/"}) == TracingSettings(
+        "http://c:4318/v1/traces", "crossover", 1.0
+    )
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:4318/custom", "OTEL_SERVICE_NAME": "gw"}
+    assert tracing_settings(None, env) == TracingSettings("http://c:4318/custom", "gw", 1.0)
+    spec = TracingSpec(otlp_endpoint="http://file:4318/v1/traces", service_name="edge", sample_ratio=0.1)
+    assert tracing_settings(spec, env) == TracingSettings("http://file:4318/v1/traces", "edge", 0.1)
