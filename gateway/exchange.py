@@ -329,6 +329,7 @@ class Exchange:
                 decision=decision,
                 backend=backend if decision is not None else None,
                 response_model=self.resolved.model.name if self.resolved is not None else None,
+                system=self.resolved.provider.dialect if self.resolved is not None else None,
                 usage=usage,
                 cost=cost,
                 status=status,

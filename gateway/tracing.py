@@ -136,6 +136,7 @@ class RequestSpan:
         decision: Decision | None,
         backend: str | None,
         response_model: str | None,
+        system: str | None,
         usage: Usage | None,
         cost: float,
         status: int,
@@ -157,6 +158,8 @@ class RequestSpan:
             attributes["crossover.backend"] = backend
         if response_model is not None:
             attributes["gen_ai.response.model"] = response_model
+        if system is not None:
+            attributes["gen_ai.system"] = system
         if usage is not None:
             attributes["gen_ai.usage.input_tokens"] = usage.input
             attributes["gen_ai.usage.output_tokens"] = usage.output
