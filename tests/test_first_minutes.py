@@ -5,6 +5,7 @@ backend is expected and what to do when the local one is not there."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,27 @@ def test_serve_says_where_backends_are_and_what_to_do_when_the_local_one_is_not_
         assert "vllm serve MODEL" in message and "crossover serve --with-vllm MODEL" in message
     finally:
         gateway.stop()
+
+
+def test_with_vllm_refuses_clearly_what_it_cannot_do(tmp_path: Path) -> None:
+    def serve(base_url: str, *args: str) -> str:
+        config = tmp_path / "local.yaml"
+        backend = {"kind": "openai_compatible", "base_url": base_url, "discover_models": True}
+        config.write_text(yaml.safe_dump({"backends": {"local": backend}}))
+        done = run("serve", "--config", str(config), "--port", str(free_port()), "--with-vllm", "m", *args)
+        assert done.returncode == 2
+        return done.stderr
+
+    assert "not on this machine" in serve("http://gpu-box:8000/v1")
+    assert "names no port" in serve("http://127.0.0.1/v1")
+    assert "cannot find the vllm executable ('/nowhere/vllm')" in serve(
+        f"http://127.0.0.1:{free_port()}/v1", "--vllm-bin", "/nowhere/vllm"
+    )
+    assert "no backend 'gpu'" in serve(f"http://127.0.0.1:{free_port()}/v1", "--vllm-backend", "gpu")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert f"port {port} (backend 'local'" in serve(
+            f"http://127.0.0.1:{port}/v1", "--vllm-bin", sys.executable
+        )
