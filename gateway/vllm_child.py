@@ -109,7 +109,7 @@ class VllmChild:
     def _spawn(self) -> subprocess.Popen[bytes]:
         # Its own process group: vLLM runs engine processes of its own, and all of them must go together.
         process = subprocess.Popen(self.command.argv(), start_new_session=True)
-        log.info("vLLM started (pid %d): %s", process.pid, " ".join(self.command.argv()))
+        log.info("vLLM started (pid %d): %s", process.pid, " ".join(shown(self.command.argv())))
         return process
 
     def _healthy(self) -> bool:
@@ -169,6 +169,18 @@ class VllmChild:
         _kill_group(process.pid, signal.SIGKILL)  # the group's stragglers too
         process.wait()
         self._thread.join(5)
+
+
+def shown(argv: list[str]) -> list[str]:
+    """The command line for the log, without the value of vLLM's `--api-key`."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] == "--api-key":
+            arg = "***"
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=***"
+        out.append(arg)
+    return out
 
 
 def _kill_group(pgid: int, sig: signal.Signals) -> None:

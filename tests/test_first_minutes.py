@@ -139,3 +139,11 @@ def test_with_vllm_refuses_clearly_what_it_cannot_do(tmp_path: Path) -> None:
         assert f"port {port} (backend 'local'" in serve(
             f"http://127.0.0.1:{port}/v1", "--vllm-bin", sys.executable
         )
+
+
+def test_the_vllm_command_line_is_logged_without_its_api_key() -> None:
+    from gateway.vllm_child import shown
+
+    assert shown(["vllm", "serve", "m", "--api-key", "sk-1", "--api-key=sk-2", "--port", "1"]) == [
+        "vllm", "serve", "m", "--api-key", "***", "--api-key=***", "--port", "1",
+    ]  # fmt: skip
