@@ -21,7 +21,8 @@
 # BENCH_LITELLM (1 to include LiteLLM), BENCH_PIN (1 to add pinned c=1 runs, conc "1p"; BENCH_PIN_CPU,
 # default 0, is the CPU), BENCH_CLASSIFIER (the router's classifier, default heuristic), PYTHON (default
 # python3), PYTHON311 (for LiteLLM's venv), BENCH_STREAMS (0 to skip the slow streams), BENCH_ONLY
-# (streams: only them), BENCH_STREAMS_ARGS (options for `slow_streams.py run`, e.g. "--steps 1000").
+# (streams: only them), BENCH_STREAMS_ARGS (options for `slow_streams.py run`, e.g. "--steps 1000"),
+# BENCH_LOG_LEVEL (the gateway's --log-level, default warning; info adds its line per request).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -292,7 +293,7 @@ for workers in 1 2; do
     fi
     start_bg "crossover-w$workers" "${metrics_env[@]}" "$PY" -m gateway.cli serve \
         --config "$CONFIG" --host "$HOST" --port "$GATEWAY_PORT" --workers "$workers" \
-        --log-level warning
+        --log-level "${BENCH_LOG_LEVEL:-warning}"
     GW_PID=$BG_PID
     wait_http "$GATEWAY/healthz" "crossover-w$workers" "$GW_PID" 30
     check_post "crossover w$workers" "$GATEWAY/v1/chat/completions" "$JSON_BODY" application/json '"usage"'

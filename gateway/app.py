@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import replicas
 from gateway.api import admin, anthropic, dashboard, openai
@@ -24,8 +24,10 @@ from gateway.config import Settings
 from gateway.dashboard import snapshot
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
 from gateway.metrics import Metrics
+from gateway.request_id import REQUEST_ID_HEADER, request_id
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
+from gateway.tracing import open_tracing
 from providers.base import ErrorCode, UnsupportedRequest, UpstreamError
 from providers.http import HttpClient
 from providers.openai_compat import OpenAICompatProvider
@@ -126,7 +128,22 @@ class Gateway(Starlette):
                 scope["app"] = self
                 await door(scope, receive, send)
                 return
+        if scope["type"] == "http":
+            send = _with_request_id(scope, send)
         await super().__call__(scope, receive, send)
+
+
+def _with_request_id(scope: Scope, send: Send) -> Send:
+    """Every response carries an `x-request-id` (the doors' Exchange sets their own)."""
+    given = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"}
+    header = (REQUEST_ID_HEADER.encode(), request_id(given).encode())
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return sending
 
 
 def create_app(
@@ -145,6 +162,7 @@ def create_app(
         await runtime.start()
         state = GatewayState(runtime, metrics or Metrics(), loader, workers=workers)
         app.state.gateway = state
+        state.tracing = open_tracing(settings.tracing)
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [
             loop.create_task(_housekeeping(state)),
@@ -163,6 +181,8 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await state.close()
+            if state.tracing is not None:
+                await asyncio.to_thread(state.tracing.close)  # a last export, which may wait on the network
 
     # Plain Starlette, not FastAPI: nothing here uses its dependency injection or models, and its
     # per-request middleware (telemetry checks that read os.environ) cost ~10% of CPU under load.

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from gateway.rules import Rule
+from gateway.tracing_config import TracingSettings, TracingSpec, sdk_missing, tracing_settings
 from providers.kind import Kind, Options
 from providers.registry import KINDS
 
@@ -246,6 +247,7 @@ class ConfigFile(_Strict):
     redis: RedisSpec | None = None
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
     routers: dict[str, RouterSpec] = {}
+    tracing: TracingSpec | None = None  # off unless it or OTEL_EXPORTER_OTLP_ENDPOINT names a collector
 
 
 # ---- step 2: runtime settings ----------------------------------------------------------------
@@ -365,6 +367,8 @@ class Settings:
     key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> backends it may reach
     http: HttpLimits = field(default_factory=HttpLimits)
     redis: Redis | None = None
+    tracing: TracingSettings | None = None
+    unset: tuple[str, ...] = ()  # variables the file names that are not set (offline tools only)
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -379,7 +383,19 @@ def _resolve(value: str, path: str, env: Mapping[str, str]) -> str:
         return env[name]
     if default is not None:
         return default
+    if isinstance(env, _Env):
+        env.missing.append(f"{path}: environment variable {name} is not set")
+        return ""
     raise ConfigError(f"{path}: environment variable {name} is not set")
+
+
+class _Env(dict[str, str]):
+    """The environment, noting every variable the file needs and does not find, so that one error names
+    them all (and offline tools, which need no secrets, can go on without them)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(env)
+        self.missing: list[str] = []
 
 
 def _secret(value: str, path: str, env: Mapping[str, str]) -> str:
@@ -423,7 +439,29 @@ def _price(model: ModelSpec) -> Price:
     )
 
 
-def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) -> Settings:
+def build(
+    spec: ConfigFile, env: Mapping[str, str], source: Path | None = None, *, require_env: bool = True
+) -> Settings:
+    """Runtime settings. `require_env=False` (offline tools) builds even with variables unset."""
+    noted = _Env(env)
+    try:
+        settings = _build(spec, noted, source)
+    except ConfigError:
+        if noted.missing and require_env:  # an error caused by an unset variable's empty value
+            raise _unset(noted.missing) from None
+        raise
+    if noted.missing:
+        if require_env:
+            raise _unset(noted.missing)
+        settings = replace(settings, unset=tuple(noted.missing))
+    return settings
+
+
+def _unset(missing: list[str]) -> ConfigError:
+    return ConfigError("; ".join(missing))
+
+
+def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Settings:
     backends: dict[str, Backend] = {}
     for name, b in spec.backends.items():
         if "/" in name:
@@ -505,6 +543,7 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
         http=spec.server.http,
         redis=_redis(spec.redis, env) if spec.redis is not None else None,
+        tracing=_tracing(spec.tracing, env),
     )
 
 
@@ -513,6 +552,13 @@ def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:
     if not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url: expected a redis://, rediss:// or unix:// URL")
     return Redis(url, spec.key_prefix, spec.timeout_ms / 1000, spec.retry_seconds)
+
+
+def _tracing(spec: TracingSpec | None, env: Mapping[str, str]) -> TracingSettings | None:
+    settings = tracing_settings(spec, env)
+    if settings is not None and (why := sdk_missing()) is not None:
+        raise ConfigError(f"tracing: {why}")
+    return settings
 
 
 def _key_scopes(
@@ -632,7 +678,7 @@ def parse(data: Any) -> ConfigFile:
         raise ConfigError("; ".join(problems)) from None
 
 
-def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+def load(path: str | Path, env: Mapping[str, str] | None = None, *, require_env: bool = True) -> Settings:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -642,7 +688,7 @@ def load(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return build(parse(data), os.environ if env is None else env, source=path)
+    return build(parse(data), os.environ if env is None else env, source=path, require_env=require_env)
 
 
 def embedded_default(env: Mapping[str, str] | None = None) -> Settings:

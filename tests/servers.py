@@ -96,6 +96,7 @@ def start_gateway(
     workers: int = 1,
     env: dict[str, str] | None = None,
     name: str = "gateway",
+    args: tuple[str, ...] = (),
 ) -> Server:
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -113,8 +114,14 @@ def start_gateway(
         str(workers),
         "--log-level",
         "info",
+        *args,
     ]
     return start(cmd, port, tmp / f"{name}.log", "/healthz", 30, env)
+
+
+def loopback_backend(port: int) -> dict[str, Any]:
+    """An OpenAI-compatible backend on this machine's `port`, its models discovered."""
+    return {"kind": "openai_compatible", "base_url": f"http://127.0.0.1:{port}/v1", "discover_models": True}
 
 
 def make_tiny_llama(out: Path) -> Path:

@@ -13,7 +13,8 @@ from starlette.routing import Route
 class Controls:
     """`POST /_sim/faults` queues faults, consumed one per API request; `GET /_sim/requests` lists
     what was received (`DELETE` clears it); `GET /_sim/headers`, the headers of interest per request
-    (names, and values that are not secrets).
+    (names, and values that are not secrets); `GET /_sim/traced`, each request's `x-request-id` and
+    `traceparent`.
 
     In a fault, the text `$KEY` stands for the simulator's own API key: an upstream that echoes the
     key back in its errors, to prove the gateway never passes it on."""
@@ -24,12 +25,14 @@ class Controls:
         self.faults: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, Any]] = []
+        self.traced: list[dict[str, str | None]] = []
 
     def control_routes(self) -> list[Route]:
         return [
             Route("/_sim/faults", self.set_faults, methods=["POST"]),
             Route("/_sim/requests", self.get_requests, methods=["GET", "DELETE"]),
             Route("/_sim/headers", self.get_headers, methods=["GET"]),
+            Route("/_sim/traced", self.get_traced, methods=["GET", "DELETE"]),
         ]
 
     def next_fault(self) -> dict[str, Any]:
@@ -49,3 +52,11 @@ class Controls:
 
     async def get_headers(self, request: Request) -> Response:
         return JSONResponse(self.headers)
+
+    def trace(self, request: Request) -> None:
+        self.traced.append({k: request.headers.get(k) for k in ("x-request-id", "traceparent")})
+
+    async def get_traced(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            self.traced.clear()
+        return JSONResponse(self.traced)

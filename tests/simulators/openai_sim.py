@@ -160,6 +160,7 @@ class Simulator(Controls):
             {"at": time.time(), "judge": judging is not None, "model": body.get("model"), "text": said}
         )
         self.headers.append({"anthropic-beta": request.headers.get("anthropic-beta")})
+        self.trace(request)
         fault = self.next_fault()
         if "delay" in fault:
             await asyncio.sleep(fault["delay"])
