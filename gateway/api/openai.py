@@ -18,8 +18,9 @@ completions = Door("openai", "/completions", validate_completion)
 
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:
-    runtime = gateway_state(request.scope).runtime
-    authenticate(request.headers, runtime.settings.api_keys)
+    state = gateway_state(request.scope)
+    runtime = state.runtime
+    authenticate(request.headers, runtime, state.keyring)
     data: list[dict[str, Any]] = [
         {"id": name, "object": "model", "created": 0, "owned_by": "crossover"}
         for name in runtime.settings.routers
