@@ -5,6 +5,8 @@ simulator counted (/_sim/requests)."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +22,9 @@ import pytest
 from gateway.request_log import read_rows
 from gateway.store import open_store
 from tests.conftest import SIM_KEY, sim_backend
-from tests.servers import Server, start_gateway, start_openai_sim
+from tests.servers import ROOT, Server, start_gateway, start_openai_sim
 from tests.services import postgres_cluster
+from tests.test_dashboard import DomIds, chromium, dollars
 from tests.test_openai_sdk import HARD
 
 ADMIN_KEY = "admin-0123456789-SECRET"
@@ -343,3 +346,47 @@ def test_revoking_takes_effect_on_two_gateways_within_a_second(
     finally:
         one.stop()
         two.stop()
+
+
+def test_report_by_team_and_the_dashboards_team_table(setup: Setup, tmp_path: Path) -> None:
+    """The same team figures three ways: /metrics (crossover report --by team --metrics), the request
+    log (--request-log), and the dashboard as Chromium renders it."""
+    key = setup.key("ledger")
+    assert _chat(setup, key, "auto", "api").status_code == 200
+    assert _chat(setup, key, "auto", "local").status_code == 200
+    cost = _metric(setup, "crossover_team_cost_usd_total", 'team="ledger"')
+    baseline = _metric(setup, "crossover_team_baseline_cost_usd_total", 'team="ledger"')
+    assert cost > 0 and baseline > cost  # one request local: it saved the API price of one
+
+    def report(*args: str) -> str:
+        cmd = [sys.executable, "-m", "gateway.cli", "report", "--by", "team", *args]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def ledger_line(text: str) -> list[str]:
+        return next(line for line in text.splitlines() if line.startswith("ledger ")).split()
+
+    from_metrics = ledger_line(report("--metrics", setup.gateway.url + "/metrics"))
+    assert from_metrics[1:3] == ["2", "0"]
+    assert [float(x.lstrip("$")) for x in from_metrics[3:6]] == pytest.approx(
+        [cost, baseline, baseline - cost], abs=1e-4
+    )
+    deadline = time.monotonic() + 5
+    while ledger_line(report("--request-log", setup.store, "--since-hours", "1"))[1] != "2":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert ledger_line(report("--request-log", setup.store))[3:6] == from_metrics[3:6]
+
+    dom = chromium("--dump-dom", setup.gateway.url + "/dashboard", profile=tmp_path / "chromium")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    parser = DomIds()
+    parser.feed(dom.stdout)
+    row = {
+        k.removeprefix("total-team-ledger-"): v for k, v in parser.found.items() if "total-team-ledger-" in k
+    }
+    assert float(row["requests"]["data-value"]) == 2
+    assert float(row["cost"]["data-value"]) == pytest.approx(cost)
+    assert float(row["baseline-cost"]["data-value"]) == pytest.approx(baseline)
+    assert float(row["savings"]["data-value"]) == pytest.approx(baseline - cost)
+    assert dollars(row["cost"]["text"]) == pytest.approx(cost, rel=0.01)
