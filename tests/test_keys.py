@@ -136,6 +136,17 @@ def test_rotating_a_key_retires_its_old_text_at_once(setup: Setup) -> None:
     assert oai(setup, new).models.list().data
 
 
+def test_updating_a_team_changes_its_keys_at_once(setup: Setup) -> None:
+    key = setup.key("movers")
+    assert _chat(setup, key, "auto", "api").headers["x-crossover-backend"] == "openai"
+    updated = setup.admin("PATCH", "/admin/teams/movers", {"local_only": True, "routers": ["auto"]})
+    assert updated["local_only"] is True and updated["routers"] == ["auto"] and updated["models"] is None
+    assert _chat(setup, key, "auto", "api").headers["x-crossover-backend"] == "local"
+    assert _chat(setup, key, "other").status_code == 403
+    setup.admin("PATCH", "/admin/teams/movers", {"routers": None})  # given as null: any again
+    assert _chat(setup, key, "other").status_code == 200
+
+
 def test_scopes_refuse_with_403_in_the_clients_dialect(setup: Setup) -> None:
     key = setup.key("narrow", team={"routers": ["auto"]}, models=["gpt-4o-mini"])
     client = oai(setup, key)
