@@ -312,24 +312,25 @@ class Exchange:
         if t.first_token_at is not None and t.last_event_at is not None and t.events > 1:
             inter_token = (t.last_event_at - t.first_token_at) / (t.events - 1)
         baseline = self.runtime.settings.baseline
-        outcome = Outcome(
-            decision=self.decision,
-            backend=self.resolved.backend.name,
-            model=self.resolved.model,
-            stream=self.stream,
-            status_class="cancelled" if failure is not None else "5xx" if t.failed else "2xx",
-            seconds=seconds,
-            overhead=self._overhead(seconds),
-            usage=usage,
-            gpu_usd=gpu_usd,
-            first_token=None if t.first_token_at is None else t.first_token_at - self.started,
-            inter_token=inter_token,
-            usage_estimated=estimated,
-            baseline=baseline.price if baseline is not None else None,
-            key_id=self.principal.key_id if self.principal is not None else None,
-            team=team,
+        cost, baseline_usd = recorder.answered(
+            outcome := Outcome(
+                decision=self.decision,
+                backend=self.resolved.backend.name,
+                model=self.resolved.model,
+                stream=self.stream,
+                status_class="cancelled" if failure is not None else "5xx" if t.failed else "2xx",
+                seconds=seconds,
+                overhead=self._overhead(seconds),
+                usage=usage,
+                gpu_usd=gpu_usd,
+                first_token=None if t.first_token_at is None else t.first_token_at - self.started,
+                inter_token=inter_token,
+                usage_estimated=estimated,
+                baseline=baseline.price if baseline is not None else None,
+                key_id=self.principal.key_id if self.principal is not None else None,
+                team=team,
+            )
         )
-        cost, baseline_usd = recorder.answered(outcome)
         if self.state.request_log is not None:
             self._log(outcome.status_class, outcome, cost, baseline_usd)
 

@@ -39,10 +39,26 @@ def reachable(principal: Principal, local: frozenset[str]) -> frozenset[str] | N
     return local if principal.backends is None else principal.backends & local
 
 
+def may_use_router(principal: Principal, router: str) -> bool:
+    return principal.routers is None or router in principal.routers
+
+
+def may_use_model(principal: Principal, asked: str, backend: str, model: str, local: frozenset[str]) -> bool:
+    """May it ask for this concrete model (as `asked`, naming `model` of `backend`)?"""
+    scope = reachable(principal, local)
+    if scope is not None and backend not in scope:
+        return False
+    return _model_allowed(principal.models, asked, backend, model)
+
+
+def _model_allowed(allowed: frozenset[str] | None, asked: str, backend: str, model: str | None) -> bool:
+    return allowed is None or bool({asked, model, f"{backend}/{model}"} & allowed)
+
+
 def check_router(principal: Principal, router: str) -> None:
-    if principal.routers is not None and router not in principal.routers:
+    if not may_use_router(principal, router):
         raise PermissionDenied(
-            f"This key may not use router model '{router}'; it is limited to: {_listed(principal.routers)}.",
+            f"This key may not use router model '{router}'; it is limited to: {_listed(principal.routers or frozenset())}.",
             param="model",
             code=ErrorCode.ROUTER_NOT_ALLOWED,
         )
@@ -58,9 +74,7 @@ def check_model(principal: Principal, asked: str, target: Target, local: frozens
             code=ErrorCode.DATA_MUST_STAY_LOCAL,
         )
     allowed = principal.models
-    if allowed is None or asked in allowed or target.model in allowed:
-        return
-    if f"{target.backend}/{target.model}" in allowed:
+    if allowed is None or _model_allowed(allowed, asked, target.backend, target.model):
         return
     raise PermissionDenied(
         f"This key may not use model '{asked[:100]}'; it is limited to: {_listed(allowed)}.",

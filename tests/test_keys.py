@@ -69,6 +69,7 @@ class Setup:
     local: Server
     api: Server
     store: str
+    clients: list[openai.OpenAI | anthropic.Anthropic]  # the SDK clients made, closed at the end
 
     def admin(
         self, method: str, path: str, body: dict[str, Any] | None = None, gateway: Server | None = None
@@ -97,14 +98,25 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     local, api = start_openai_sim(tmp / "local", SIM_KEY), start_openai_sim(tmp / "api", SIM_KEY)
     store = str(tmp / "keys.sqlite")
     gateway = start_gateway(tmp, config(local, api, store, tmp), env=ENV)
-    yield Setup(gateway, local, api, store)
+    made = Setup(gateway, local, api, store, [])
+    yield made
+    for client in made.clients:
+        client.close()
     gateway.stop()
     local.stop()
     api.stop()
 
 
 def oai(setup: Setup, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=setup.gateway.url + "/v1", api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=setup.gateway.url + "/v1", api_key=key, max_retries=0)
+    setup.clients.append(client)
+    return client
+
+
+def claude(setup: Setup, key: str, **options: Any) -> anthropic.Anthropic:
+    client = anthropic.Anthropic(base_url=setup.gateway.url, api_key=key, max_retries=0, **options)
+    setup.clients.append(client)
+    return client
 
 
 def test_virtual_and_static_keys_authenticate_through_the_sdks(setup: Setup) -> None:
@@ -113,16 +125,14 @@ def test_virtual_and_static_keys_authenticate_through_the_sdks(setup: Setup) -> 
         model="auto", messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-crossover-route"] == "local"
-    claude = anthropic.Anthropic(base_url=setup.gateway.url, api_key=key, max_retries=0)
-    message = claude.messages.create(
-        model="auto", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
-    )
+    sdk = claude(setup, key)
+    message = sdk.messages.create(model="auto", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     assert message.content
     oai(setup, STATIC_KEY).chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.AuthenticationError):
         oai(setup, key[:-1] + ("A" if key[-1] != "A" else "B")).models.list()
     with pytest.raises(anthropic.AuthenticationError):
-        anthropic.Anthropic(base_url=setup.gateway.url, api_key="sk-cx-wrong", max_retries=0).messages.create(
+        claude(setup, "sk-cx-wrong").messages.create(
             model="auto", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
         )
 
@@ -158,9 +168,12 @@ def test_scopes_refuse_with_403_in_the_clients_dialect(setup: Setup) -> None:
     assert refused.value.code == "model_not_allowed" and "gpt-4o-mini" in refused.value.message
     client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
     client.chat.completions.create(model="auto", messages=[{"role": "user", "content": "hi"}])
-    claude = anthropic.Anthropic(base_url=setup.gateway.url, api_key=key, max_retries=0)
+    assert [m.id for m in client.models.list()] == ["auto", "gpt-4o-mini"]  # what it may ask for
+    everything = {m.id for m in oai(setup, STATIC_KEY).models.list()}
+    assert everything == {"auto", "other", "judged", "gpt-4o-mini", "gpt-4o"}
+    sdk = claude(setup, key)
     with pytest.raises(anthropic.PermissionDeniedError) as denied:
-        claude.messages.create(model="other", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+        sdk.messages.create(model="other", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
     assert denied.value.body == {
         "type": "error",
         "error": {"type": "permission_error", "message": denied.value.body["error"]["message"]},  # type: ignore[index]
@@ -190,16 +203,15 @@ def _metric(setup: Setup, name: str, labels: str) -> float:
 
 def test_local_only_data_never_reaches_the_api(setup: Setup) -> None:
     vault = setup.key("vault", team={"local_only": True})
+    assert "gpt-4o" not in [m.id for m in oai(setup, vault).models.list()]
     httpx.delete(setup.api.url + "/_sim/requests")
     # the route header, and a prompt the classifier sends to the API: answered locally
     for route in ("api", None):
         answered = _chat(setup, vault, "auto", route, HARD)
         assert answered.status_code == 200, answered.text
         assert answered.headers["x-crossover-backend"] == "local"
-    claude = anthropic.Anthropic(
-        base_url=setup.gateway.url, api_key=vault, max_retries=0, default_headers={"x-crossover-route": "api"}
-    )
-    raw = claude.messages.with_raw_response.create(
+    forcing = claude(setup, vault, default_headers={"x-crossover-route": "api"})
+    raw = forcing.messages.with_raw_response.create(
         model="auto", max_tokens=16, messages=[{"role": "user", "content": "hi"}]
     )
     assert raw.headers["x-crossover-backend"] == "local"
