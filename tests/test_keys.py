@@ -223,12 +223,7 @@ def test_local_only_data_never_reaches_the_api(setup: Setup) -> None:
     failed = _chat(setup, vault, "auto")
     assert failed.status_code >= 500 and failed.headers["x-crossover-backend"] == "local"
     # the local backend is full (max_in_flight 1): no spill-over to the API
-    httpx.post(setup.local.url + "/_sim/faults", json=[{"delay": 1.5}])
-    slow = threading.Thread(target=_chat, args=(setup, vault, "auto"))
-    slow.start()
-    time.sleep(0.5)
-    while_full = _chat(setup, vault, "auto")
-    slow.join()
+    while_full = _while_local_is_busy(setup, vault)
     assert while_full.status_code == 200 and while_full.headers["x-crossover-backend"] == "local"
     # shadow judging would send the prompt to the API and a judge
     assert _chat(setup, vault, "judged").status_code == 200
@@ -243,7 +238,19 @@ def test_local_only_data_never_reaches_the_api(setup: Setup) -> None:
     open_key = setup.key("open")
     assert _chat(setup, open_key, "auto", "api").headers["x-crossover-backend"] == "openai"
     assert _chat(setup, open_key, "gpt-4o").status_code == 200
-    assert len(setup.api_requests()) == 2
+    assert _while_local_is_busy(setup, open_key).headers["x-crossover-backend"] == "openai"  # spilled
+    assert len(setup.api_requests()) == 3
+
+
+def _while_local_is_busy(setup: Setup, key: str) -> httpx.Response:
+    """A request sent while another holds the local backend's only slot (max_in_flight 1)."""
+    httpx.post(setup.local.url + "/_sim/faults", json=[{"delay": 1.5}])
+    slow = threading.Thread(target=_chat, args=(setup, key, "auto"))
+    slow.start()
+    time.sleep(0.5)
+    answer = _chat(setup, key, "auto")
+    slow.join()
+    return answer
 
 
 def test_admin_api_needs_the_admin_key(setup: Setup) -> None:
