@@ -420,3 +420,20 @@ def test_report_by_team_and_the_dashboards_team_table(setup: Setup, tmp_path: Pa
     assert float(row["baseline-cost"]["data-value"]) == pytest.approx(baseline)
     assert float(row["savings"]["data-value"]) == pytest.approx(baseline - cost)
     assert dollars(row["cost"]["text"]) == pytest.approx(cost, rel=0.01)
+
+
+def test_an_unreachable_keys_store_leaves_static_keys_working(setup: Setup, tmp_path: Path) -> None:
+    from tests.servers import free_port
+
+    cfg = config(setup.local, setup.api, f"postgresql://crossover@127.0.0.1:{free_port()}/none", tmp_path)
+    gateway = start_gateway(tmp_path, cfg, env=ENV)
+    try:
+        admin = httpx.get(gateway.url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        assert admin.status_code == 503 and "keys store cannot be reached" in admin.json()["error"]["message"]
+        static = httpx.get(gateway.url + "/v1/models", headers={"authorization": f"Bearer {STATIC_KEY}"})
+        assert static.status_code == 200
+        virtual = httpx.get(gateway.url + "/v1/models", headers={"authorization": "Bearer sk-cx-" + "a" * 43})
+        assert virtual.status_code == 401
+    finally:
+        gateway.stop()
+    assert gateway.log_text().count("keys store unreachable") == 1  # said once, not every 0.25 s

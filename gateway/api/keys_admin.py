@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequest, NotFound, Unauthenticated, error_response
+from gateway.errors import GatewayError, InvalidRequest, NotFound, Unauthenticated, error_response
 from gateway.keyring import Keyring
 from gateway.keys import Key, Keys, KeyStoreError, Scope, Team
 from gateway.principal import Limits
@@ -97,9 +97,8 @@ def _admin(handler: Handler, status: int = 200) -> Callable[[Request], Awaitable
     return endpoint
 
 
-class StoreUnavailable(InvalidRequest):
+class StoreUnavailable(GatewayError):
     status = 503
-    type = "server_error"
 
 
 def _guard(request: Request, state: GatewayState) -> Keyring:
