@@ -66,6 +66,7 @@ class RequestLog:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pruned_at = 0.0
+        self._failing = False  # said once in the log until a write succeeds again
 
     def add(self, row: Row) -> None:
         """Queue a row; never waits. A full queue drops it (counted)."""
@@ -98,9 +99,14 @@ class RequestLog:
                 await self.store.write((INSERT_SQL, batch))
             except StoreError as exc:
                 self._recorder.request_log("failed", count)
-                log.error("request log: %d rows not written: %s", count, exc)
+                if not self._failing:
+                    self._failing = True
+                    log.error("request log: rows not written (counted until it is back): %s", exc)
                 return
             self._recorder.request_log("written", count)
+            if self._failing:
+                self._failing = False
+                log.warning("request log: the store takes rows again")
 
     async def prune(self) -> None:
         self._pruned_at = time.monotonic()
