@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import replicas
-from gateway.api import admin, anthropic, dashboard, openai
+from gateway.api import admin, anthropic, dashboard, keys_admin, openai
 from gateway.config import Settings
 from gateway.dashboard import snapshot
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
@@ -163,6 +163,7 @@ def create_app(
         state = GatewayState(runtime, metrics or Metrics(), loader, workers=workers)
         app.state.gateway = state
         state.tracing = open_tracing(settings.tracing)
+        await state.start()
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [
             loop.create_task(_housekeeping(state)),
@@ -201,6 +202,13 @@ def create_app(
         Route("/metrics", admin.metrics, methods=["GET"]),
         Route("/dashboard", dashboard.page, methods=["GET"]),
         Route("/dashboard/summary.json", dashboard.summary_json, methods=["GET"]),
+        Route("/admin/teams", keys_admin.list_teams, methods=["GET"]),
+        Route("/admin/teams", keys_admin.create_team, methods=["POST"]),
+        Route("/admin/teams/{name}", keys_admin.update_team, methods=["PATCH"]),
+        Route("/admin/keys", keys_admin.list_keys, methods=["GET"]),
+        Route("/admin/keys", keys_admin.create_key, methods=["POST"]),
+        Route("/admin/keys/{id}", keys_admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/keys/{id}/rotate", keys_admin.rotate_key, methods=["POST"]),
     ]
     app = Gateway(doors, routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error})
     # No redirect from `/path/` to `/path`: Starlette builds its Location from the client's Host header

@@ -1,5 +1,5 @@
 """The `crossover` command: serve, check, report, classify, calibrate, outcomes export,
-classifier train|eval."""
+keys|teams, classifier train|eval."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gateway import logs, report, tools
+from gateway import keys_cli, logs, report, tools
 from gateway.config import ConfigError, Settings, embedded_default, load
 from gateway.vllm_child import VllmChild, VllmError, local_port, port_free, with_vllm
 
@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = commands.add_parser("outcomes", help="what shadow judging stored (see README, Quality)")
     tools.add_outcomes_arguments(outcomes)
     outcomes.set_defaults(run=tools.run)
+    for name, help_text in (
+        ("keys", "virtual keys in the keys store: create, list, rotate, revoke"),
+        ("teams", "teams in the keys store: create, list, update"),
+    ):
+        store_cmd = commands.add_parser(name, help=help_text)
+        keys_cli.add_arguments(store_cmd, name)
+        store_cmd.set_defaults(run=keys_cli.run)
     classifier_cmd = commands.add_parser(
         "classifier", help="train or evaluate the learned classifier (--outcomes STORE: on your own traffic)"
     )

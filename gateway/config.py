@@ -222,6 +222,9 @@ class ServerSpec(_Strict):
     key_scopes: list[KeyScopeSpec] = []  # keys limited to some backends; others reach all
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
     http: HttpLimits = HttpLimits()
+    # Virtual keys and teams (gateway/keys.py): a file path (SQLite) or a postgresql:// URL; none: off.
+    keys_store: str | None = None
+    admin_key: str | None = None  # an env reference: guards /admin; none: the admin API answers 404
 
 
 class AccountingSpec(_Strict):
@@ -241,8 +244,19 @@ class RedisSpec(_Strict):
     retry_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0  # while down, how often to try again
 
 
+class RequestLogSpec(_Strict):
+    """One row per request (gateway/request_log.py), written in batches off the request path."""
+
+    store: str | None = None  # a file path (SQLite) or a postgresql:// URL; none: server.keys_store
+    retention_days: Annotated[float, Field(gt=0)] = 90.0
+    flush_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    batch_rows: Annotated[int, Field(ge=1, le=100_000)] = 500  # a full batch is written at once
+    max_queue: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000  # past it, rows are dropped and counted
+
+
 class ConfigFile(_Strict):
     server: ServerSpec = ServerSpec()
+    request_log: RequestLogSpec | None = None
     accounting: AccountingSpec = AccountingSpec()
     redis: RedisSpec | None = None
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
@@ -355,6 +369,15 @@ class Redis:
 
 
 @dataclass(frozen=True, slots=True)
+class RequestLog:
+    store: str
+    retention_days: float
+    flush_seconds: float
+    batch_rows: int
+    max_queue: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: Mapping[str, Backend]
     routers: Mapping[str, Router]
@@ -369,6 +392,9 @@ class Settings:
     redis: Redis | None = None
     tracing: TracingSettings | None = None
     unset: tuple[str, ...] = ()  # variables the file names that are not set (offline tools only)
+    keys_store: str | None = None  # virtual keys and teams; None: only the static keys
+    admin_key: str | None = None
+    request_log: RequestLog | None = None
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -531,6 +557,8 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}.rules: rule names must be unique")
     baseline = _baseline(spec, routers, backends)
+    store = spec.server.keys_store
+    keys_store = _resolve(store, "server.keys_store", env) or None if store is not None else None
     return Settings(
         backends=backends,
         routers=routers,
@@ -544,7 +572,34 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
         http=spec.server.http,
         redis=_redis(spec.redis, env) if spec.redis is not None else None,
         tracing=_tracing(spec.tracing, env),
+        keys_store=keys_store,
+        admin_key=_admin_key(spec.server.admin_key, keys, env),
+        request_log=_request_log(spec.request_log, keys_store, env),
     )
+
+
+def _admin_key(value: str | None, keys: frozenset[str], env: Mapping[str, str]) -> str | None:
+    if value is None:
+        return None
+    key = _secret(value, "server.admin_key", env)
+    if not key:
+        return None
+    if key in keys:
+        raise ConfigError("server.admin_key: must differ from every one of server.api_keys")
+    return key
+
+
+def _request_log(
+    spec: RequestLogSpec | None, keys_store: str | None, env: Mapping[str, str]
+) -> RequestLog | None:
+    if spec is None:
+        return None
+    store = _resolve(spec.store, "request_log.store", env) if spec.store is not None else keys_store
+    if not store:
+        raise ConfigError(
+            "request_log.store: give a file path or postgresql:// URL (or set server.keys_store)"
+        )
+    return RequestLog(store, spec.retention_days, spec.flush_seconds, spec.batch_rows, spec.max_queue)
 
 
 def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:

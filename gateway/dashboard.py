@@ -7,7 +7,8 @@ last hour as the difference between now and the oldest snapshot within the hour,
 since start as the values themselves. Quantiles come from histogram buckets as Prometheus'
 `histogram_quantile` computes them (linear interpolation within a bucket).
 
-Only aggregates leave this module: route (local, api, direct), status class and token kind.
+Only aggregates leave this module: route (local, api, direct), status class, token kind, and the
+team (a name of the keys store, never a key).
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ _SAMPLES: dict[str, tuple[str, tuple[str, ...]]] = {
     "crossover_time_to_first_token_seconds_bucket": ("ttft", ("route", "le")),
     "crossover_shadow_judged_total": ("judged", ("verdict", "score_bucket")),
     "crossover_shadow_cost_usd_total": ("shadow_cost", ()),
+    "crossover_team_requests_total": ("team_requests", ("team", "status_class")),
+    "crossover_team_cost_usd_total": ("team_cost", ("team",)),
+    "crossover_team_baseline_cost_usd_total": ("team_baseline", ("team",)),
 }
 
 
@@ -211,8 +215,29 @@ def figures(d: Snapshot) -> dict[str, Any]:
         "input_tokens": d.total("tokens", kind="input"),
         "output_tokens": d.total("tokens", kind="output"),
         "routes": routes,
+        "teams": teams(d),
         "quality": quality(d),
     }
+
+
+def teams(d: Snapshot) -> dict[str, dict[str, Any]]:
+    """Per team of the keys store: its requests' cost (API tokens and GPU time while busy; idle GPU
+    time is nobody's), what they would have cost on the API alone, and the difference."""
+    names = sorted({k[1] for k in d.values if k[0] in ("team_requests", "team_cost")})
+    out = {}
+    for name in names:
+        cost, baseline = d.total("team_cost", team=name), d.total("team_baseline", team=name)
+        out[name] = {
+            "requests": d.total("team_requests", team=name),
+            "errors": sum(
+                v for k, v in d.values.items() if k[:2] == ("team_requests", name) and k[2][:1] in ("4", "5")
+            ),
+            "cost_usd": cost,
+            "baseline_cost_usd": baseline,
+            "savings_usd": baseline - cost,
+            "savings_ratio": _ratio(baseline - cost, baseline),
+        }
+    return out
 
 
 def quality(d: Snapshot) -> dict[str, Any]:

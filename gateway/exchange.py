@@ -27,9 +27,12 @@ from gateway.config import Target
 from gateway.errors import ClientGone, error_response
 from gateway.inbound import read_json
 from gateway.logs import RequestLine, log_request
+from gateway.policy import reachable
+from gateway.principal import Principal
 from gateway.recorder import Outcome
 from gateway.relay import Tally
 from gateway.request_id import REQUEST_ID_HEADER, request_id
+from gateway.request_log import Row
 from gateway.resilience import Answer, Plan, answer
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
@@ -74,6 +77,7 @@ class Exchange:
         self.body: dict[str, Any] = {}
         self.stream = False  # the client asked for a streamed answer
         self.api_key: str | None = None  # the gateway key the client authenticated with
+        self.principal: Principal | None = None  # who that key is (gateway/principal.py)
         self.decision: Decision | None = None
         self.tried: Target | None = None  # the target called last
         self.resolved: Resolved | None = None  # who answered
@@ -131,18 +135,27 @@ class Exchange:
             self._gone = True
             self._task.cancel()
 
-    def authenticated(self, api_key: str | None) -> str | None:
-        self.api_key = api_key
+    def authenticated(self, api_key: str | None, principal: Principal | None = None) -> str | None:
+        self.api_key, self.principal = api_key, principal
         return api_key
+
+    @property
+    def scope(self) -> frozenset[str] | None:
+        """The backends this request may reach (its key's scope and data policy); None: any."""
+        principal = self.principal
+        return None if principal is None else reachable(principal, self.runtime.local_backends)
 
     def decided(self, decision: Decision) -> Decision:
         self.decision = decision
         if decision.routed and self.record:
             router = self.runtime.settings.routers[self.body["model"]]
             if router.shadow is not None:
+                scope = self.scope
                 self.sampled = self.state.shadows.sample(
-                    self.runtime, router, decision, self.body, self.api_key
+                    self.runtime, router, decision, self.body, self.api_key, scope
                 )
+                if self.sampled is None and self.principal is not None and self.principal.local_only:
+                    self.state.recorder.policy_enforced("local_only", "shadow")  # never sampled
         return decision
 
     async def call(self, plan: Plan) -> Answer:
@@ -343,9 +356,12 @@ class Exchange:
     ) -> tuple[float, Usage | None]:
         """Record the outcome; its cost and usage."""
         recorder = self.state.recorder
+        team = self.principal.team if self.principal is not None else None
         if self.resolved is None or self.decision is None or (failure is not None and not self._responded):
             status = f"{refusal.status_code // 100}xx" if refusal is not None else "cancelled"
-            recorder.refused(*self._labels(), status, gpu_usd)
+            recorder.refused(*self._labels(), status, gpu_usd, team)
+            if self.state.request_log is not None:
+                self._log(status, None, gpu_usd or None, None)
             return gpu_usd, None
         t = self.tally
         if t.failed is not None:
@@ -359,8 +375,8 @@ class Exchange:
         if t.first_token_at is not None and t.last_event_at is not None and t.events > 1:
             inter_token = (t.last_event_at - t.first_token_at) / (t.events - 1)
         baseline = self.runtime.settings.baseline
-        cost = recorder.answered(
-            Outcome(
+        cost, baseline_usd = recorder.answered(
+            outcome := Outcome(
                 decision=self.decision,
                 backend=self.resolved.backend.name,
                 model=self.resolved.model,
@@ -374,9 +390,41 @@ class Exchange:
                 inter_token=inter_token,
                 usage_estimated=estimated,
                 baseline=baseline.price if baseline is not None else None,
+                key_id=self.principal.key_id if self.principal is not None else None,
+                team=team,
             )
         )
+        if self.state.request_log is not None:
+            self._log(outcome.status_class, outcome, cost, baseline_usd)
         return cost, usage
+
+    def _log(self, status: str, o: Outcome | None, usd: float | None, baseline_usd: float | None) -> None:
+        """The request's row in the request log (gateway/request_log.py): names and numbers only."""
+        assert self.state.request_log is not None
+        route, backend, model = self._labels()
+        decision, principal, usage = self.decision, self.principal, o.usage if o is not None else None
+        model_asked = self.body.get("model")
+        self.state.request_log.add(
+            Row(
+                at=time.time() - (time.perf_counter() - self.started),
+                request_id=self.request_id,
+                key_id=principal.key_id if principal is not None else None,
+                team=principal.team if principal is not None else None,
+                router=model_asked if decision is not None and decision.routed else None,
+                route=route,
+                reason=decision.reason if decision is not None else None,
+                backend=backend,
+                model=model,
+                input_tokens=usage.input if usage is not None else None,
+                output_tokens=usage.output if usage is not None else None,
+                cached_tokens=usage.cached if usage is not None else None,
+                usd=usd,
+                baseline_usd=baseline_usd,
+                seconds=time.perf_counter() - self.started,
+                ttft_seconds=o.first_token if o is not None else None,
+                status=status,
+            )
+        )
 
     async def _refuse(self, response: Response) -> None:
         if self.decision is not None:

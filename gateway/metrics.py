@@ -285,6 +285,37 @@ class Metrics:
             "Redis calls that failed (each answered from local state instead).",
             registry=r,
         )
+        self.policy_enforced = Counter(
+            "crossover_policy_enforced",
+            "Requests a data policy changed or refused: what it did (route, fallback, shadow, model).",
+            ["policy", "what"],
+            registry=r,
+        )
+        # Teams are entries of the keys store, made by an operator: a bounded label set.
+        self.team_requests = Counter(
+            "crossover_team_requests",
+            "Requests by the team of the key that sent them.",
+            ["team", "status_class"],
+            registry=r,
+        )
+        self.team_cost = Counter(
+            "crossover_team_cost_usd",
+            "Cost of a team's requests (API tokens and self-hosted GPU time).",
+            ["team"],
+            registry=r,
+        )
+        self.team_baseline_cost = Counter(
+            "crossover_team_baseline_cost_usd",
+            "What a team's requests would have cost on the baseline API model alone.",
+            ["team"],
+            registry=r,
+        )
+        self.request_log_rows = Counter(
+            "crossover_request_log_rows",
+            "Request log rows, by what became of them (written, dropped: queue full, failed: store error).",
+            ["result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "crossover_config_reloads",
             "Config reload attempts, by result.",

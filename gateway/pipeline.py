@@ -5,7 +5,6 @@ records it; routing, resilience and relaying each live in their own module."""
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -17,11 +16,16 @@ from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from classifier import Explainer, extract_features, weightiest
+from gateway import policy
+from gateway.config import Router
 from gateway.errors import Unauthenticated
 from gateway.exchange import Exchange
+from gateway.keyring import Keyring, find_static
+from gateway.principal import Principal
 from gateway.relay import relay_events
 from gateway.resilience import Answer, Call, Plan
 from gateway.routing import ROUTE_HEADER, Ask, Decision, direct, forced_route, plan_route
+from gateway.runtime import Runtime
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, ErrorCode, UpstreamError, Usage
 
@@ -49,7 +53,7 @@ class Door:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with Exchange(gateway_state(scope), scope, receive, send, self.dialect) as ex:
-            api_key = ex.authenticated(authenticate(ex.headers_in, ex.runtime.settings.api_keys))
+            api_key = ex.authenticated(*authenticate(ex.headers_in, ex.runtime, ex.state.keyring))
             body = await ex.read_json()
             self.validate(body)
             decision = ex.decided(await route(ex, body, api_key))
@@ -65,31 +69,43 @@ class Door:
                 await ex.respond_stream(relay, ex.headers(explained))
 
 
-def authenticate(headers: Mapping[str, str], keys: frozenset[str]) -> str | None:
-    """The gateway key the client sent, once checked; None when the gateway asks for none."""
-    if not keys:
-        return None
+def authenticate(
+    headers: Mapping[str, str], runtime: Runtime, keyring: Keyring | None
+) -> tuple[str | None, Principal | None]:
+    """The gateway key the client sent, once checked, and who it is; (None, None) when the gateway
+    asks for no key."""
+    if not runtime.principals and keyring is None:
+        return None, None
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
         token = headers.get("x-api-key", "")  # what Anthropic's SDK sends
-    # Compare against every key in constant time so timing does not reveal a prefix.
-    # Bytes, not str: compare_digest refuses non-ASCII strings, and a header may hold any latin-1.
-    given = token.encode()
-    if not token or not any(hmac.compare_digest(given, key.encode()) for key in keys):
+    principal = None
+    if token:
+        principal = keyring.find(token) if keyring is not None else None
+        if principal is None:
+            principal = find_static(token, runtime.principals)
+    if principal is None:
         raise Unauthenticated(
             "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",
             code=ErrorCode.INVALID_API_KEY,
         )
-    return token
+    return token, principal
 
 
 async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Decision:
     """The decision for this request (see gateway/routing.py), counted unless the exchange only asks."""
     runtime, state, model = ex.runtime, ex.state, body["model"]
-    scope = runtime.settings.key_scopes.get(api_key) if api_key is not None else None
+    principal, scope = ex.principal, ex.scope
     router = runtime.settings.routers.get(model)
     if router is None:
-        return direct(await runtime.target_for_model(model), scope)
+        target = await runtime.target_for_model(model)
+        if principal is not None:
+            if principal.local_only and target.backend not in runtime.local_backends:
+                state.recorder.policy_enforced("local_only", "model")
+            policy.check_model(principal, model, target, runtime.local_backends)
+        return direct(target, scope)
+    if principal is not None:
+        policy.check_router(principal, model)
     started = time.perf_counter()
     headers = ex.headers_in
     ask = Ask(
@@ -101,12 +117,23 @@ async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Deci
         full=lambda target: state.full(runtime.settings, target),
     )
     decision = plan_route(router, ask, runtime.classifiers[model].score, runtime.threshold(model))
+    if principal is not None and principal.local_only and ex.record:
+        _count_local_only(ex, router, decision)
     if ex.record:
         state.recorder.decided(model, decision, time.perf_counter() - started)
         moved = runtime.observe(model, decision)
         if moved is not None:
             state.recorder.threshold(model, moved)
     return decision
+
+
+def _count_local_only(ex: Exchange, router: Router, decision: Decision) -> None:
+    """What `local_only` changed in this decision: a route to the API moved, an API fallback withheld."""
+    local, recorder = ex.runtime.local_backends, ex.state.recorder
+    if decision.reason == "scope":
+        recorder.policy_enforced("local_only", "route")
+    if router.fallback and decision.fallback is None and router.api.backend not in local:
+        recorder.policy_enforced("local_only", "fallback")
 
 
 def _wants_explanation(headers: Mapping[str, str]) -> bool:

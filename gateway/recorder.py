@@ -33,6 +33,8 @@ class Outcome:
     inter_token: float | None = None  # mean gap between streamed events
     usage_estimated: bool = False
     baseline: Price | None = None  # what it would have cost on the API model alone
+    key_id: str | None = None  # the key's id (gateway/principal.py), never its text
+    team: str | None = None
 
 
 class Recorder:
@@ -113,15 +115,27 @@ class Recorder:
         if failed:
             self.metrics.redis_errors.inc()
 
-    def refused(self, route: str, backend: str, model: str, status_class: str, gpu_usd: float) -> None:
+    def refused(
+        self, route: str, backend: str, model: str, status_class: str, gpu_usd: float, team: str | None = None
+    ) -> None:
         """A request that ended in an error before any answer reached the client."""
         m = self.metrics
         m.at(m.requests, route, backend, model, status_class).inc()
         if gpu_usd:
             m.at(m.cost, route, backend, model).inc(gpu_usd)
+        if team is not None:
+            m.at(m.team_requests, team, status_class).inc()
+            if gpu_usd:
+                m.at(m.team_cost, team).inc(gpu_usd)
 
-    def answered(self, o: Outcome) -> float:
-        """Record an answered request; its cost in USD."""
+    def policy_enforced(self, policy: str, what: str) -> None:
+        self.metrics.at(self.metrics.policy_enforced, policy, what).inc()
+
+    def request_log(self, result: str, rows: int) -> None:
+        self.metrics.at(self.metrics.request_log_rows, result).inc(rows)
+
+    def answered(self, o: Outcome) -> tuple[float, float | None]:
+        """Records the outcome; its cost and baseline cost in USD (None: no baseline or no usage)."""
         m, route, backend, model = self.metrics, o.decision.route, o.backend, o.model.name
         stream = "true" if o.stream else "false"
         m.at(m.requests, route, backend, model, o.status_class).inc()
@@ -131,7 +145,7 @@ class Recorder:
             m.at(m.ttft, route, backend).observe(o.first_token)
         if o.inter_token is not None:
             m.at(m.inter_token, route, backend).observe(o.inter_token)
-        cost = o.gpu_usd
+        cost, baseline = o.gpu_usd, None
         u = o.usage
         if u is not None:
             if o.usage_estimated:
@@ -142,9 +156,15 @@ class Recorder:
                 m.at(m.tokens, route, backend, model, "cached").inc(u.cached)
             cost += cost_usd(u, o.model.price)
             if o.baseline is not None:
-                m.at(m.baseline_cost, route, backend, model).inc(cost_usd(u, o.baseline))
+                baseline = cost_usd(u, o.baseline)
+                m.at(m.baseline_cost, route, backend, model).inc(baseline)
         m.at(m.cost, route, backend, model).inc(cost)
-        return cost
+        if o.team is not None:
+            m.at(m.team_requests, o.team, o.status_class).inc()
+            m.at(m.team_cost, o.team).inc(cost)
+            if baseline is not None:
+                m.at(m.team_baseline_cost, o.team).inc(baseline)
+        return cost, baseline
 
     def shadow_judged(self, router: str, verdict: str, score: float | None) -> None:
         self.metrics.at(self.metrics.shadow_judged, router, verdict, score_bucket(score)).inc()

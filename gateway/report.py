@@ -621,9 +621,19 @@ def config_costs(path: str | Path) -> tuple[float, float, str | None]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics",
-        required=True,
         metavar="URL_OR_FILE",
         help="a gateway's /metrics URL (http://127.0.0.1:4000/metrics), or a saved exposition text file",
+    )
+    parser.add_argument(
+        "--by",
+        choices=["team"],
+        help="team: cost, all-API cost and savings per team (gateway/team_report.py)",
+    )
+    parser.add_argument(
+        "--request-log", metavar="STORE", help="--by team from the request log (SQLite file or URL)"
+    )
+    parser.add_argument(
+        "--since-hours", type=float, metavar="H", help="--by team --request-log: the last H hours"
     )
     parser.add_argument(
         "--period-hours",
@@ -679,7 +689,11 @@ def make_report(
 
 def run(args: argparse.Namespace) -> int:
     """`crossover report`: the text to stdout, the chart to --png."""
+    if args.by == "team":
+        return _team_report(args)
     try:
+        if args.metrics is None:
+            raise ReportError("--metrics URL_OR_FILE is required")
         report = make_report(args.metrics, args.period_hours, args.config)
         if args.png:
             render_png(report, args.png)
@@ -692,6 +706,18 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(render_text(report))
     if args.png:
         print(f"\nChart: {args.png}")
+    return 0
+
+
+def _team_report(args: argparse.Namespace) -> int:
+    from gateway.team_report import TeamReportError, render_teams, team_lines
+
+    try:
+        lines, source = team_lines(args.metrics, args.request_log, args.since_hours)
+    except (ReportError, TeamReportError) as exc:
+        print(f"crossover report: {exc}", file=sys.stderr)
+        return 2
+    sys.stdout.write(render_teams(lines, source))
     return 0
 
 

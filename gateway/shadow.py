@@ -256,10 +256,16 @@ class Shadows:
         self._workers = max(1, workers)
 
     def sample(
-        self, runtime: Runtime, router: Router, decision: Decision, body: dict[str, Any], api_key: str | None
+        self,
+        runtime: Runtime,
+        router: Router,
+        decision: Decision,
+        body: dict[str, Any],
+        api_key: str | None,
+        scope: frozenset[str] | None = None,
     ) -> Sampled | None:
         """Whether to judge this request, decided with its route (before any answer); `api_key` is the
-        gateway key the client authenticated with."""
+        gateway key the client authenticated with, `scope` the backends its data may reach (None: any)."""
         shadow = router.shadow
         if shadow is None or decision.route != shadow.route or decision.reason in NEVER_SHADOWED:
             return None
@@ -269,12 +275,11 @@ class Shadows:
             return None
         if random.random() >= shadow.sample:
             return None
-        if api_key is not None:
-            scope = runtime.settings.key_scopes.get(api_key)
+        if api_key is not None and api_key in shadow.exclude_api_keys:
+            return None
+        if scope is not None:
             other = target_of(router, other_route(shadow.route))
-            if api_key in shadow.exclude_api_keys or (
-                scope is not None and not {other.backend, shadow.judge.backend} <= scope
-            ):
+            if not {other.backend, shadow.judge.backend} <= scope:
                 return None  # the key's data may not go where the shadow job would send it
         return Sampled(router, shadow)
 

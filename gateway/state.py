@@ -10,10 +10,12 @@ from typing import Any
 from gateway.accounting import BackendMeter
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
+from gateway.keyring import Keyring
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
 from gateway.replicas import circuit_names
+from gateway.request_log import RequestLog
 from gateway.runtime import Runtime
 from gateway.shadow import Shadows
 from gateway.tracing import Tracing
@@ -40,6 +42,8 @@ class GatewayState:
             self.recorder, self.hold, self.unhold, workers
         )  # shadow judging's jobs and stores
         self.redis: RedisLink | None = None  # shared state across workers and replicas; None: local
+        self.keyring: Keyring | None = None  # virtual keys (server.keys_store); None: static keys only
+        self.request_log: RequestLog | None = None  # None: no request log
         self._sync_redis()
         self._sync_meters()
         self.export_thresholds()
@@ -52,6 +56,28 @@ class GatewayState:
         if self.redis is not None:
             self._background(self.redis.close())
         self.redis = RedisLink(wanted, self.recorder) if wanted is not None else None
+
+    async def start(self) -> None:
+        """What needs the running loop: the virtual keys, read once before the first request, and the
+        request log's writer."""
+        await self._sync_keys()
+
+    async def _sync_keys(self) -> None:
+        """Open the configured keys store and request log; a reload that changes one reopens it."""
+        settings = self.runtime.settings
+        if (self.keyring.url if self.keyring is not None else None) != settings.keys_store:
+            if self.keyring is not None:
+                self._background(self.keyring.close())
+            self.keyring = Keyring(settings.keys_store) if settings.keys_store is not None else None
+            if self.keyring is not None:
+                await self.keyring.start()
+        if (self.request_log.settings if self.request_log is not None else None) != settings.request_log:
+            if self.request_log is not None:
+                self._background(self.request_log.close())
+            self.request_log = None
+            if settings.request_log is not None:
+                self.request_log = RequestLog(settings.request_log, self.recorder)
+                self.request_log.start()
 
     def _sync_meters(self, previous: Settings | None = None) -> None:
         backends = self.runtime.settings.backends
@@ -156,6 +182,7 @@ class GatewayState:
         new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
         self._sync_redis()
+        await self._sync_keys()
         self._sync_meters(old.settings)
         self.export_thresholds()
         self.recorder.reloaded(True)
@@ -168,6 +195,10 @@ class GatewayState:
 
     async def close(self) -> None:
         await self.shadows.close()
+        if self.request_log is not None:
+            await self.request_log.close()
+        if self.keyring is not None:
+            await self.keyring.close()
         if self.redis is not None:
             await self.redis.close()
         await self.runtime.close()

@@ -19,6 +19,7 @@ class ErrorCode(StrEnum):
 
     # A client's request the gateway refuses.
     BACKEND_NOT_ALLOWED = "backend_not_allowed"
+    DATA_MUST_STAY_LOCAL = "data_must_stay_local"  # a local_only key or team asked for an external API
     EMPTY_ARRAY = "empty_array"
     INTEGER_BELOW_MIN_VALUE = "integer_below_min_value"
     INVALID_API_KEY = "invalid_api_key"
@@ -28,11 +29,13 @@ class ErrorCode(StrEnum):
     INVALID_VALUE = "invalid_value"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
+    MODEL_NOT_ALLOWED = "model_not_allowed"
     MODEL_NOT_FOUND = "model_not_found"
     NESTING_TOO_DEEP = "nesting_too_deep"
     REQUEST_HEADER_FIELDS_TOO_LARGE = "request_header_fields_too_large"
     REQUEST_TIMEOUT = "request_timeout"
     REQUEST_TOO_LARGE = "request_too_large"
+    ROUTER_NOT_ALLOWED = "router_not_allowed"
     UNKNOWN_URL = "unknown_url"
     UNSUPPORTED_PARAMETER = "unsupported_parameter"
     URI_TOO_LONG = "uri_too_long"

@@ -22,7 +22,7 @@ class CountTokens:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with Exchange(gateway_state(scope), scope, receive, send, "anthropic", record=False) as ex:
-            api_key = ex.authenticated(authenticate(ex.headers_in, ex.runtime.settings.api_keys))
+            api_key = ex.authenticated(*authenticate(ex.headers_in, ex.runtime, ex.state.keyring))
             body = await ex.read_json()
             validate_messages({"max_tokens": 1, **body})
             decision = await route(ex, body, api_key)

@@ -11,6 +11,7 @@ from starlette.responses import Response
 from gateway.errors import ModelNotFound, error_response
 from gateway.inbound import validate_chat, validate_completion
 from gateway.pipeline import Door, authenticate, gateway_state
+from gateway.policy import may_use_model, may_use_router
 from providers.base import ErrorCode
 
 chat_completions = Door("openai", "/chat/completions", validate_chat)
@@ -18,17 +19,20 @@ completions = Door("openai", "/completions", validate_completion)
 
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:
-    runtime = gateway_state(request.scope).runtime
-    authenticate(request.headers, runtime.settings.api_keys)
+    """The models this key may ask for: the router models, then each backend's concrete ones."""
+    state = gateway_state(request.scope)
+    runtime = state.runtime
+    _, principal = authenticate(request.headers, runtime, state.keyring)
+    routers = [n for n in runtime.settings.routers if principal is None or may_use_router(principal, n)]
     data: list[dict[str, Any]] = [
-        {"id": name, "object": "model", "created": 0, "owned_by": "crossover"}
-        for name in runtime.settings.routers
+        {"id": name, "object": "model", "created": 0, "owned_by": "crossover"} for name in routers
     ]
     seen = set(runtime.settings.routers)
     for backend, model in runtime.models():
         name = model.name if model.name not in seen else f"{backend}/{model.name}"
         seen.add(name)
-        data.append({"id": name, "object": "model", "created": 0, "owned_by": backend})
+        if principal is None or may_use_model(principal, name, backend, model.name, runtime.local_backends):
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": backend})
     return data
 
 

@@ -48,6 +48,55 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # the request's cues (classifier/cues.py) as a JSON object: what retraining needs when the prompt
     # itself is not kept
     ("ALTER TABLE outcomes ADD COLUMN features TEXT",),
+    # Virtual keys and teams (gateway/keys.py): scope and limits as JSON objects; a key is kept as the
+    # SHA-256 of its text, never the text. `key_changes` counts writes, so gateways notice them cheaply.
+    (
+        """CREATE TABLE teams (
+            name TEXT PRIMARY KEY,
+            scope TEXT NOT NULL,
+            local_only INTEGER NOT NULL,
+            limits TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL
+        )""",
+        """CREATE TABLE keys (
+            id TEXT PRIMARY KEY,
+            hash TEXT NOT NULL UNIQUE,
+            team TEXT NOT NULL REFERENCES teams (name),
+            name TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            local_only INTEGER NOT NULL,
+            limits TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            revoked_at DOUBLE PRECISION,
+            expires_at DOUBLE PRECISION
+        )""",
+        "CREATE TABLE key_changes (version BIGINT NOT NULL)",
+        "INSERT INTO key_changes (version) VALUES (0)",
+    ),
+    # The request log (gateway/request_log.py): one row per request, no prompt text, no key text.
+    (
+        """CREATE TABLE request_log (
+            at DOUBLE PRECISION NOT NULL,
+            request_id TEXT,
+            key_id TEXT,
+            team TEXT,
+            router TEXT,
+            route TEXT NOT NULL,
+            reason TEXT,
+            backend TEXT NOT NULL,
+            model TEXT NOT NULL,
+            input_tokens BIGINT,
+            output_tokens BIGINT,
+            cached_tokens BIGINT,
+            usd DOUBLE PRECISION,
+            baseline_usd DOUBLE PRECISION,
+            seconds DOUBLE PRECISION,
+            ttft_seconds DOUBLE PRECISION,
+            status TEXT NOT NULL
+        )""",
+        "CREATE INDEX request_log_at ON request_log (at)",
+        "CREATE INDEX request_log_team ON request_log (team, at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -114,7 +163,20 @@ class OutcomeStore(Protocol):
     async def close(self) -> None: ...
 
 
-def open_store(url: str) -> OutcomeStore:
+Params = tuple[Any, ...]
+
+
+class SqlStore(OutcomeStore, Protocol):
+    """The same store, for the other tables (keys and teams, the request log): SQL written with `?`
+    placeholders, which PostgreSQL's implementation turns into its own. `write` runs its statements
+    in one transaction, each with every parameter row given for it."""
+
+    async def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]: ...
+
+    async def write(self, *statements: tuple[str, list[Params]]) -> list[int]: ...
+
+
+def open_store(url: str) -> SqlStore:
     """The store at `url`; nothing is opened or created until it is first used."""
     if url.startswith(("postgresql://", "postgres://")):
         from gateway.store.postgres import PostgresStore

@@ -7,10 +7,11 @@ starting together apply each one once."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import psycopg
 
-from gateway.store import MIGRATIONS, SELECT_SQL, Judged, StoreError, insert_sql, judged, values
+from gateway.store import MIGRATIONS, SELECT_SQL, Judged, Params, StoreError, insert_sql, judged, values
 
 _MIGRATION_LOCK = 0x63726F73  # any constant shared by every replica ("cros")
 
@@ -53,11 +54,40 @@ class PostgresStore:
             except psycopg.Error as exc:
                 raise StoreError(f"outcome store (PostgreSQL): {exc}") from exc
 
+    async def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        async with self._lock:
+            try:
+                db = await self._connect()
+                async with db.cursor() as cursor:
+                    await cursor.execute(_pg(sql), params)
+                    found = [tuple(r) for r in await cursor.fetchall()]
+                await db.commit()
+                return found
+            except psycopg.Error as exc:
+                raise StoreError(f"store (PostgreSQL): {exc}") from exc
+
+    async def write(self, *statements: tuple[str, list[Params]]) -> list[int]:
+        async with self._lock:
+            try:
+                db = await self._connect()
+                counts = []
+                async with db.transaction(), db.cursor() as cursor:
+                    for sql, rows in statements:
+                        await cursor.executemany(_pg(sql), rows)
+                        counts.append(cursor.rowcount)
+                return counts
+            except psycopg.Error as exc:
+                raise StoreError(f"store (PostgreSQL): {exc}") from exc
+
     async def close(self) -> None:
         async with self._lock:
             if self._db is not None:
                 await self._db.close()
                 self._db = None
+
+
+def _pg(sql: str) -> str:
+    return sql.replace("?", "%s")
 
 
 async def migrate(db: psycopg.AsyncConnection[tuple[object, ...]]) -> int:

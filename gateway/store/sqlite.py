@@ -8,8 +8,9 @@ import asyncio
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
-from gateway.store import MIGRATIONS, SELECT_SQL, Judged, StoreError, insert_sql, judged, values
+from gateway.store import MIGRATIONS, SELECT_SQL, Judged, Params, StoreError, insert_sql, judged, values
 
 
 class SqliteStore:
@@ -44,6 +45,28 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"outcome store {self.path}: {exc}") from exc
 
+    def _query(self, sql: str, params: Params) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return [tuple(r) for r in self._connect().execute(sql, params)]
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
+
+    def _write(self, statements: tuple[tuple[str, list[Params]], ...]) -> list[int]:
+        with self._lock:
+            db = self._connect()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    counts = [db.executemany(sql, rows).rowcount for sql, rows in statements]
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                return counts
+            except sqlite3.Error as exc:
+                raise StoreError(f"store {self.path}: {exc}") from exc
+
     def _close(self) -> None:
         with self._lock:
             if self._db is not None:
@@ -55,6 +78,12 @@ class SqliteStore:
 
     async def rows(self) -> list[Judged]:
         return await asyncio.to_thread(self._rows)
+
+    async def query(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        return await asyncio.to_thread(self._query, sql, params)
+
+    async def write(self, *statements: tuple[str, list[Params]]) -> list[int]:
+        return await asyncio.to_thread(self._write, statements)
 
     async def close(self) -> None:
         await asyncio.to_thread(self._close)
