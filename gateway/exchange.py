@@ -126,9 +126,9 @@ class Exchange:
         self.api_key = api_key
         return api_key
 
-    def decided(self, decision: Decision) -> Decision:
+    def decided(self, decision: Decision, shadowed: bool = True) -> Decision:
         self.decision = decision
-        if decision.routed and self.record:
+        if decision.routed and self.record and shadowed:
             router = self.runtime.settings.routers[self.body["model"]]
             if router.shadow is not None:
                 self.sampled = self.state.shadows.sample(

@@ -37,17 +37,25 @@ def strip_disallowed_nulls(data: bytes) -> bytes:
     return _NULL_FIRST.sub(b"{", data)
 
 
+# Only chat and completion objects are trimmed: a Response object's nulls are part of its contract
+# (`error`, `incomplete_details`, `instructions` are required and null when unset).
+TRIMMED_PATHS = frozenset({"/chat/completions", "/completions"})
+
 ENGINE_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")
 
 
 def openai_usage(body: dict[str, Any]) -> Usage | None:
-    """OpenAI's `usage` object, from a response or a stream's final chunk."""
-    usage = body.get("usage")
+    """OpenAI's `usage` object, from a response or a stream's final chunk (or an embeddings list)."""
+    return usage_from(body.get("usage"), "prompt_tokens", "completion_tokens", "prompt_tokens_details")
+
+
+def usage_from(usage: Any, given: str, made: str, details_key: str) -> Usage | None:
+    """A usage object by its key names: Chat's `prompt_tokens`, or Responses' `input_tokens`."""
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details")
+    details = usage.get(details_key)
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt, completion = usage.get(given), usage.get(made)
     return Usage(
         input=prompt if isinstance(prompt, int) else 0,
         output=completion if isinstance(completion, int) else 0,
@@ -55,7 +63,7 @@ def openai_usage(body: dict[str, Any]) -> Usage | None:
     )
 
 
-def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event], Event | None]:
+def _stream_transform(backend: str, secrets: tuple[str, ...], trim: bool) -> Callable[[Event], Event | None]:
     def transform(event: Event) -> Event | None:
         data = event.data
         if data == b"[DONE]":
@@ -63,7 +71,7 @@ def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event
         if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
             # vLLM and OpenAI report a failure after the stream began as an error object in a data line.
             raise error_from_response(backend, 500, {}, data, secrets)
-        return Event(strip_disallowed_nulls(data), event.event)
+        return Event(strip_disallowed_nulls(data), event.event) if trim else event
 
     return transform
 
@@ -84,12 +92,15 @@ class OpenAICompatProvider:
         status, raw = await self.http.call("POST", self.http.base + path, body, headers=headers)
         if status == 404:
             raise self.http.error(404, {}, raw)
-        raw = strip_disallowed_nulls(raw)
+        if path in TRIMMED_PATHS:
+            raw = strip_disallowed_nulls(raw)
         return Completion(self.http.parse(raw), raw, time.perf_counter() - started)
 
     async def stream(self, path: str, body: dict[str, Any], headers: Headers = None) -> SSEStream:
         resp = await self.http.open_stream(self.http.base + path, body, headers)
-        return SSEStream(self.name, resp, _stream_transform(self.name, self.http.config.secrets))
+        return SSEStream(
+            self.name, resp, _stream_transform(self.name, self.http.config.secrets, path in TRIMMED_PATHS)
+        )
 
     async def list_models(self) -> list[str]:
         return await self.http.model_ids()
