@@ -209,6 +209,11 @@ class OpenAIOverAnthropic:
 # ---- Anthropic client, OpenAI-compatible backend ---------------------------------------------------
 
 
+def _encode_events(events: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """Named SSE events (Anthropic's and Responses' streams name each one)."""
+    return b"".join(encode(orjson.dumps(data), name) for name, data in events)
+
+
 class _AnthropicOverOpenAIStream:
     def __init__(self, model: str) -> None:
         self.translator = OpenAIToAnthropicStream(model)
@@ -218,19 +223,16 @@ class _AnthropicOverOpenAIStream:
     def usage(self) -> Usage | None:
         return self.translator.usage
 
-    def _encode(self, events: list[tuple[str, dict[str, Any]]]) -> bytes:
-        return b"".join(encode(orjson.dumps(data), name) for name, data in events)
-
     def feed(self, events: list[Event]) -> bytes:
         out = []
         for event in events:
             translated = self.translator.feed(orjson.loads(event.data))
             self.first_token = self.first_token or any(n == "content_block_delta" for n, _ in translated)
-            out.append(self._encode(translated))
+            out.append(_encode_events(translated))
         return b"".join(out)
 
     def end(self) -> bytes:
-        return self._encode(self.translator.finish())
+        return _encode_events(self.translator.finish())
 
 
 class AnthropicOverOpenAI:
@@ -311,21 +313,17 @@ class _ResponsesOverAnthropicStream:
     def usage(self) -> Usage | None:
         return self.chat.usage
 
-    @staticmethod
-    def _encode(events: list[tuple[str, dict[str, Any]]]) -> bytes:
-        return b"".join(encode(orjson.dumps(data), name) for name, data in events)
-
     def feed(self, events: list[Event]) -> bytes:
         out = []
         for event in events:
             for chunk in self.chat.feed(event.event, orjson.loads(event.data)):
                 translated = self.responses.feed(chunk)
                 self.first_token = self.first_token or any(n in _RESPONSE_TOKENS for n, _ in translated)
-                out.append(self._encode(translated))
+                out.append(_encode_events(translated))
         return b"".join(out)
 
     def end(self) -> bytes:
-        return self._encode(self.responses.finish_events(self.chat.usage))
+        return _encode_events(self.responses.finish_events(self.chat.usage))
 
 
 class ResponsesOverAnthropic:
@@ -349,12 +347,59 @@ class ResponsesOverAnthropic:
         return _ResponsesOverAnthropicStream(self.body, self.chat.json_mode)
 
 
+class _ResponsesOverChatStream:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.responses = ChatToResponsesStream(request)
+        self.usage: Usage | None = None
+        self.first_token = False
+
+    def feed(self, events: list[Event]) -> bytes:
+        out = []
+        for event in events:
+            chunk = orjson.loads(event.data)
+            if isinstance(chunk.get("usage"), dict):
+                self.usage = openai_usage(chunk)
+            translated = self.responses.feed(chunk)
+            self.first_token = self.first_token or any(n in _RESPONSE_TOKENS for n, _ in translated)
+            out.append(_encode_events(translated))
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        return _encode_events(self.responses.finish_events(self.usage))
+
+
+class ResponsesOverChat:
+    """Responses → Chat Completions on an OpenAI-compatible backend (`responses_api: chat`), and back."""
+
+    backend_path = "/chat/completions"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.chat = responses_to_chat_request(body)
+
+    def request(self, model: str) -> dict[str, Any]:
+        return {**self.chat, "model": model}
+
+    def response(self, completion: Completion) -> tuple[bytes, Usage | None]:
+        usage = openai_usage(completion.body)
+        return orjson.dumps(chat_to_responses_response(completion.body, self.body, usage)), usage
+
+    def stream(self) -> StreamBridge:
+        return _ResponsesOverChatStream(self.body)
+
+
+def _openai_responses(body: dict[str, Any], provider: Provider) -> Bridge:
+    if getattr(provider, "responses_over_chat", False):
+        return ResponsesOverChat(body)
+    return ResponsesPassthrough(body)
+
+
 def _default_max_tokens(provider: Provider) -> int:
     return int(getattr(provider, "default_max_tokens", AnthropicProvider.default_max_tokens))
 
 
 _RESPONSES: dict[str, Callable[[dict[str, Any], Provider], Bridge]] = {
-    "openai": lambda body, _: ResponsesPassthrough(body),
+    "openai": _openai_responses,
     "anthropic": lambda body, p: ResponsesOverAnthropic(body, _default_max_tokens(p)),
 }
 

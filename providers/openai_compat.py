@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import Field
@@ -78,6 +78,7 @@ def _stream_transform(backend: str, secrets: tuple[str, ...], trim: bool) -> Cal
 
 class OpenAICompatProvider:
     dialect: Dialect = "openai"
+    responses_over_chat = False  # serve /responses through the backend's /chat/completions
 
     def __init__(self, config: HttpConfig, api_key: str | None = None) -> None:
         headers = dict(config.headers)
@@ -142,10 +143,15 @@ class OpenAICompatibleOptions(Options):
     gpu_usd_per_hour: Annotated[float, Field(ge=0)] | None = None  # per GPU; self-hosted deployments
     gpus: Annotated[int, Field(ge=1)] = 1
     scrape_metrics: bool = False  # read vLLM's queue and KV-cache state from its /metrics every 5 s
+    # "chat": the gateway translates /v1/responses to Chat Completions for this backend (servers without
+    # /v1/responses, or whose Responses API ignores tool_choice, as vLLM's does without a tool parser).
+    responses_api: Literal["native", "chat"] = "native"
 
 
-def _build(http: HttpConfig, api_key: str | None, _options: OpenAICompatibleOptions) -> OpenAICompatProvider:
-    return OpenAICompatProvider(http, api_key)
+def _build(http: HttpConfig, api_key: str | None, options: OpenAICompatibleOptions) -> OpenAICompatProvider:
+    provider = OpenAICompatProvider(http, api_key)
+    provider.responses_over_chat = options.responses_api == "chat"
+    return provider
 
 
 # vLLM, OpenAI, TGI, SGLang, Ollama: one kind, differing only in configuration.

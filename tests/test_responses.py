@@ -37,7 +37,10 @@ HARD = (
     "Prove step by step that the integral of x^2 from 0 to 1 is 1/3, then implement "
     "def integrate(f, a, b): return ... in Python, analyze its error and compare it with Simpson's rule."
 ) * 3
-BOTH = pytest.mark.parametrize("model", ["gpt-4o", CLAUDE], ids=["openai", "anthropic"])
+# Passed through; translated to the simulator's Chat Completions; translated to Messages.
+BOTH = pytest.mark.parametrize(
+    "model", ["gpt-4o", "gpt-4o-mini", CLAUDE], ids=["native", "chat", "anthropic"]
+)
 
 
 def config(openai_sim: Server, anthropic_sim: Server) -> dict[str, Any]:
@@ -48,16 +51,18 @@ def config(openai_sim: Server, anthropic_sim: Server) -> dict[str, Any]:
         "default_max_tokens": 64,
         "models": [{"name": CLAUDE, "price": CLAUDE_PRICE}],
     }
-    models = ({"name": "gpt-4o", "price": PRICE}, {"name": "gpt-4o-mini"})
+    # `viachat` is the same simulator reached through its Chat Completions (`responses_api: chat`).
+    viachat = sim_backend(openai_sim, {"name": "gpt-4o-mini", "price": PRICE}, responses_api="chat")
+    local = "viachat/gpt-4o-mini"
     return {
-        "backends": {"openai": sim_backend(openai_sim, *models), "anthropic": anthropic},
+        "backends": {
+            "openai": sim_backend(openai_sim, {"name": "gpt-4o", "price": PRICE}),
+            "viachat": viachat,
+            "anthropic": anthropic,
+        },
         "routers": {
-            "auto": {"local": "openai/gpt-4o-mini", "api": "openai/gpt-4o", "classifier": "heuristic"},
-            "hybrid": {
-                "local": "openai/gpt-4o-mini",
-                "api": f"anthropic/{CLAUDE}",
-                "classifier": "heuristic",
-            },
+            "auto": {"local": local, "api": "openai/gpt-4o", "classifier": "heuristic"},
+            "hybrid": {"local": local, "api": f"anthropic/{CLAUDE}", "classifier": "heuristic"},
         },
     }
 
@@ -116,7 +121,8 @@ def test_text_whole(client: openai.OpenAI, gw: Server, model: str) -> None:
     assert response.usage is not None and response.usage.input_tokens > 0 and response.usage.output_tokens > 0
     raw = post(gw, {"model": model, "input": "hi there"})
     assert_valid("Response", raw.json())
-    assert raw.headers["x-crossover-backend"] == ("openai" if model == "gpt-4o" else "anthropic")
+    backends = {"gpt-4o": "openai", "gpt-4o-mini": "viachat", CLAUDE: "anthropic"}
+    assert raw.headers["x-crossover-backend"] == backends[model]
 
 
 @BOTH

@@ -43,7 +43,7 @@ from tests.simulators.controls import Controls
 from tests.simulators.responses import embeddings_reply, responses_reply
 
 MODELS = ("gpt-4o", "gpt-4o-mini")
-EMBEDDING_MODELS = {"text-embedding-3-small": 1536}  # name: dimensions
+EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}  # name: dimensions
 
 
 def _error(

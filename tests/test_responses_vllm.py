@@ -1,0 +1,103 @@
+"""`POST /v1/responses` through the gateway to the real CPU vLLM, which serves `/v1/responses` itself:
+passed through (its tiny dummy-weights model writes nonsense, so the tests check shapes, order,
+usage and accounting, not words), directly and through a router."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.servers import Server
+from tests.test_metrics import samples, value
+from tests.test_responses import TOOL
+
+pytestmark = pytest.mark.vllm
+SCHEMA = {
+    "type": "json_schema",
+    "name": "answer",
+    "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+}
+
+
+@pytest.fixture
+def client(gateway: Server) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0) as client:
+        yield client
+
+
+def test_whole(client: openai.OpenAI, gateway: Server) -> None:
+    before = samples(gateway)
+    raw = client.responses.with_raw_response.create(
+        model="tiny-llama", input="hi", instructions="Be brief.", max_output_tokens=8, store=False
+    )
+    response = raw.parse()
+    assert raw.headers["x-crossover-backend"] == "local"
+    assert response.status in ("completed", "incomplete") and response.output
+    assert response.usage is not None and 0 < response.usage.output_tokens <= 8
+    grown = value(samples(gateway), "crossover_tokens_total", backend="local", kind="output") - value(
+        before, "crossover_tokens_total", backend="local", kind="output"
+    )
+    assert grown == response.usage.output_tokens
+
+
+def test_streamed(client: openai.OpenAI) -> None:
+    kinds: list[str] = []
+    text, final = "", None
+    with client.responses.create(model="tiny-llama", input="hi", max_output_tokens=8, stream=True) as stream:
+        for event in stream:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                text += event.delta
+            elif event.type in ("response.completed", "response.incomplete"):
+                final = event.response
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] in ("response.completed", "response.incomplete")
+    assert final is not None and final.usage is not None and final.usage.output_tokens > 0
+    assert final.output_text == text
+
+
+def test_routed(client: openai.OpenAI) -> None:
+    raw = client.responses.with_raw_response.create(model="auto", input="hi", max_output_tokens=4)
+    assert (raw.headers["x-crossover-route"], raw.headers["x-crossover-backend"]) == ("local", "local")
+    assert raw.parse().usage is not None
+
+
+def test_function_tool(client: openai.OpenAI) -> None:
+    """A named tool choice makes vLLM's structured decoding write the call, whatever the weights."""
+    response = client.responses.create(
+        model="tiny-llama",
+        input="search for cats",
+        tools=[TOOL],  # type: ignore[list-item]
+        tool_choice={"type": "function", "name": "search"},
+        max_output_tokens=40,
+    )
+    calls = [item for item in response.output if item.type == "function_call"]
+    assert calls and calls[0].name == "search"
+    assert isinstance(json.loads(calls[0].arguments), dict)
+
+
+def test_json_schema(client: openai.OpenAI, gateway: Server) -> None:
+    body: dict[str, Any] = {
+        "model": "tiny-llama",
+        "input": "a number",
+        "text": {"format": SCHEMA},
+        "max_output_tokens": 30,
+    }
+    response = httpx.post(gateway.url + "/v1/responses", json=body, timeout=60).json()
+    assert response["text"]["format"]["type"] == "json_schema"
+    text = response["output"][-1]["content"][0]["text"]
+    if response["status"] == "completed":  # 30 tokens may cut the object short
+        assert isinstance(json.loads(text)["a"], int)
+
+
+def test_previous_response_id_goes_to_the_backend(client: openai.OpenAI) -> None:
+    """vLLM keeps no responses unless started with VLLM_ENABLE_RESPONSES_API_STORE: its refusal,
+    not the gateway's, reaches the client (the gateway refuses only where it translates)."""
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.responses.create(model="tiny-llama", input="hi", previous_response_id="resp_unknown")
+    assert refused.value.status_code in (400, 404)
