@@ -186,12 +186,6 @@ def validate_messages(body: dict[str, Any]) -> None:
     _check(body, "tools", (list,), "an array")
 
 
-def _items(value: Any, where: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise _wrong_type(where, "an array", value)
-    return value
-
-
 def _strings(body: dict[str, Any], where: str, *names: str) -> None:
     for name in names:
         if name in body and not isinstance(body[name], str):
@@ -261,8 +255,10 @@ def validate_responses(body: dict[str, Any]) -> None:
             if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
                 raise _wrong_type(f"tools[{i}].parameters", "an object", tool["parameters"])
     _check(body, "text", (dict, type(None)), "an object")
-    text = body.get("text") or {}
-    fmt = text.get("format")
+    _text_format((body.get("text") or {}).get("format"))
+
+
+def _text_format(fmt: Any) -> None:
     if fmt is None:
         return
     if not isinstance(fmt, dict):
