@@ -1,6 +1,7 @@
 """`POST /v1/embeddings` through the gateway with the official SDK's `embeddings.create`, against the
-OpenAI simulator (the shared CPU vLLM serves a generative model, and a second vLLM just for
-embeddings costs more than this machine has to spare; see the README)."""
+OpenAI simulator: the shared CPU vLLM serves a generative model, and the tiny dummy Llama started as a
+pooling model (`--runner pooling --convert embed`, vLLM 0.32 CPU) loses its worker on the first
+embedding request."""
 
 from __future__ import annotations
 
