@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway.errors import ClientGone, InvalidRequest, PayloadTooLarge, RequestTimeout
 from providers.base import ErrorCode
+from providers.responses import item_kind
 from providers.shapes import MAX_DEPTH, nested_too_deep, type_name
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -195,7 +196,7 @@ def _strings(body: dict[str, Any], where: str, *names: str) -> None:
 def _input_item(item: Any, where: str) -> None:
     if not isinstance(item, dict):
         raise _wrong_type(where, "an object", item)
-    kind = item.get("type", "message")
+    kind = item_kind(item)
     if not isinstance(kind, str):
         raise _wrong_type(f"{where}.type", "a string", kind)
     if kind == "message":
@@ -227,8 +228,9 @@ def validate_responses(body: dict[str, Any]) -> None:
         raise _wrong_type("input", "a string or an array of input items", given)
     for i, item in enumerate(given if isinstance(given, list) else ()):
         _input_item(item, f"input[{i}]")
-    for name in ("instructions", "previous_response_id", "conversation"):
+    for name in ("instructions", "previous_response_id"):
         _check(body, name, (str, type(None)), "a string")
+    _check(body, "conversation", (str, dict, type(None)), "a string or an object")
     for name in ("store", "background", "parallel_tool_calls"):
         _check(body, name, (bool, type(None)), "a boolean")
     _check(body, "tool_choice", (str, dict, type(None)), "a string or an object")

@@ -27,6 +27,15 @@ _TEXT_PARTS = frozenset({"input_text", "output_text", "text"})
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
+def item_kind(item: dict[str, Any]) -> Any:
+    """An input item's type; it may be left out for a message (it has a role) and for an item
+    reference (it has only an id)."""
+    kind = item.get("type")
+    if kind is not None:
+        return kind
+    return "item_reference" if "id" in item and "role" not in item else "message"
+
+
 def _new_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
@@ -74,7 +83,7 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
         return messages
     for i, item in enumerate(array_or_empty(given, "input")):
         where = f"input[{i}]"
-        kind = obj(item, where).get("type", "message")
+        kind = item_kind(obj(item, where))
         if kind == "message":
             role = item.get("role")
             if not isinstance(role, str) or role not in _ROLES:
@@ -211,7 +220,7 @@ def responses_chat_view(body: dict[str, Any]) -> dict[str, Any]:
         for item in given:
             if not isinstance(item, dict):
                 continue
-            kind = item.get("type", "message")
+            kind = item_kind(item)
             if kind == "message":
                 messages.append({"role": item.get("role"), "content": item.get("content")})
             elif kind == "function_call_output" and isinstance(item.get("output"), str):

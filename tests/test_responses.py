@@ -309,6 +309,8 @@ def test_bad_input(gw: Server, model: str, body: dict[str, Any], param: str) -> 
         ({"input": "hi", "text": {"format": {"type": "grammar"}}}, "text.format.type"),
         ({"input": "hi", "background": True}, "background"),
         ({"input": "hi", "conversation": "conv_1"}, "conversation"),
+        ({"input": "hi", "conversation": {"id": "conv_1"}}, "conversation"),
+        ({"input": [{"id": "msg_1"}]}, "input[0]"),  # an item reference: its type may be left out
     ],
 )
 def test_untranslatable(gw: Server, body: dict[str, Any], param: str) -> None:
@@ -356,3 +358,18 @@ def test_usage_of_translated_body_matches_the_backend(
     body = post(gw, {"model": CLAUDE, "input": "usage please", "max_output_tokens": 16}).json()
     assert body["usage"]["total_tokens"] == body["usage"]["input_tokens"] + body["usage"]["output_tokens"]
     assert body["max_output_tokens"] == 16 and body["store"] is False
+
+
+def test_passthrough_forwards_what_it_does_not_read(gw: Server, openai_sim: Server) -> None:
+    """Items and tools the gateway does not translate are the Responses backend's to judge."""
+    body = {
+        "model": "gpt-4o",
+        "input": [{"id": "msg_1"}, {"type": "reasoning", "summary": []}, {"role": "user", "content": "hi"}],
+        "tools": [{"type": "web_search"}],
+        "conversation": {"id": "conv_1"},
+        "include": ["message.output_text.logprobs"],
+    }
+    answered = post(gw, body)
+    assert answered.status_code == 200, answered.text
+    sent = httpx.get(openai_sim.url + "/_sim/requests").json()[-1]
+    assert sent == {**body, "model": "gpt-4o"}
