@@ -190,6 +190,8 @@ def create_app(
     doors: dict[str, ASGIApp] = {
         "/v1/chat/completions": openai.chat_completions,
         "/v1/completions": openai.completions,
+        "/v1/responses": openai.responses,
+        "/v1/embeddings": openai.embeddings,
         "/v1/messages": anthropic.messages,
         "/v1/messages/count_tokens": anthropic.count_tokens,
     }

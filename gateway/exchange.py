@@ -145,9 +145,9 @@ class Exchange:
         principal = self.principal
         return None if principal is None else reachable(principal, self.runtime.local_backends)
 
-    def decided(self, decision: Decision) -> Decision:
+    def decided(self, decision: Decision, shadowed: bool = True) -> Decision:
         self.decision = decision
-        if decision.routed and self.record:
+        if decision.routed and self.record and shadowed:
             router = self.runtime.settings.routers[self.body["model"]]
             if router.shadow is not None:
                 scope = self.scope

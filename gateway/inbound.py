@@ -10,6 +10,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from gateway.errors import ClientGone, InvalidRequest, PayloadTooLarge, RequestTimeout
 from providers.base import ErrorCode
+from providers.responses import item_kind
 from providers.shapes import MAX_DEPTH, nested_too_deep, type_name
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -184,3 +185,127 @@ def validate_messages(body: dict[str, Any]) -> None:
             )
     _check(body, "system", (str, list), "a string or an array of text blocks")
     _check(body, "tools", (list,), "an array")
+
+
+def _strings(body: dict[str, Any], where: str, *names: str) -> None:
+    for name in names:
+        if name in body and not isinstance(body[name], str):
+            raise _wrong_type(f"{where}{name}", "a string", body[name])
+
+
+def _input_item(item: Any, where: str) -> None:
+    if not isinstance(item, dict):
+        raise _wrong_type(where, "an object", item)
+    kind = item_kind(item)
+    if not isinstance(kind, str):
+        raise _wrong_type(f"{where}.type", "a string", kind)
+    if kind == "message":
+        if "role" not in item:
+            raise _missing(f"{where}.role")
+        _strings(item, f"{where}.", "role")
+        content = item.get("content")
+        if not isinstance(content, str | list):
+            raise _wrong_type(f"{where}.content", "a string or an array of objects", content)
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            if not isinstance(part, dict):
+                raise _wrong_type(f"{where}.content[{j}]", "an object", part)
+    elif kind == "function_call":
+        _strings(item, f"{where}.", "call_id", "name", "arguments")
+    elif kind == "function_call_output":
+        _strings(item, f"{where}.", "call_id")
+        if not isinstance(item.get("output"), str | list):
+            raise _wrong_type(f"{where}.output", "a string or an array of objects", item.get("output"))
+
+
+def validate_responses(body: dict[str, Any]) -> None:
+    """The Responses request: what the router reads and the translation to chat reads; items of kinds
+    the gateway does not read (reasoning, built-in tools) are the backend's to judge."""
+    _check_common(body)
+    if "input" not in body:
+        raise _missing("input")
+    given = body["input"]
+    if not isinstance(given, str | list):
+        raise _wrong_type("input", "a string or an array of input items", given)
+    for i, item in enumerate(given if isinstance(given, list) else ()):
+        _input_item(item, f"input[{i}]")
+    for name in ("instructions", "previous_response_id"):
+        _check(body, name, (str, type(None)), "a string")
+    _check(body, "conversation", (str, dict, type(None)), "a string or an object")
+    for name in ("store", "background", "parallel_tool_calls"):
+        _check(body, name, (bool, type(None)), "a boolean")
+    _check(body, "tool_choice", (str, dict, type(None)), "a string or an object")
+    _check(body, "max_output_tokens", (int, type(None)), "an integer")
+    limit = body.get("max_output_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool) and limit < 1:
+        raise InvalidRequest(
+            f"Invalid 'max_output_tokens': integer below minimum value. "
+            f"Expected a value >= 1, but got {limit} instead.",
+            param="max_output_tokens",
+            code=ErrorCode.INTEGER_BELOW_MIN_VALUE,
+        )
+    _check(body, "tools", (list, type(None)), "an array")
+    for i, tool in enumerate(body.get("tools") or ()):
+        if not isinstance(tool, dict):
+            raise _wrong_type(f"tools[{i}]", "an object", tool)
+        if "type" not in tool:
+            raise _missing(f"tools[{i}].type")
+        _strings(tool, f"tools[{i}].", "type")
+        if tool["type"] == "function":
+            if "name" not in tool:
+                raise _missing(f"tools[{i}].name")
+            _strings(tool, f"tools[{i}].", "name", "description")
+            if tool.get("parameters") is not None and not isinstance(tool["parameters"], dict):
+                raise _wrong_type(f"tools[{i}].parameters", "an object", tool["parameters"])
+    _check(body, "text", (dict, type(None)), "an object")
+    _text_format((body.get("text") or {}).get("format"))
+
+
+def _text_format(fmt: Any) -> None:
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict):
+        raise _wrong_type("text.format", "an object", fmt)
+    _strings(fmt, "text.format.", "type", "name")
+    if fmt.get("type") == "json_schema":
+        if "name" not in fmt:
+            raise _missing("text.format.name")
+        if not isinstance(fmt.get("schema"), dict):
+            raise _wrong_type("text.format.schema", "an object", fmt.get("schema"))
+
+
+# One input of /v1/embeddings: text, or the token ids of one text.
+_EMBEDDING_INPUT = "a string, an array of strings, an array of integers or an array of integer arrays"
+
+
+def _token_ids(value: list[Any]) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+
+def validate_embeddings(body: dict[str, Any]) -> None:
+    _check_common(body)
+    if body.get("stream") is True:
+        raise InvalidRequest(
+            "Embeddings cannot be streamed.", param="stream", code=ErrorCode.UNSUPPORTED_PARAMETER
+        )
+    if "input" not in body:
+        raise _missing("input")
+    given = body["input"]
+    ok = isinstance(given, str) or (
+        isinstance(given, list)
+        and bool(given)
+        and (
+            all(isinstance(s, str) for s in given)
+            or _token_ids(given)
+            or all(isinstance(ids, list) and ids and _token_ids(ids) for ids in given)
+        )
+    )
+    if not ok:
+        if isinstance(given, list) and not given:
+            raise InvalidRequest(
+                "Invalid 'input': empty array. Expected an array with minimum length 1.",
+                param="input",
+                code=ErrorCode.EMPTY_ARRAY,
+            )
+        raise _wrong_type("input", _EMBEDDING_INPUT, given)
+    _check(body, "dimensions", (int, type(None)), "an integer")
+    _check(body, "encoding_format", (str, type(None)), "a string")

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from classifier import Explainer, extract_features, weightiest
+from classifier import Explainer, Features, extract_features, weightiest
 from gateway import policy
 from gateway.config import Router
 from gateway.errors import Unauthenticated
@@ -24,7 +24,7 @@ from gateway.keyring import Keyring, find_static
 from gateway.principal import Principal
 from gateway.relay import relay_events
 from gateway.resilience import Answer, Call, Plan
-from gateway.routing import ROUTE_HEADER, Ask, Decision, direct, forced_route, plan_route
+from gateway.routing import ROUTE_HEADER, Ask, Decision, direct, forced_route, placed, plan_route
 from gateway.runtime import Runtime
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, ErrorCode, UpstreamError, Usage
@@ -50,13 +50,17 @@ class Door:
     dialect: Dialect
     path: str  # the endpoint in the client's dialect, e.g. "/chat/completions"
     validate: Callable[[dict[str, Any]], None]
+    # What a router's classifier reads of the body; None: the body is not scored (embeddings), and a
+    # router places it on its local target (or the route header's), never shadowed.
+    features: Callable[[dict[str, Any]], Features] | None = extract_features
+    shadowed: bool = True  # whether shadow judging may sample it (it reads chat answers only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with Exchange(gateway_state(scope), scope, receive, send, self.dialect) as ex:
             api_key = ex.authenticated(*authenticate(ex.headers_in, ex.runtime, ex.state.keyring))
             body = await ex.read_json()
             self.validate(body)
-            decision = ex.decided(await route(ex, body, api_key))
+            decision = ex.decided(await route(ex, body, api_key, self.features), self.shadowed)
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
             answer = await ex.call(Plan.of(decision, Call(self.dialect, self.path, body, headers, ex.stream)))
@@ -92,7 +96,12 @@ def authenticate(
     return token, principal
 
 
-async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Decision:
+async def route(
+    ex: Exchange,
+    body: dict[str, Any],
+    api_key: str | None,
+    features: Callable[[dict[str, Any]], Features] | None = extract_features,
+) -> Decision:
     """The decision for this request (see gateway/routing.py), counted unless the exchange only asks."""
     runtime, state, model = ex.runtime, ex.state, body["model"]
     principal, scope = ex.principal, ex.scope
@@ -106,10 +115,15 @@ async def route(ex: Exchange, body: dict[str, Any], api_key: str | None) -> Deci
         return direct(target, scope)
     if principal is not None:
         policy.check_router(principal, model)
-    started = time.perf_counter()
     headers = ex.headers_in
+    if features is None:
+        decision = placed(router, forced_route(headers.get(ROUTE_HEADER)), scope)
+        if ex.record:
+            state.recorder.decided(model, decision, None)
+        return decision
+    started = time.perf_counter()
     ask = Ask(
-        features=extract_features(body),
+        features=features(body),
         forced=forced_route(headers.get(ROUTE_HEADER)),
         headers=headers,
         api_key=api_key,

@@ -153,6 +153,20 @@ def direct(target: Target, scope: frozenset[str] | None = None) -> Decision:
     return decision if scope is None else within_scope(decision, scope, None)
 
 
+def placed(router: Router, forced: Route | None, scope: frozenset[str] | None = None) -> Decision:
+    """A request no classifier can score (embeddings): the router's local target, or the route header's.
+    Never a fallback, nor moved by a key's scope: the other target's vectors live in another space, so
+    an answer from it would silently not compare with the ones the client already has."""
+    route: Route = forced or "local"
+    decision = Decision(
+        route=route,
+        target=target_of(router, route),
+        fallback=None,
+        reason="header" if forced is not None else "model",
+    )
+    return decision if scope is None else within_scope(decision, scope, None)
+
+
 def within_scope(decision: Decision, backends: frozenset[str], other: Target | None) -> Decision:
     """The decision for a key limited to `backends` (`server.key_scopes`): kept when its target is
     allowed (without a fallback that is not), moved to `other` (the router's other target) when that

@@ -25,6 +25,12 @@ from providers.openai_over_anthropic import (
     anthropic_to_openai_response,
     openai_to_anthropic_request,
 )
+from providers.responses import (
+    ChatToResponsesStream,
+    chat_to_responses_response,
+    responses_to_chat_request,
+    responses_usage,
+)
 from providers.sse import Event, encode
 
 # The first chunk that carries generated text or a tool call marks time to first token.
@@ -203,6 +209,11 @@ class OpenAIOverAnthropic:
 # ---- Anthropic client, OpenAI-compatible backend ---------------------------------------------------
 
 
+def _encode_events(events: list[tuple[str, dict[str, Any]]]) -> bytes:
+    """Named SSE events (Anthropic's and Responses' streams name each one)."""
+    return b"".join(encode(orjson.dumps(data), name) for name, data in events)
+
+
 class _AnthropicOverOpenAIStream:
     def __init__(self, model: str) -> None:
         self.translator = OpenAIToAnthropicStream(model)
@@ -212,19 +223,16 @@ class _AnthropicOverOpenAIStream:
     def usage(self) -> Usage | None:
         return self.translator.usage
 
-    def _encode(self, events: list[tuple[str, dict[str, Any]]]) -> bytes:
-        return b"".join(encode(orjson.dumps(data), name) for name, data in events)
-
     def feed(self, events: list[Event]) -> bytes:
         out = []
         for event in events:
             translated = self.translator.feed(orjson.loads(event.data))
             self.first_token = self.first_token or any(n == "content_block_delta" for n, _ in translated)
-            out.append(self._encode(translated))
+            out.append(_encode_events(translated))
         return b"".join(out)
 
     def end(self) -> bytes:
-        return self._encode(self.translator.finish())
+        return _encode_events(self.translator.finish())
 
 
 class AnthropicOverOpenAI:
@@ -245,6 +253,157 @@ class AnthropicOverOpenAI:
         return _AnthropicOverOpenAIStream(self.model)
 
 
+# ---- OpenAI Responses client: forwarded to a backend that serves /responses, or over Chat to Anthropic ---
+
+# The Responses stream's closing events; each carries the whole response, its usage included.
+_RESPONSE_ENDS = frozenset({"response.completed", "response.incomplete", "response.failed"})
+_RESPONSE_TOKENS = frozenset(
+    {"response.output_text.delta", "response.function_call_arguments.delta", "response.refusal.delta"}
+)
+
+
+class _ResponsesPassthroughStream:
+    def __init__(self) -> None:
+        self.usage: Usage | None = None
+        self.first_token = False
+
+    def feed(self, events: list[Event]) -> bytes:
+        for event in events:
+            kind = event.event
+            data: dict[str, Any] | None = None
+            if kind is None:  # a server that names the event only in its data
+                data = orjson.loads(event.data)
+                kind = data.get("type") if isinstance(data, dict) else None
+            if kind in _RESPONSE_TOKENS:
+                self.first_token = True
+            elif kind in _RESPONSE_ENDS:
+                data = data or orjson.loads(event.data)
+                self.usage = responses_usage(data.get("response") or {})
+        return b"".join(encode(e.data, e.event) for e in events)
+
+    def end(self) -> bytes:
+        return b""  # Responses streams end with their last event, no [DONE]
+
+
+class ResponsesPassthrough:
+    backend_path = "/responses"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+
+    def request(self, model: str) -> dict[str, Any]:
+        return {**self.body, "model": model}
+
+    def response(self, completion: Completion) -> tuple[bytes, Usage | None]:
+        return completion.raw, responses_usage(completion.body)
+
+    def stream(self) -> StreamBridge:
+        return _ResponsesPassthroughStream()
+
+
+class _ResponsesOverAnthropicStream:
+    """Anthropic events → chat chunks → Responses events, one translator after the other."""
+
+    def __init__(self, request: dict[str, Any], json_mode: bool) -> None:
+        self.chat = AnthropicToOpenAIStream(json_mode)
+        self.responses = ChatToResponsesStream(request)
+        self.first_token = False
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.chat.usage
+
+    def feed(self, events: list[Event]) -> bytes:
+        out = []
+        for event in events:
+            for chunk in self.chat.feed(event.event, orjson.loads(event.data)):
+                translated = self.responses.feed(chunk)
+                self.first_token = self.first_token or any(n in _RESPONSE_TOKENS for n, _ in translated)
+                out.append(_encode_events(translated))
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        return _encode_events(self.responses.finish_events(self.chat.usage))
+
+
+class ResponsesOverAnthropic:
+    """Responses → Chat Completions → Messages, and back: the chat bridge does the second step."""
+
+    backend_path = "/messages"
+
+    def __init__(self, body: dict[str, Any], default_max_tokens: int) -> None:
+        self.body = body
+        self.chat = OpenAIOverAnthropic(responses_to_chat_request(body), default_max_tokens)
+
+    def request(self, model: str) -> dict[str, Any]:
+        return self.chat.request(model)
+
+    def response(self, completion: Completion) -> tuple[bytes, Usage | None]:
+        usage = anthropic_usage(completion.body.get("usage"))
+        chat = anthropic_to_openai_response(completion.body, self.chat.json_mode)
+        return orjson.dumps(chat_to_responses_response(chat, self.body, usage)), usage
+
+    def stream(self) -> StreamBridge:
+        return _ResponsesOverAnthropicStream(self.body, self.chat.json_mode)
+
+
+class _ResponsesOverChatStream:
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.responses = ChatToResponsesStream(request)
+        self.usage: Usage | None = None
+        self.first_token = False
+
+    def feed(self, events: list[Event]) -> bytes:
+        out = []
+        for event in events:
+            chunk = orjson.loads(event.data)
+            if isinstance(chunk.get("usage"), dict):
+                self.usage = openai_usage(chunk)
+            translated = self.responses.feed(chunk)
+            self.first_token = self.first_token or any(n in _RESPONSE_TOKENS for n, _ in translated)
+            out.append(_encode_events(translated))
+        return b"".join(out)
+
+    def end(self) -> bytes:
+        return _encode_events(self.responses.finish_events(self.usage))
+
+
+class ResponsesOverChat:
+    """Responses → Chat Completions on an OpenAI-compatible backend (`responses_api: chat`), and back."""
+
+    backend_path = "/chat/completions"
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.chat = responses_to_chat_request(body)
+
+    def request(self, model: str) -> dict[str, Any]:
+        return {**self.chat, "model": model}
+
+    def response(self, completion: Completion) -> tuple[bytes, Usage | None]:
+        usage = openai_usage(completion.body)
+        return orjson.dumps(chat_to_responses_response(completion.body, self.body, usage)), usage
+
+    def stream(self) -> StreamBridge:
+        return _ResponsesOverChatStream(self.body)
+
+
+def _openai_responses(body: dict[str, Any], provider: Provider) -> Bridge:
+    if getattr(provider, "responses_over_chat", False):
+        return ResponsesOverChat(body)
+    return ResponsesPassthrough(body)
+
+
+def _default_max_tokens(provider: Provider) -> int:
+    return int(getattr(provider, "default_max_tokens", AnthropicProvider.default_max_tokens))
+
+
+_RESPONSES: dict[str, Callable[[dict[str, Any], Provider], Bridge]] = {
+    "openai": _openai_responses,
+    "anthropic": lambda body, p: ResponsesOverAnthropic(body, _default_max_tokens(p)),
+}
+
+
 _BRIDGES: dict[tuple[str, str], Callable[[dict[str, Any], str, Provider], Bridge]] = {
     ("openai", "openai"): lambda body, path, _: OpenAIPassthrough(body, path),
     ("anthropic", "anthropic"): lambda body, _path, _p: AnthropicPassthrough(body),
@@ -254,15 +413,21 @@ _BRIDGES: dict[tuple[str, str], Callable[[dict[str, Any], str, Provider], Bridge
 
 
 def _openai_over_anthropic(body: dict[str, Any], path: str, provider: Provider) -> Bridge:
+    if path == "/embeddings":
+        raise UnsupportedRequest(
+            f"backend '{provider.name}' (Anthropic) has no embeddings: name an embedding model "
+            "of an OpenAI-compatible backend",
+            "model",
+        )
     if path != "/chat/completions":
         raise UnsupportedRequest(
             f"backend '{provider.name}' (Anthropic) serves chat completions only", "model"
         )
-    return OpenAIOverAnthropic(
-        body, getattr(provider, "default_max_tokens", AnthropicProvider.default_max_tokens)
-    )
+    return OpenAIOverAnthropic(body, _default_max_tokens(provider))
 
 
 def bridge_for(client_dialect: str, path: str, provider: Provider, body: dict[str, Any]) -> Bridge:
     """`path` is the client's path in its own dialect, e.g. "/chat/completions" or "/messages"."""
+    if path == "/responses":  # OpenAI's only: its own small table
+        return _RESPONSES[provider.dialect](body, provider)
     return _BRIDGES[(client_dialect, provider.dialect)](body, path, provider)

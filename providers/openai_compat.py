@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import Field
@@ -37,17 +37,25 @@ def strip_disallowed_nulls(data: bytes) -> bytes:
     return _NULL_FIRST.sub(b"{", data)
 
 
+# Only chat and completion objects are trimmed: a Response object's nulls are part of its contract
+# (`error`, `incomplete_details`, `instructions` are required and null when unset).
+TRIMMED_PATHS = frozenset({"/chat/completions", "/completions"})
+
 ENGINE_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc")
 
 
 def openai_usage(body: dict[str, Any]) -> Usage | None:
-    """OpenAI's `usage` object, from a response or a stream's final chunk."""
-    usage = body.get("usage")
+    """OpenAI's `usage` object, from a response or a stream's final chunk (or an embeddings list)."""
+    return usage_from(body.get("usage"), "prompt_tokens", "completion_tokens", "prompt_tokens_details")
+
+
+def usage_from(usage: Any, given: str, made: str, details_key: str) -> Usage | None:
+    """A usage object by its key names: Chat's `prompt_tokens`, or Responses' `input_tokens`."""
     if not isinstance(usage, dict):
         return None
-    details = usage.get("prompt_tokens_details")
+    details = usage.get(details_key)
     cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    prompt, completion = usage.get(given), usage.get(made)
     return Usage(
         input=prompt if isinstance(prompt, int) else 0,
         output=completion if isinstance(completion, int) else 0,
@@ -55,7 +63,7 @@ def openai_usage(body: dict[str, Any]) -> Usage | None:
     )
 
 
-def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event], Event | None]:
+def _stream_transform(backend: str, secrets: tuple[str, ...], trim: bool) -> Callable[[Event], Event | None]:
     def transform(event: Event) -> Event | None:
         data = event.data
         if data == b"[DONE]":
@@ -63,13 +71,14 @@ def _stream_transform(backend: str, secrets: tuple[str, ...]) -> Callable[[Event
         if data.startswith(b'{"error"') or data.startswith(b'{"object":"error"'):
             # vLLM and OpenAI report a failure after the stream began as an error object in a data line.
             raise error_from_response(backend, 500, {}, data, secrets)
-        return Event(strip_disallowed_nulls(data), event.event)
+        return Event(strip_disallowed_nulls(data), event.event) if trim else event
 
     return transform
 
 
 class OpenAICompatProvider:
     dialect: Dialect = "openai"
+    responses_over_chat = False  # serve /responses through the backend's /chat/completions
 
     def __init__(self, config: HttpConfig, api_key: str | None = None) -> None:
         headers = dict(config.headers)
@@ -84,12 +93,15 @@ class OpenAICompatProvider:
         status, raw = await self.http.call("POST", self.http.base + path, body, headers=headers)
         if status == 404:
             raise self.http.error(404, {}, raw)
-        raw = strip_disallowed_nulls(raw)
+        if path in TRIMMED_PATHS:
+            raw = strip_disallowed_nulls(raw)
         return Completion(self.http.parse(raw), raw, time.perf_counter() - started)
 
     async def stream(self, path: str, body: dict[str, Any], headers: Headers = None) -> SSEStream:
         resp = await self.http.open_stream(self.http.base + path, body, headers)
-        return SSEStream(self.name, resp, _stream_transform(self.name, self.http.config.secrets))
+        return SSEStream(
+            self.name, resp, _stream_transform(self.name, self.http.config.secrets, path in TRIMMED_PATHS)
+        )
 
     async def list_models(self) -> list[str]:
         return await self.http.model_ids()
@@ -141,10 +153,15 @@ class OpenAICompatibleOptions(Options):
     gpu_usd_per_hour: Annotated[float, Field(ge=0)] | None = None  # per GPU; self-hosted deployments
     gpus: Annotated[int, Field(ge=1)] = 1
     scrape_metrics: bool = False  # read vLLM's queue and KV-cache state from its /metrics every 5 s
+    # "chat": the gateway translates /v1/responses to Chat Completions for this backend (servers without
+    # /v1/responses, or whose Responses API ignores tool_choice, as vLLM's does without a tool parser).
+    responses_api: Literal["native", "chat"] = "native"
 
 
-def _build(http: HttpConfig, api_key: str | None, _options: OpenAICompatibleOptions) -> OpenAICompatProvider:
-    return OpenAICompatProvider(http, api_key)
+def _build(http: HttpConfig, api_key: str | None, options: OpenAICompatibleOptions) -> OpenAICompatProvider:
+    provider = OpenAICompatProvider(http, api_key)
+    provider.responses_over_chat = options.responses_api == "chat"
+    return provider
 
 
 # vLLM, OpenAI, TGI, SGLang, Ollama: one kind, differing only in configuration.

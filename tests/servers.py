@@ -151,6 +151,12 @@ def start_vllm(tmp: Path) -> Server:
         "bfloat16",
         "--max-model-len",
         "2048",
+        # A tool parser makes vLLM honour a required or named tool_choice (by structured decoding, so
+        # even dummy weights write a call): without one, its /v1/responses ignores tool_choice and its
+        # chat refuses it. Pythonic: it needs no special tokens in the tiny model's vocabulary.
+        "--enable-auto-tool-choice",
+        "--tool-call-parser",
+        "pythonic",
         "--host",
         "127.0.0.1",
         "--port",

@@ -32,8 +32,10 @@ DOORS = [
     ("/v1/chat/completions", CLAUDE),  # OpenAI client, Anthropic backend
     ("/v1/messages", CLAUDE),  # Anthropic client, Anthropic backend
     ("/v1/messages", "gpt-4o"),  # Anthropic client, OpenAI-compatible backend
+    ("/v1/responses", "gpt-4o"),  # OpenAI Responses client, passed through
+    ("/v1/responses", CLAUDE),  # OpenAI Responses client, translated to Chat, then to Messages
 ]
-# 4 x 2 x 260 = 2,080 bodies per run, half generated, half mutated.
+# 6 x 2 x 260 = 3,120 bodies per run, half generated, half mutated.
 EXAMPLES = 260
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -258,7 +260,65 @@ def anthropic_body(model: str) -> st.SearchStrategy[dict[str, Any]]:
     )
 
 
+# ---- OpenAI Responses ------------------------------------------------------------------------------
+
+rs_part = st.one_of(
+    body_of({"type": st.sampled_from(["input_text", "output_text"]), "text": words}, {}),
+    body_of({"type": st.just("input_image"), "image_url": st.just("https://example.com/cat.png")}, {}),
+)
+rs_item = st.one_of(
+    body_of(
+        {
+            "role": st.sampled_from(["user", "assistant", "system", "developer"]),
+            "content": st.one_of(words, st.lists(rs_part, max_size=3)),
+        },
+        {"type": st.just("message")},
+    ),
+    body_of(
+        {
+            "type": st.just("function_call"),
+            "call_id": st.just("call_1"),
+            "name": tool_name,
+            "arguments": arguments,
+        },
+        {},
+    ),
+    body_of({"type": st.just("function_call_output"), "call_id": st.just("call_1"), "output": words}, {}),
+)
+rs_tool = body_of(
+    {"type": st.just("function"), "name": tool_name},
+    {"description": words, "parameters": schema, "strict": st.booleans()},
+)
+rs_format = st.one_of(
+    body_of({"type": st.sampled_from(["text", "json_object"])}, {}),
+    body_of({"type": st.just("json_schema"), "name": st.just("a"), "schema": schema}, {}),
+)
+RESPONSES_OPTIONAL: dict[str, st.SearchStrategy[Any]] = {
+    "instructions": words,
+    "max_output_tokens": small_int,
+    "temperature": st.floats(0, 2),
+    "top_p": st.floats(0, 1),
+    "stream": st.booleans(),
+    "store": st.booleans(),
+    "tools": st.lists(rs_tool, max_size=2),
+    "tool_choice": st.one_of(
+        st.sampled_from(["auto", "none", "required"]),
+        body_of({"type": st.just("function"), "name": tool_name}, {}),
+    ),
+    "parallel_tool_calls": st.booleans(),
+    "text": body_of({}, {"format": rs_format}),
+    "previous_response_id": st.just("resp_unknown"),
+}
+
+
+def responses_body(model: str) -> st.SearchStrategy[dict[str, Any]]:
+    given = st.one_of(words, st.lists(rs_item, min_size=1, max_size=4))
+    return body_of({"model": st.just(model), "input": given}, RESPONSES_OPTIONAL)
+
+
 def generated(path: str, model: str) -> st.SearchStrategy[dict[str, Any]]:
+    if path == "/v1/responses":
+        return responses_body(model)
     return openai_body(model) if path == "/v1/chat/completions" else anthropic_body(model)
 
 
@@ -309,8 +369,13 @@ def _check(client: httpx.Client, path: str, body: dict[str, Any]) -> None:
     assert "Traceback" not in response.text, where
     if response.headers.get("content-type", "").startswith("text/event-stream"):
         for line in response.text.splitlines():
-            if line.startswith("data: {") and '"error"' in line:
-                _check_error_shape(path, orjson.loads(line[6:]), where)
+            # Only an error event has `error` at its top (a Response object nests a null one).
+            if (
+                line.startswith("data: {")
+                and '"error"' in line
+                and "error" in (data := orjson.loads(line[6:]))
+            ):
+                _check_error_shape(path, data, where)
         return
     answer = response.json()
     if response.status_code >= 400:

@@ -1,4 +1,4 @@
-"""OpenAI's surface: /v1/chat/completions, /v1/completions, /v1/models."""
+"""OpenAI's surface: /v1/chat/completions, /v1/completions, /v1/responses, /v1/embeddings, /v1/models."""
 
 from __future__ import annotations
 
@@ -8,14 +8,24 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from classifier import Features, extract_features
 from gateway.errors import ModelNotFound, error_response
-from gateway.inbound import validate_chat, validate_completion
+from gateway.inbound import validate_chat, validate_completion, validate_embeddings, validate_responses
 from gateway.pipeline import Door, authenticate, gateway_state
 from gateway.policy import may_use_model, may_use_router
 from providers.base import ErrorCode
+from providers.responses import responses_chat_view
 
 chat_completions = Door("openai", "/chat/completions", validate_chat)
 completions = Door("openai", "/completions", validate_completion)
+
+
+def _responses_features(body: dict[str, Any]) -> Features:
+    return extract_features(responses_chat_view(body))
+
+
+responses = Door("openai", "/responses", validate_responses, _responses_features, shadowed=False)
+embeddings = Door("openai", "/embeddings", validate_embeddings, features=None, shadowed=False)
 
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:

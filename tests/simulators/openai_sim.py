@@ -35,7 +35,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import uvicorn
@@ -45,8 +45,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.simulators.controls import Controls
+from tests.simulators.responses import embeddings_reply, responses_reply
 
 MODELS = ("gpt-4o", "gpt-4o-mini")
+EMBEDDING_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072}  # name: dimensions
 
 
 def _error(
@@ -79,6 +81,8 @@ class Simulator(Controls):
             routes=[
                 Route("/v1/chat/completions", self.chat, methods=["POST"]),
                 Route("/v1/completions", self.completions, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
                 Route("/v1/models", self.models, methods=["GET"]),
                 Route("/_sim/arrivals", self.get_arrivals, methods=["GET"]),
                 Route("/health", self.health, methods=["GET"]),
@@ -138,7 +142,7 @@ class Simulator(Controls):
         return JSONResponse({"object": "list", "data": data})
 
     async def _prelude(
-        self, request: Request
+        self, request: Request, models: Collection[str] = MODELS
     ) -> tuple[dict[str, Any] | None, Response | None, dict[str, Any]]:
         if (denied := self._auth(request)) is not None:
             return None, denied, {}
@@ -190,7 +194,7 @@ class Simulator(Controls):
             }
             return None, _error(status, messages.get(status, "error"), "server_error", None), {}
         model = body.get("model")
-        if model not in MODELS:
+        if model not in models:
             return (
                 None,
                 _error(
@@ -452,6 +456,20 @@ class Simulator(Controls):
                 "usage": usage,
             }
         )
+
+    async def responses(self, request: Request) -> Response:
+        body, refused, fault = await self._prelude(request)
+        if body is None:
+            assert refused is not None
+            return refused
+        return responses_reply(body, fault.get("cut_after"))
+
+    async def embeddings(self, request: Request) -> Response:
+        body, refused, _ = await self._prelude(request, EMBEDDING_MODELS)
+        if body is None:
+            assert refused is not None
+            return refused
+        return embeddings_reply(body, EMBEDDING_MODELS[body["model"]])
 
 
 _JUDGE_FORMAT = re.compile(
