@@ -10,9 +10,14 @@ Until `warmup` requests have been seen, the configured threshold holds.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections import deque
 from collections.abc import Sequence
+
+# (score, False) for a scored request, (None, True/False) for one a rule or the route header pinned to
+# the API or kept local.
+Entry = tuple[float | None, bool]
 
 
 def threshold_for(ordered: Sequence[float], api_count: int) -> float:
@@ -48,11 +53,10 @@ class OnlineThreshold:
         self.window = window
         self.warmup = min(warmup, window)
         self.threshold = initial
-        # Each entry: (score, False) for a scored request, (None, True/False) for one pinned to the
-        # API or kept local by a rule or the route header.
-        self._recent: deque[tuple[float | None, bool]] = deque()
+        self._recent: deque[Entry] = deque()
         self._scores: list[float] = []  # the window's scores, ascending
         self._pinned_api = 0
+        self.observed = 0  # requests seen since the start: what is new since a count is the last ones
 
     def observe(self, score: float) -> None:
         """A request the score decided."""
@@ -75,6 +79,7 @@ class OnlineThreshold:
             else:
                 del self._scores[bisect.bisect_left(self._scores, old)]
         self._recent.append((score, to_api))
+        self.observed += 1
 
     def _update(self) -> None:
         if len(self._recent) < self.warmup or not self._scores:
@@ -82,9 +87,18 @@ class OnlineThreshold:
         self.threshold = share_threshold(self._scores, len(self._recent), self._pinned_api, self.target)
 
     def carry_over(self, previous: OnlineThreshold) -> None:
-        """Start from another window's most recent requests (a config reload keeps the history).
-        Rebuilt in one sort, not replayed, so a large window does not stall the reload."""
-        entries = list(previous._recent)
+        """Start from another window's most recent requests (a config reload keeps the history)."""
+        self.adopt(list(previous._recent))
+
+    def latest(self, count: int) -> list[Entry]:
+        """The last `count` requests seen (fewer if the window holds fewer), oldest first."""
+        count = min(count, len(self._recent))
+        return list(itertools.islice(reversed(self._recent), count))[::-1]
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        """Hold these requests (oldest first) as the window: a reload's history, or the window shared
+        by every gateway (gateway/shared_window.py). Rebuilt in one sort, not replayed, so a large
+        window does not stall the caller."""
         self._recent = deque(entries[len(entries) - min(self.window, len(entries)) :])
         self._scores = sorted(score for score, _ in self._recent if score is not None)
         self._pinned_api = sum(to_api for score, to_api in self._recent if score is None)

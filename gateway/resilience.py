@@ -16,6 +16,7 @@ from typing import Any
 from gateway.config import Retries, Target
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
+from gateway.shared_meter import Slot, release
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, ErrorCode, EventStream, UpstreamError
 from providers.bridges import Bridge, bridge_for
@@ -62,7 +63,7 @@ class Answer:
     reply: Completion | EventStream
     upstream_seconds: float  # waiting on backends and between retries: not the gateway's overhead
     fell_back_from: str | None  # the backend that failed first, when the fallback answered
-    gpu_mark: float  # the backend meter's mark: the answer holds a slot on it until it is done
+    gpu_mark: float | Slot  # the backend meter's mark: the answer holds a slot on it until it is done
 
 
 def retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | None:
@@ -78,7 +79,7 @@ def retry_delay(retries: Retries, attempt: int, exc: UpstreamError) -> float | N
 
 async def _call_once(
     runtime: Runtime, state: GatewayState, target: Target, call: Call
-) -> tuple[Resolved, Bridge, Completion | EventStream, float]:
+) -> tuple[Resolved, Bridge, Completion | EventStream, float | Slot]:
     """One call to one target: (resolved, bridge, reply, meter mark). Raises UpstreamError."""
     resolved = await runtime.resolve(target)
     provider = resolved.provider
@@ -104,7 +105,7 @@ async def _call_once(
         else:
             reply = await provider.complete(bridge.backend_path, outgoing, extra)
     except BaseException as exc:
-        meter.stop(mark)  # a refused (or abandoned) call is not charged GPU time
+        release(meter, mark)  # a refused (or abandoned) call is not charged GPU time
         if breaker is not None and isinstance(exc, UpstreamError):
             _report(state, target.backend, ok=not exc.retryable)
         raise
