@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
 
@@ -56,10 +57,16 @@ class OnlineThreshold:
         self._recent: deque[Entry] = deque()
         self._scores: list[float] = []  # the window's scores, ascending
         self._pinned_api = 0
-        self.observed = 0  # requests seen since the start: what is new since a count is the last ones
+        # Set while the window shared by every gateway holds the threshold (gateway/shared_window.py):
+        # requests wait here, with the time they were seen, for the next sync instead of moving this
+        # process's threshold alone.
+        self.outbox: list[tuple[float, float | None, bool]] | None = None
 
     def observe(self, score: float) -> None:
         """A request the score decided."""
+        if self.outbox is not None:
+            self.outbox.append((time.time(), score, False))
+            return
         self._push(score, False)
         bisect.insort(self._scores, score)
         self._update()
@@ -67,6 +74,9 @@ class OnlineThreshold:
     def observe_pinned(self, route: str) -> None:
         """A request a rule or the route header decided: it counts towards the share all the same."""
         to_api = route == "api"
+        if self.outbox is not None:
+            self.outbox.append((time.time(), None, to_api))
+            return
         self._push(None, to_api)
         self._pinned_api += to_api
         self._update()
@@ -79,7 +89,6 @@ class OnlineThreshold:
             else:
                 del self._scores[bisect.bisect_left(self._scores, old)]
         self._recent.append((score, to_api))
-        self.observed += 1
 
     def _update(self) -> None:
         if len(self._recent) < self.warmup or not self._scores:

@@ -21,9 +21,8 @@ from gateway.online_threshold import OnlineThreshold
 from gateway.redis_link import RedisLink
 from gateway.shared_breaker import SharedBreaker
 from gateway.shared_meter import SharedMeter
-from gateway.shared_window import SharedWindow
+from gateway.shared_window import SYNC_SECONDS, SharedWindow
 
-SYNC_SECONDS = 0.5
 log = logging.getLogger("crossover")
 
 

@@ -1,23 +1,29 @@
 """The held-API-share window (gateway/online_threshold.py) shared by every worker and gateway replica.
 
 Redis keeps one list per router (and classifier: scores of another classifier do not mix), newest
-first, trimmed to `share_window`. Every `SYNC_SECONDS` each process pushes the requests it saw since
-its last push and reads the whole list back in the same atomic script, then holds that list (plus
-what it saw during the round trip) as its window: every gateway computes the threshold from the same
-recent requests, so the share holds over all of them, not per process. Between syncs the local window
-moves with each request as without Redis. If Redis lost the list (a restart), the first process to
-sync writes its whole window back.
+push first. Every `SYNC_SECONDS` each process pushes the requests it saw since its last sync, each
+with the time it was seen, and reads the list back in the same atomic script. The threshold is
+computed from the last `share_window` requests seen before `SETTLED_SECONDS` ago, by when every
+process has pushed them: every gateway holds the same threshold from the same requests, so the share
+holds over all of them. (Each process's own fresh requests must not count before the others' do: a
+gateway that got the hard requests would raise its own threshold and send fewer of them to the API.)
+While Redis is unreachable the process holds its own window again, as without Redis. If Redis lost
+the list (a restart), the first process to sync writes its whole window back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
 
 from gateway.online_threshold import Entry, OnlineThreshold
 from gateway.redis_link import RedisLink
 
-# KEYS: the list. ARGV: window, number of new entries n, the n new entries (oldest first), then this
-# process's older entries (newest first), written only when the list is gone.
+SYNC_SECONDS = 0.5
+SETTLED_SECONDS = 2 * SYNC_SECONDS  # every process has pushed what it saw before this long ago
+
+# KEYS: the list. ARGV: how many to keep, number of new entries n, the n new entries (oldest first),
+# then this process's older entries (newest first), written only when the list is gone.
 _SYNC = """
 local n = tonumber(ARGV[2])
 if redis.call('EXISTS', KEYS[1]) == 0 then
@@ -29,18 +35,27 @@ redis.call('EXPIRE', KEYS[1], 86400)
 return redis.call('LRANGE', KEYS[1], 0, -1)
 """
 
-
-def encode(entry: Entry) -> str:
-    score, to_api = entry
-    return repr(score) if score is not None else ("A" if to_api else "L")
+Stamped = tuple[float, float | None, bool]  # (when seen, score or None when pinned, pinned to the API)
 
 
-def decode(raw: bytes) -> Entry:
-    if raw == b"A":
-        return None, True
-    if raw == b"L":
-        return None, False
-    return float(raw), False
+def encode(entry: Stamped) -> str:
+    seen, score, to_api = entry
+    return f"{seen!r} {score!r}" if score is not None else f"{seen!r} {'A' if to_api else 'L'}"
+
+
+def decode(raw: bytes) -> Stamped:
+    seen, _, what = raw.partition(b" ")
+    if what == b"A":
+        return float(seen), None, True
+    if what == b"L":
+        return float(seen), None, False
+    return float(seen), float(what), False
+
+
+def settled(entries: list[Stamped], window: int, now: float) -> list[Entry]:
+    """The last `window` requests seen before `SETTLED_SECONDS` ago, oldest first."""
+    old = sorted(e for e in entries if e[0] <= now - SETTLED_SECONDS)
+    return [(score, to_api) for _, score, to_api in old[-window:]]
 
 
 class SharedWindow:
@@ -50,23 +65,31 @@ class SharedWindow:
         self._key = link.key("window", router, digest)
         self._script = link.script(_SYNC)
         self._online: OnlineThreshold | None = None
-        self._pushed = 0  # `observed` of the window at the last push
-        self._whole = True  # send the whole local window, in case Redis lost the list
+        self._whole = True  # send the whole local window too, in case Redis lost the list
 
     async def sync(self, online: OnlineThreshold) -> bool:
         """Push what this process saw, hold what all saw; True when the threshold moved."""
         if online is not self._online:  # a reload built a new window, with the old one's history
-            self._online, self._pushed, self._whole = online, online.observed, True
-        fresh = online.latest(online.observed - self._pushed)
-        older = online.latest(online.window)[: -len(fresh) or None][::-1] if self._whole else []
-        self._pushed = online.observed
-        args: list[str | int | float] = [online.window, len(fresh), *map(encode, fresh), *map(encode, older)]
-        answer = await self.link.run(lambda c: self._script(keys=[self._key], args=args), None)
-        if answer is None:
-            self._whole = True  # what Redis holds after an outage is unknown
-            return False
-        self._whole = False
-        shared = [decode(raw) for raw in reversed(answer)]
+            self._online, self._whole = online, True
+        fresh, online.outbox = online.outbox or [], []
+        older: list[Stamped] = []
+        if self._whole:  # the local window, as requests long settled (their own times are not kept)
+            long_ago = time.time() - SETTLED_SECONDS - 1
+            older = [(long_ago, score, to_api) for score, to_api in online.latest(online.window)[::-1]]
+        # Kept: the window, and room for the requests of the last seconds that do not count yet.
+        keep = online.window * 2
+        args: list[str | int | float] = [keep, len(fresh), *map(encode, fresh), *map(encode, older)]
         before = online.threshold
-        online.adopt(shared + online.latest(online.observed - self._pushed))
+        answer = await self.link.run(lambda c: self._script(keys=[self._key], args=args), None)
+        if answer is None:  # Redis is away: this process holds its own window, with what waited
+            waiting, online.outbox = [*fresh, *online.outbox], None
+            for _, score, to_api in waiting:
+                if score is None:
+                    online.observe_pinned("api" if to_api else "local")
+                else:
+                    online.observe(score)
+            self._whole = True
+        else:
+            self._whole = False
+            online.adopt(settled([decode(raw) for raw in answer], online.window, time.time()))
         return online.threshold != before

@@ -89,6 +89,9 @@ class GatewayState:
                     self.meters[name] = BackendMeter(rate)
             if backend.gpu_usd_per_hour > 0:
                 self.recorder.gpu_rate(name, backend.gpu_usd_per_hour)
+        if shared is not None:
+            for name in self.meters.keys() - backends.keys():
+                shared.forget(name)  # its requests still end on it, but it reports no more idle time
         self._sync_breakers(previous)
 
     def _sync_breakers(self, previous: Settings | None) -> None:

@@ -10,12 +10,16 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway import shared_meter
-from gateway.config import Redis
+from gateway.accounting import BackendMeter
+from gateway.breaker import CircuitBreaker
+from gateway.config import Redis, Settings, build, parse
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
+from gateway.runtime import Runtime
 from gateway.shared_breaker import SharedBreaker
 from gateway.shared_meter import SharedMeter
+from gateway.state import GatewayState
 from tests.services import RedisServer
 
 
@@ -124,3 +128,30 @@ async def test_without_redis_a_meter_meters_its_share_locally(redis: RedisServer
     assert not link.up and meter.running == 0
     assert cost == pytest.approx(0.15, abs=0.05)
     assert sum(idle) == pytest.approx(0.15, abs=0.05)
+
+
+async def test_a_reload_that_turns_redis_on_or_off_keeps_the_circuit(redis: RedisServer) -> None:
+    def settings(shared: bool) -> Settings:
+        backend = {
+            "kind": "openai_compatible",
+            "base_url": "http://127.0.0.1:1/v1",
+            "models": [{"name": "m"}],
+            "circuit_breaker": {"failures": 1, "cooldown_seconds": 60},
+            "gpu_usd_per_hour": 2.0,
+        }
+        redis_spec = {"redis": {"url": redis.url}} if shared else {}
+        return build(parse({"backends": {"b": backend}, **redis_spec}), {})
+
+    configs = iter([settings(False), settings(True)])
+    state = GatewayState(Runtime(settings(True)), Metrics(), loader=lambda: next(configs))
+    try:
+        assert isinstance(state.breakers["b"], SharedBreaker) and isinstance(state.meters["b"], SharedMeter)
+        state.breakers["b"].record(False)
+        assert await state.reload()  # Redis off: local objects, the circuit still open
+        assert type(state.breakers["b"]) is CircuitBreaker and state.breakers["b"].open
+        assert isinstance(state.meters["b"], BackendMeter) and state.shared is None
+        assert await state.reload()  # and on again
+        assert isinstance(state.breakers["b"], SharedBreaker) and state.breakers["b"].open
+        assert isinstance(state.meters["b"], SharedMeter)
+    finally:
+        await state.close()
