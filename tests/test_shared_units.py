@@ -19,6 +19,7 @@ from gateway.redis_link import RedisLink
 from gateway.runtime import Runtime
 from gateway.shared_breaker import SharedBreaker
 from gateway.shared_meter import SharedMeter
+from gateway.shared_window import decode, encode, settled
 from gateway.state import GatewayState
 from tests.services import RedisServer
 
@@ -155,3 +156,10 @@ async def test_a_reload_that_turns_redis_on_or_off_keeps_the_circuit(redis: Redi
         assert isinstance(state.meters["b"], SharedMeter)
     finally:
         await state.close()
+
+
+def test_the_shared_window_counts_only_requests_every_process_has_pushed() -> None:
+    now = 1000.0
+    entries = [(now - 0.2, 0.9, False), (now - 5, 0.1, False), (now - 3, None, True), (now - 4, 0.5, False)]
+    assert settled(entries, 2, now) == [(0.5, False), (None, True)]  # oldest first; the fresh one waits
+    assert [decode(encode(e).encode()) for e in entries] == entries
