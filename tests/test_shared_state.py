@@ -287,3 +287,18 @@ def test_a_redis_outage_under_load_fails_no_request_and_the_state_is_rebuilt(
             said = server.log_text()
             assert "redis is unreachable" in said and "redis is reachable again" in said
             assert value(samples(server), "crossover_redis_errors_total") >= 1
+
+
+def test_a_gateway_starts_and_serves_while_redis_is_down(
+    tmp_path: Path, sim: Server, redis: RedisServer
+) -> None:
+    redis.stop()
+    config = gpu_config(sim, redis)
+    config["redis"]["retry_seconds"] = 0.5
+    with gateways(tmp_path, config, count=1) as (server,):
+        assert chat(server, "gpt-4o-mini").status_code == 200
+        assert value(samples(server), "crossover_redis_up") == 0
+        redis.start()
+        eventually(lambda: value(samples(server), "crossover_redis_up") == 1)
+        assert redis_client.Redis(port=redis.port).hlen("crossover:meter:local:running") == 1
+        assert chat(server, "gpt-4o-mini").status_code == 200
