@@ -22,11 +22,14 @@ class BackendMeter:
     At every instant the deployment's cost rate is split evenly among the requests running on it; while
     none runs, the cost accrues as idle (reported, not hidden). One integral per backend keeps it O(1):
     `share(t)` = ∫ rate / running(t) dt, and a request costs share(end) - share(start).
-    With N workers each worker meters its own requests at 1/N of the rate, so the totals add up.
+    With N workers each worker meters its own requests at 1/N of the rate, so the totals add up; two
+    gateway processes without Redis each meter the whole rate (gateway/shared_meter.py meters once).
+    The rate is per live replica of the deployment: `replicas` multiplies it.
     """
 
     def __init__(self, usd_per_hour: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.usd_per_hour = usd_per_hour
+        self.replicas = 1
         self._clock = clock
         self._running = 0
         self._share = 0.0
@@ -35,7 +38,7 @@ class BackendMeter:
 
     def _advance(self) -> None:
         now = self._clock()
-        cost = self.usd_per_hour / 3600 * (now - self._last)
+        cost = self.usd_per_hour * self.replicas / 3600 * (now - self._last)
         self._last = now
         if self._running:
             self._share += cost / self._running

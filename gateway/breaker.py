@@ -4,7 +4,8 @@ After `failures` retryable failures in a row (connection refused, timeout, 429, 
 opens: calls to the backend are refused at once for `cooldown` seconds, so a router request goes
 straight to its other target instead of waiting on a dead one first. Then one trial call is let through
 per cooldown: a success closes the circuit, a failure keeps it open. A trial that never reports (its
-client left) simply leaves the next trial to the next cooldown. Each worker keeps its own circuits.
+client left) simply leaves the next trial to the next cooldown. Each worker keeps its own circuits,
+unless Redis is configured (gateway/shared_breaker.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class CircuitBreaker:
         if self._opened_at is None:
             return 0.0
         return max(self.cooldown - (self._clock() - self._opened_at), 0.0)
+
+    def carry_over(self, other: CircuitBreaker) -> None:
+        """Start from another breaker's state (a reload that turned sharing through Redis on or off)."""
+        self._streak, self._opened_at = other._streak, other._opened_at
 
     def record(self, ok: bool) -> None:
         """The outcome of an allowed call: ok when the backend answered (even with a 4xx)."""

@@ -303,7 +303,7 @@ class Backend:
     options: Options  # what only this kind has, e.g. anthropic_version
     gpu_usd_per_hour: float = 0.0  # the whole deployment (per-GPU rate x GPUs); 0 when not self-hosted
     scrape_metrics: bool = False
-    max_in_flight: int | None = None  # spill-over limit, per worker
+    max_in_flight: int | None = None  # spill-over limit, per worker (with Redis: across all processes)
     circuit_breaker: tuple[int, float] | None = None  # (failures, cooldown seconds)
     retries: Retries | None = None
     replicas: tuple[str, ...] = ()  # several servers of this backend (base_url is the first); () : one

@@ -23,6 +23,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from classifier import extract_features
 from classifier.features import estimate_tokens
+from gateway.accounting import BackendMeter
 from gateway.config import Target
 from gateway.errors import ClientGone, error_response
 from gateway.inbound import read_json
@@ -37,6 +38,7 @@ from gateway.resilience import Answer, Plan, answer
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
 from gateway.shadow import Job, Sampled
+from gateway.shared_meter import Slot
 from gateway.state import GatewayState
 from gateway.tracing import RequestSpan
 from providers.base import Completion, Dialect, Usage
@@ -290,12 +292,18 @@ class Exchange:
             return 0.0
         self._answer = None
         # The meter first: a cancellation landing in aclose() must not leak the slot (spill-over reads it).
-        meter = self.state.meters.get(held.resolved.backend.name)
-        gpu_usd = meter.stop(held.gpu_mark) if meter is not None else 0.0
+        mark, gpu_usd, counted_out = held.gpu_mark, 0.0, None
+        if isinstance(mark, Slot):  # shared through Redis: the cost comes with the report of its end
+            counted_out = mark.stop()
+        else:
+            meter = self.state.meters.get(held.resolved.backend.name)
+            gpu_usd = meter.stop(mark) if isinstance(meter, BackendMeter) else 0.0
         if held.replica is not None:
             held.replica.load.in_flight -= 1
         if not isinstance(held.reply, Completion):
             await held.reply.aclose()  # idempotent; drops the connection if the stream was cut short
+        if counted_out is not None and isinstance(mark, Slot):
+            gpu_usd = await mark.cost(counted_out)
         return gpu_usd
 
     def _labels(self) -> tuple[str, str, str]:

@@ -10,9 +10,15 @@ Until `warmup` requests have been seen, the configured threshold holds.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import time
 from collections import deque
 from collections.abc import Sequence
+
+# (score, False) for a scored request, (None, True/False) for one a rule or the route header pinned to
+# the API or kept local.
+Entry = tuple[float | None, bool]
 
 
 def threshold_for(ordered: Sequence[float], api_count: int) -> float:
@@ -48,14 +54,19 @@ class OnlineThreshold:
         self.window = window
         self.warmup = min(warmup, window)
         self.threshold = initial
-        # Each entry: (score, False) for a scored request, (None, True/False) for one pinned to the
-        # API or kept local by a rule or the route header.
-        self._recent: deque[tuple[float | None, bool]] = deque()
+        self._recent: deque[Entry] = deque()
         self._scores: list[float] = []  # the window's scores, ascending
         self._pinned_api = 0
+        # Set while the window shared by every gateway holds the threshold (gateway/shared_window.py):
+        # requests wait here, with the time they were seen, for the next sync instead of moving this
+        # process's threshold alone.
+        self.outbox: list[tuple[float, float | None, bool]] | None = None
 
     def observe(self, score: float) -> None:
         """A request the score decided."""
+        if self.outbox is not None:
+            self.outbox.append((time.time(), score, False))
+            return
         self._push(score, False)
         bisect.insort(self._scores, score)
         self._update()
@@ -63,6 +74,9 @@ class OnlineThreshold:
     def observe_pinned(self, route: str) -> None:
         """A request a rule or the route header decided: it counts towards the share all the same."""
         to_api = route == "api"
+        if self.outbox is not None:
+            self.outbox.append((time.time(), None, to_api))
+            return
         self._push(None, to_api)
         self._pinned_api += to_api
         self._update()
@@ -82,9 +96,18 @@ class OnlineThreshold:
         self.threshold = share_threshold(self._scores, len(self._recent), self._pinned_api, self.target)
 
     def carry_over(self, previous: OnlineThreshold) -> None:
-        """Start from another window's most recent requests (a config reload keeps the history).
-        Rebuilt in one sort, not replayed, so a large window does not stall the reload."""
-        entries = list(previous._recent)
+        """Start from another window's most recent requests (a config reload keeps the history)."""
+        self.adopt(list(previous._recent))
+
+    def latest(self, count: int) -> list[Entry]:
+        """The last `count` requests seen (fewer if the window holds fewer), oldest first."""
+        count = min(count, len(self._recent))
+        return list(itertools.islice(reversed(self._recent), count))[::-1]
+
+    def adopt(self, entries: Sequence[Entry]) -> None:
+        """Hold these requests (oldest first) as the window: a reload's history, or the window shared
+        by every gateway (gateway/shared_window.py). Rebuilt in one sort, not replayed, so a large
+        window does not stall the caller."""
         self._recent = deque(entries[len(entries) - min(self.window, len(entries)) :])
         self._scores = sorted(score for score, _ in self._recent if score is not None)
         self._pinned_api = sum(to_api for score, to_api in self._recent if score is None)

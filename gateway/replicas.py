@@ -163,3 +163,5 @@ async def watch(state: GatewayState) -> None:
         for result in await asyncio.gather(*(s.probe(state.recorder) for s in due), return_exceptions=True):
             if isinstance(result, Exception):  # a bug must not stop the probes: no replica would come back
                 log.error("probing replicas failed: %r", result)
+        for replicas in due:
+            state.live_replicas(replicas.backend.name, sum(r.load.up for r in replicas.replicas))

@@ -17,6 +17,7 @@ from gateway.config import Retries, Target
 from gateway.replicas import Replica
 from gateway.routing import Decision
 from gateway.runtime import Resolved, Runtime
+from gateway.shared_meter import Slot, release
 from gateway.state import GatewayState
 from providers.base import Completion, Dialect, ErrorCode, EventStream, Provider, UpstreamError
 from providers.bridges import Bridge, bridge_for
@@ -74,7 +75,7 @@ class Answer:
     reply: Completion | EventStream
     upstream_seconds: float  # waiting on backends and between retries: not the gateway's overhead
     fell_back_from: str | None  # the backend that failed first, when the fallback answered
-    gpu_mark: float  # the backend meter's mark: the answer holds a slot on it until it is done
+    gpu_mark: float | Slot  # the backend meter's mark: the answer holds a slot on it until it is done
     replica: Replica | None = None  # the replica answering, on a backend with replicas: a slot there too
 
 
@@ -96,7 +97,7 @@ async def _call_once(
     call: Call,
     avoid: set[int],
     sent: Mapping[str, str] | None,
-) -> tuple[Resolved, Bridge, Completion | EventStream, float, Replica | None]:
+) -> tuple[Resolved, Bridge, Completion | EventStream, float | Slot, Replica | None]:
     """One call to one target: (resolved, bridge, reply, meter mark, replica). Raises UpstreamError.
     On a backend with replicas, a replica that cannot be reached (the request never got there) or
     whose circuit is open passes the call to the next; `avoid` holds the replicas this request
@@ -154,7 +155,7 @@ async def _send(
     outgoing: dict[str, Any],
     extra: Mapping[str, str] | None,
     call: Call,
-) -> tuple[Completion | EventStream, float]:
+) -> tuple[Completion | EventStream, float | Slot]:
     """The call itself, behind the circuit named `circuit` (the backend's, or one replica's)."""
     breaker = state.breakers.get(circuit)
     if breaker is not None and not breaker.allow():  # asked last: an allowed call always reports
@@ -175,7 +176,7 @@ async def _send(
         else:
             reply = await provider.complete(bridge.backend_path, outgoing, extra)
     except BaseException as exc:
-        meter.stop(mark)  # a refused (or abandoned) call is not charged GPU time
+        release(meter, mark)  # a refused (or abandoned) call is not charged GPU time
         if breaker is not None and isinstance(exc, UpstreamError):
             _report(state, circuit, ok=not exc.retryable)
         raise

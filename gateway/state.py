@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -12,12 +13,16 @@ from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
 from gateway.keyring import Keyring
 from gateway.metrics import Metrics
+from gateway.online_threshold import OnlineThreshold
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
 from gateway.replicas import circuit_names
 from gateway.request_log import RequestLog
 from gateway.runtime import Runtime
 from gateway.shadow import Shadows
+from gateway.shared import Shared
+from gateway.shared_breaker import SharedBreaker
+from gateway.shared_meter import SharedMeter
 from gateway.tracing import Tracing
 
 log = logging.getLogger("crossover")
@@ -28,14 +33,14 @@ class GatewayState:
         self, runtime: Runtime, metrics: Metrics, loader: Callable[[], Settings] | None, *, workers: int = 1
     ) -> None:
         self.runtime = runtime
-        self.workers = workers  # processes serving: each meters its own requests at 1/workers of a GPU
+        self.workers = workers  # processes serving: without Redis each meters its requests at 1/workers
         self.metrics = metrics
         self.recorder = Recorder(metrics)
         self._loader = loader  # re-reads the config file; None for the embedded default
         self._retired: set[Runtime] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         # Meters outlive reloads, so a request that started before one is counted and charged correctly.
-        self.meters: dict[str, BackendMeter] = {}
+        self.meters: dict[str, BackendMeter | SharedMeter] = {}
         self.breakers: dict[str, CircuitBreaker] = {}  # backends with a circuit_breaker; kept on reload
         self.tracing: Tracing | None = None  # set by the app when tracing is configured (start-up only)
         self.shadows = Shadows(
@@ -44,6 +49,7 @@ class GatewayState:
         self.redis: RedisLink | None = None  # shared state across workers and replicas; None: local
         self.keyring: Keyring | None = None  # virtual keys (server.keys_store); None: static keys only
         self.request_log: RequestLog | None = None  # None: no request log
+        self.shared: Shared | None = None  # what is shared through it (gateway/shared.py)
         self._sync_redis()
         self._sync_meters()
         self.export_thresholds()
@@ -54,8 +60,22 @@ class GatewayState:
         if self.redis is not None and self.redis.settings == wanted:
             return
         if self.redis is not None:
-            self._background(self.redis.close())
+            self._background(self._disconnect(self.redis, self.shared))
         self.redis = RedisLink(wanted, self.recorder) if wanted is not None else None
+        self.shared = Shared(self.redis) if self.redis is not None else None
+        if self.shared is not None:
+            self.shared.start(self._windows, self.recorder.threshold)
+
+    @staticmethod
+    async def _disconnect(link: RedisLink, shared: Shared | None) -> None:
+        if shared is not None:
+            await shared.close()
+        await link.close()
+
+    def _windows(self) -> dict[str, tuple[str, OnlineThreshold]]:
+        """Each router's online threshold, with the classifier its scores come from."""
+        routers = self.runtime.settings.routers
+        return {name: (routers[name].classifier, o) for name, o in self.runtime.online_thresholds.items()}
 
     async def start(self) -> None:
         """What needs the running loop: the virtual keys, read once before the first request, and the
@@ -80,15 +100,30 @@ class GatewayState:
                 self.request_log.start()
 
     def _sync_meters(self, previous: Settings | None = None) -> None:
-        backends = self.runtime.settings.backends
+        """With Redis, a deployment whose cost or in-flight count matters is metered once across all
+        processes (gateway/shared_meter.py); without, each worker meters 1/workers of its rate."""
+        backends, shared = self.runtime.settings.backends, self.shared
         for name, backend in backends.items():
-            rate = backend.gpu_usd_per_hour / self.workers
-            if name in self.meters:
-                self.meters[name].usd_per_hour = rate
+            meter = self.meters.get(name)
+            if shared is not None and (backend.gpu_usd_per_hour > 0 or backend.max_in_flight is not None):
+                if not isinstance(meter, SharedMeter) or meter.link is not shared.link:
+                    on_idle = functools.partial(self.recorder.gpu_idle, name)
+                    meter = self.meters[name] = shared.meter(name, 0.0, self.workers, on_idle)
+                meter.usd_per_hour = backend.gpu_usd_per_hour
             else:
-                self.meters[name] = BackendMeter(rate)
-            if rate > 0:
-                self.recorder.gpu_rate(name, backend.gpu_usd_per_hour)
+                rate = backend.gpu_usd_per_hour / self.workers
+                if isinstance(meter, BackendMeter):
+                    meter.usd_per_hour = rate
+                else:
+                    self.meters[name] = BackendMeter(rate)
+            meter = self.meters[name]
+            if backend.replicas and meter.replicas == 1:  # until the first probe: all assumed live
+                meter.replicas = len(backend.replicas)
+            if backend.gpu_usd_per_hour > 0:
+                self.recorder.gpu_rate(name, backend.gpu_usd_per_hour * meter.replicas)
+        if shared is not None:
+            for name in self.meters.keys() - backends.keys():
+                shared.forget(name)  # its requests still end on it, but it reports no more idle time
         self._sync_breakers(previous)
 
     def _sync_breakers(self, previous: Settings | None) -> None:
@@ -113,14 +148,43 @@ class GatewayState:
             )
             if new is None or moved:
                 del self.breakers[name]
+                if self.shared is not None:
+                    self.shared.forget(name)
                 self.recorder.circuit(name, False, changed=False)
         for name, backend in wanted.items():
             assert backend.circuit_breaker is not None
-            if name in self.breakers:
-                self.breakers[name].failures, self.breakers[name].cooldown = backend.circuit_breaker
+            old_breaker = self.breakers.get(name)
+            if old_breaker is not None and self._shares(old_breaker):
+                old_breaker.failures, old_breaker.cooldown = backend.circuit_breaker
+                continue
+            self.breakers[name] = self.breaker(name, *backend.circuit_breaker)
+            if old_breaker is not None:  # Redis was turned on or off: the circuit goes on as it was
+                self.breakers[name].carry_over(old_breaker)
             else:
-                self.breakers[name] = CircuitBreaker(*backend.circuit_breaker)
                 self.recorder.circuit(name, False, changed=False)
+
+    def live_replicas(self, name: str, live: int) -> None:
+        """With `replicas`, `gpu_usd_per_hour` is per replica: the cost follows the live ones (an
+        autoscaled or failing deployment), as the health probes find them."""
+        meter, backend = self.meters.get(name), self.runtime.settings.backends.get(name)
+        if meter is None or backend is None or meter.replicas == live:
+            return
+        meter.replicas = live
+        if backend.gpu_usd_per_hour > 0:
+            self.recorder.gpu_rate(name, backend.gpu_usd_per_hour * live)
+
+    def breaker(self, name: str, failures: int, cooldown: float) -> CircuitBreaker:
+        """A circuit by any name (a backend, or "backend/replica"): shared through Redis when it is
+        configured, else this process's own."""
+        if self.shared is not None:
+            return self.shared.breaker(name, failures, cooldown, self.recorder.circuit)
+        return CircuitBreaker(failures, cooldown)
+
+    def _shares(self, breaker: CircuitBreaker) -> bool:
+        """Is this breaker shared as the config now says (through the current link, or not at all)?"""
+        if self.shared is None:
+            return not isinstance(breaker, SharedBreaker)
+        return isinstance(breaker, SharedBreaker) and breaker.link is self.shared.link
 
     def export_thresholds(self) -> None:
         for name in self.runtime.settings.routers:
@@ -128,7 +192,8 @@ class GatewayState:
 
     def full(self, settings: Settings, target: Target) -> bool:
         """Is the target's backend at its `max_in_flight`, or its replicas' queues past `spill_when`
-        (spill-over)?"""
+        (spill-over)? `max_in_flight` counts with Redis over every worker and gateway replica (as of
+        their last report, at most `SYNC_SECONDS` old); else per worker."""
         backend = settings.backends[target.backend]
         limit = backend.max_in_flight
         if limit is not None and self.meters[target.backend].running >= limit:
@@ -200,7 +265,7 @@ class GatewayState:
         if self.keyring is not None:
             await self.keyring.close()
         if self.redis is not None:
-            await self.redis.close()
+            await self._disconnect(self.redis, self.shared)
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()

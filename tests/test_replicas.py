@@ -236,6 +236,19 @@ def test_an_unhealthy_replica_gets_no_traffic_within_one_health_interval(
         gateway.stop()
 
 
+def test_the_gpu_cost_follows_the_live_replicas(tmp_path: Path, sims: list[Server]) -> None:
+    """`gpu_usd_per_hour` is per replica: two live cost twice the rate, one that died stops costing."""
+    gateway = gateway_of(tmp_path, sims, health_check_seconds=1, gpu_usd_per_hour=3.0)
+    try:
+        assert metric(gateway, "crossover_gpu_cost_usd_per_hour", backend="pool") == 6.0
+        engine(sims[1], healthy=False)
+        wait_for(lambda: metric(gateway, "crossover_gpu_cost_usd_per_hour", backend="pool") == 3.0, PROBED)
+        engine(sims[1], healthy=True)
+        wait_for(lambda: metric(gateway, "crossover_gpu_cost_usd_per_hour", backend="pool") == 6.0, PROBED)
+    finally:
+        gateway.stop()
+
+
 def test_each_replica_has_its_own_circuit(tmp_path: Path, sims: list[Server]) -> None:
     httpx.post(sims[1].url + "/_sim/faults", json=[{"status": 500}]).raise_for_status()
     gateway = gateway_of(

@@ -399,25 +399,28 @@ def test_the_explain_header_names_score_and_weightiest_terms(ruled: Server) -> N
     assert "x-crossover-explain" not in ask(ruled, HARD)
 
 
+# Prompts of these words, in random number, get scores spread over the heuristic's range.
+MIXED_WORDS = [
+    "hello",
+    "prove",
+    "integral",
+    "explain",
+    "why",
+    "def f(x):",
+    "design",
+    "compare",
+    "x^2 =",
+    "thanks",
+]
+
+
 def test_the_gateway_holds_a_target_api_share(ruled: Server) -> None:
     rng = random.Random(11)
-    words = [
-        "hello",
-        "prove",
-        "integral",
-        "explain",
-        "why",
-        "def f(x):",
-        "design",
-        "compare",
-        "x^2 =",
-        "thanks",
-    ]
     routes = []
     threshold_used = []
     with client(ruled) as sdk:
         for _ in range(150):
-            text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
+            text = " ".join(rng.choice(MIXED_WORDS) for _ in range(rng.randint(1, 60)))
             raw = sdk.chat.completions.with_raw_response.create(
                 model="share", messages=[{"role": "user", "content": text}]
             )

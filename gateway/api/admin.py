@@ -55,4 +55,6 @@ async def readyz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
+    if state.shared is not None:  # the GPU cost up to now, metered once for the whole deployment
+        await state.shared.settle()
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
