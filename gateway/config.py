@@ -6,6 +6,7 @@ Secrets are never written in the file: `api_key: ${OPENAI_API_KEY}` names an env
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from gateway.principal import NO_LIMITS, Limits, Principal
 from gateway.rules import Rule
 from providers.kind import Kind, Options
 from providers.registry import KINDS
@@ -166,6 +168,23 @@ class KeyScopeSpec(_Strict):
     backends: Annotated[list[str], Field(min_length=1)]  # all this key may reach
 
 
+class LimitsSpec(_Strict):
+    """What a key or a team may use (gateway/limits.py); absent: no limit."""
+
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None  # prompt + completion tokens
+    usd_per_day: Annotated[float, Field(gt=0)] | None = None  # per UTC day
+    usd_per_month: Annotated[float, Field(gt=0)] | None = None  # per UTC calendar month
+
+
+TeamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class KeyLimitsSpec(LimitsSpec):
+    key: str  # an env reference to one of server.api_keys
+    team: TeamName | None = None  # one of server.teams: its limits hold for all its keys together
+
+
 class HttpLimits(_Strict):
     """Limits on what one client connection may hold, nginx's defaults. Read at start-up (a reload keeps
     the ones the gateway started with): they belong to the listening server, not to the routing."""
@@ -188,6 +207,8 @@ class ServerSpec(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     api_keys: list[str] = []  # env references; empty means no client authentication
     key_scopes: list[KeyScopeSpec] = []  # keys limited to some backends; others reach all
+    key_limits: list[KeyLimitsSpec] = []  # rate limits, budgets and the team of static keys
+    teams: dict[TeamName, LimitsSpec] = {}  # limits shared by a team's keys
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
     http: HttpLimits = HttpLimits()
 
@@ -209,8 +230,23 @@ class RedisSpec(_Strict):
     retry_seconds: Annotated[float, Field(gt=0, le=300)] = 2.0  # while down, how often to try again
 
 
+class OnRedisDownSpec(_Strict):
+    """While Redis is unreachable, limits cannot be checked across replicas: admit (open) or refuse
+    with 503 (closed)."""
+
+    rate_limits: Literal["open", "closed"] = "open"
+    budgets: Literal["open", "closed"] = "closed"
+
+
+class LimitsPolicySpec(_Strict):
+    on_redis_down: OnRedisDownSpec = OnRedisDownSpec()
+    # A request without max_tokens reserves this many output tokens (budgets, tokens per minute).
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+
+
 class ConfigFile(_Strict):
     server: ServerSpec = ServerSpec()
+    limits: LimitsPolicySpec = LimitsPolicySpec()
     accounting: AccountingSpec = AccountingSpec()
     redis: RedisSpec | None = None
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
@@ -305,6 +341,13 @@ class Redis:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsPolicy:
+    rate_limits_open: bool = True  # while Redis is down
+    budgets_open: bool = False
+    default_max_tokens: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: Mapping[str, Backend]
     routers: Mapping[str, Router]
@@ -317,6 +360,8 @@ class Settings:
     key_scopes: Mapping[str, frozenset[str]] = field(default_factory=dict)  # key -> backends it may reach
     http: HttpLimits = field(default_factory=HttpLimits)
     redis: Redis | None = None
+    principals: Mapping[str, Principal] = field(default_factory=dict)  # static key -> who it is
+    limits: LimitsPolicy = field(default_factory=LimitsPolicy)
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -442,7 +487,44 @@ def build(spec: ConfigFile, env: Mapping[str, str], source: Path | None = None) 
         key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
         http=spec.server.http,
         redis=_redis(spec.redis, env) if spec.redis is not None else None,
+        principals=_principals(spec.server, keys, env),
+        limits=LimitsPolicy(
+            rate_limits_open=spec.limits.on_redis_down.rate_limits == "open",
+            budgets_open=spec.limits.on_redis_down.budgets == "open",
+            default_max_tokens=spec.limits.default_max_tokens,
+        ),
     )
+
+
+def _limits(spec: LimitsSpec) -> Limits:
+    return Limits(spec.requests_per_minute, spec.tokens_per_minute, spec.usd_per_day, spec.usd_per_month)
+
+
+def static_key_id(key: str) -> str:
+    """A static key's id: stable across restarts and replicas, safe to log, not the key."""
+    return "static-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _principals(server: ServerSpec, keys: frozenset[str], env: Mapping[str, str]) -> dict[str, Principal]:
+    """Who each static key is, for keys with limits or a team (others are nobody in particular)."""
+    principals: dict[str, Principal] = {}
+    for i, entry in enumerate(server.key_limits):
+        path = f"server.key_limits[{i}]"
+        key = _secret(entry.key, f"{path}.key", env)
+        if not key or key not in keys:
+            raise ConfigError(f"{path}.key: must be one of server.api_keys")
+        if key in principals:
+            raise ConfigError(f"{path}.key: this key already has limits")
+        if entry.team is not None and entry.team not in server.teams:
+            raise ConfigError(f"{path}.team: {entry.team!r} is not one of server.teams")
+        team = server.teams[entry.team] if entry.team is not None else None
+        principals[key] = Principal(
+            key_id=static_key_id(key),
+            team=entry.team,
+            key_limits=_limits(entry),
+            team_limits=_limits(team) if team is not None else NO_LIMITS,
+        )
+    return principals
 
 
 def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:

@@ -249,6 +249,13 @@ class Metrics:
             "Redis calls that failed (each answered from local state instead).",
             registry=r,
         )
+        self.limit_checks = Counter(
+            "crossover_limit_checks",
+            "Rate-limit and budget checks of keys and teams: allowed, limited, or unchecked while Redis"
+            " was down (open: admitted, closed: refused).",
+            ["kind", "result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "crossover_config_reloads",
             "Config reload attempts, by result.",

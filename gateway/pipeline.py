@@ -23,6 +23,7 @@ from gateway.relay import relay_events
 from gateway.resilience import Answer, Call, Plan
 from gateway.routing import ROUTE_HEADER, Ask, Decision, direct, forced_route, plan_route
 from gateway.state import GatewayState
+from gateway.static_keys import principal_for
 from providers.base import Completion, Dialect, ErrorCode, UpstreamError, Usage
 
 EXPLAIN_HEADER = "x-crossover-explain"  # sent as "1" or "true": the answer explains its route
@@ -53,6 +54,8 @@ class Door:
             body = await ex.read_json()
             self.validate(body)
             decision = ex.decided(await route(ex, body, api_key))
+            # After routing: a budget reserves at the decided model's prices. (Static keys for now.)
+            await ex.admit(principal_for(ex.runtime.settings, api_key))
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
             answer = await ex.call(Plan.of(decision, Call(self.dialect, self.path, body, headers, ex.stream)))

@@ -10,6 +10,8 @@ from typing import Any
 from gateway.accounting import BackendMeter
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
+from gateway.limit_store import LocalStore, RedisStore
+from gateway.limits import Limiter
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
@@ -37,6 +39,7 @@ class GatewayState:
             self.recorder, self.hold, self.unhold, workers
         )  # shadow judging's jobs and stores
         self.redis: RedisLink | None = None  # shared state across workers and replicas; None: local
+        self.limiter = Limiter(LocalStore(), self.recorder)  # keys' and teams' limits (gateway/limits.py)
         self._sync_redis()
         self._sync_meters()
         self.export_thresholds()
@@ -47,8 +50,15 @@ class GatewayState:
         if self.redis is not None and self.redis.settings == wanted:
             return
         if self.redis is not None:
-            self._background(self.redis.close())
+            self._background(self._close_redis(self.limiter, self.redis))
         self.redis = RedisLink(wanted, self.recorder) if wanted is not None else None
+        store = RedisStore(self.redis) if self.redis is not None else LocalStore()
+        self.limiter = Limiter(store, self.recorder)
+
+    @staticmethod
+    async def _close_redis(limiter: Limiter, link: RedisLink) -> None:
+        await limiter.store.close()  # its last corrections first
+        await link.close()
 
     def _sync_meters(self, previous: Settings | None = None) -> None:
         backends = self.runtime.settings.backends
@@ -150,7 +160,7 @@ class GatewayState:
     async def close(self) -> None:
         await self.shadows.close()
         if self.redis is not None:
-            await self.redis.close()
+            await self._close_redis(self.limiter, self.redis)
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()
