@@ -10,7 +10,7 @@ entry is corrected once its real token count is known. A budget is a running sum
 an estimate is reserved when a request is admitted and corrected with the real cost when it ends.
 
 In Redis one Lua script checks and records a request's windows and budgets atomically, on Redis's
-clock, in one round trip; corrections are batched into one script call per event-loop turn.
+clock; the checks and corrections of one event-loop turn share one round trip.
 """
 
 from __future__ import annotations
@@ -20,9 +20,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from hashlib import sha1
 from typing import Any, Literal, Protocol
 
-from gateway.redis_link import RedisLink
+from redis.exceptions import NoScriptError
+
+from gateway.redis_link import Client, RedisLink
 
 WINDOW_MS = 60_000
 
@@ -201,8 +204,8 @@ end
 return out
 """
 
-# A batch of corrections. KEYS: each correction's window logs and totals, then its budget sums, in order.
-# ARGV: per correction: rid, windows, [counted, real] per window, budgets, [delta] per budget.
+# A request's corrections. KEYS: its window logs and totals, then its budget sums.
+# ARGV: rid, windows, [counted, real] per window, budgets, [delta] per budget.
 CORRECT = """
 local a, k = 1, 1
 while a <= #ARGV do
@@ -230,14 +233,16 @@ return 0
 
 
 class RedisStore:
-    """Counts shared by every process that uses the same Redis."""
+    """Counts shared by every process that uses the same Redis.
+
+    The checks and corrections of one event-loop turn go out as one pipeline: one round trip and
+    one connection for all of them (a connection per request ran out of the pool under a burst)."""
 
     def __init__(self, link: RedisLink, window_ms: int = WINDOW_MS) -> None:
         self.link = link
         self.window_ms = window_ms
-        self._check = link.script(CHECK)
-        self._correct = link.script(CORRECT)
-        self._pending: list[Correction] = []
+        self._scripts = {CHECK: sha1(CHECK.encode()).hexdigest(), CORRECT: sha1(CORRECT.encode()).hexdigest()}
+        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _log(self, name: str) -> str:
@@ -254,7 +259,7 @@ class RedisStore:
         for b in budgets:
             keys.append(self.link.key("spent", b.name))
             args += (repr(b.limit), repr(b.reserve), b.ttl)
-        reply = await self.link.run(lambda _: self._check(keys=keys, args=args), None)
+        reply = await self._call(CHECK, keys, args)
         if reply is None:
             return None
         code, at, rest = int(reply[0]), int(reply[1]) - 1, reply[2:]
@@ -262,10 +267,30 @@ class RedisStore:
         return Verdict(over, tuple(int(x) for x in rest[::2]), tuple(int(x) for x in rest[1::2]), at)
 
     def correct(self, correction: Correction) -> None:
-        """Batched: the first correction of an event-loop turn schedules one script call for all."""
+        keys: list[str] = []
+        args: list[Any] = [correction.rid, len(correction.windows)]
+        for name, counted, real in correction.windows:
+            log = self._log(name)
+            keys += (log, log + ":total")
+            args += (counted, real)
+        args.append(len(correction.budgets))
+        for name, delta in correction.budgets:
+            keys.append(self.link.key("spent", name))
+            args.append(repr(delta))
+        # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
+        self._enqueue(CORRECT, keys, args, None)
+
+    def _call(self, lua: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._enqueue(lua, keys, args, future)
+        return future
+
+    def _enqueue(
+        self, lua: str, keys: list[str], args: list[Any], future: asyncio.Future[Any] | None
+    ) -> None:
         if not self._pending:
             asyncio.get_running_loop().call_soon(self._flush)
-        self._pending.append(correction)
+        self._pending.append((lua, keys, args, future))
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -274,21 +299,31 @@ class RedisStore:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[Correction]) -> None:
-        keys: list[str] = []
-        args: list[Any] = []
-        for c in batch:
-            args += (c.rid, len(c.windows))
-            for name, counted, real in c.windows:
-                log = self._log(name)
-                keys += (log, log + ":total")
-                args += (counted, real)
-            args.append(len(c.budgets))
-            for name, delta in c.budgets:
-                keys.append(self.link.key("spent", name))
-                args.append(repr(delta))
-        # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
-        await self.link.run(lambda _: self._correct(keys=keys, args=args), None)
+    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]]) -> None:
+        replies = await self.link.run(lambda client: self._pipeline(client, batch), None)
+        for i, (_, _, _, future) in enumerate(batch):
+            if future is not None and not future.done():  # a caller that left (cancelled) is not told
+                future.set_result(None if replies is None else replies[i])
+
+    async def _pipeline(
+        self, client: Client, batch: list[tuple[str, list[str], list[Any], Any]]
+    ) -> list[Any]:
+        for _ in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                for lua, keys, args, _ in batch:
+                    pipe.evalsha(self._scripts[lua], len(keys), *keys, *args)
+                replies: list[Any] = await pipe.execute(raise_on_error=False)
+            missing = {
+                lua for (lua, *_), r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)
+            }
+            if not missing:
+                break
+            for lua in missing:  # a restarted Redis forgot them: load, then send the batch again
+                await client.script_load(lua)
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return replies
 
     async def close(self) -> None:
         self._flush()
