@@ -244,16 +244,23 @@ class RedisStore:
         self._scripts = {CHECK: sha1(CHECK.encode()).hexdigest(), CORRECT: sha1(CORRECT.encode()).hexdigest()}
         self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._names: dict[str, tuple[str, str]] = {}
 
-    def _log(self, name: str) -> str:
-        return self.link.key("limit", name)
+    def _keys(self, name: str) -> tuple[str, str]:
+        """A window's log and total in Redis."""
+        keys = self._names.get(name)
+        if keys is None:
+            if len(self._names) > 10_000:
+                self._names.clear()
+            log = self.link.key("limit", name)
+            keys = self._names[name] = (log, log + ":total")
+        return keys
 
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
         keys: list[str] = []
         args: list[Any] = [rid, self.window_ms, len(windows)]
         for w in windows:
-            log = self._log(w.name)
-            keys += (log, log + ":total")
+            keys += self._keys(w.name)
             args += (w.limit, w.amount)
         args.append(len(budgets))
         for b in budgets:
@@ -270,8 +277,7 @@ class RedisStore:
         keys: list[str] = []
         args: list[Any] = [correction.rid, len(correction.windows)]
         for name, counted, real in correction.windows:
-            log = self._log(name)
-            keys += (log, log + ":total")
+            keys += self._keys(name)
             args += (counted, real)
         args.append(len(correction.budgets))
         for name, delta in correction.budgets:

@@ -11,6 +11,7 @@ beyond their reservation. The counting itself is in gateway/limit_store.py.
 from __future__ import annotations
 
 import calendar
+import functools
 import math
 import os
 import time
@@ -123,8 +124,7 @@ class Limiter:
             output = most if isinstance(most, int) and most > 0 else policy.default_max_tokens
             windows += [Window(name, limit, prompt + output) for name, limit in plan.tokens]
             reserve = prompt * price.input + output * price.output
-            now = time.gmtime()
-            stamps = {"day": time.strftime("%Y-%m-%d", now), "month": time.strftime("%Y-%m", now)}
+            stamps = _stamps(int(time.time()))
             budgets = [
                 Budget(
                     f"{scope}:{period}:{stamps[period]}",
@@ -179,6 +179,13 @@ class Limiter:
             self._recorder.limit_checked("rate", "limited" if over == "rate" else "allowed")
         if budgets:
             self._recorder.limit_checked("budget", "limited" if over == "budget" else "allowed")
+
+
+@functools.lru_cache(maxsize=2)
+def _stamps(second: int) -> dict[str, str]:
+    """The UTC day and month of a second: the names of its budget periods (formatted once a second)."""
+    now = time.gmtime(second)
+    return {"day": time.strftime("%Y-%m-%d", now), "month": time.strftime("%Y-%m", now)}
 
 
 # ---- what the client is told --------------------------------------------------------------------
