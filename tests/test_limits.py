@@ -30,6 +30,7 @@ KEYS = {
     "K_TPM": "sk-gw-tpm-0123456789",  # 150 tokens a minute
     "K_ANTH": "sk-gw-anth-0123456789",  # 2 requests a minute, 1000 tokens a minute
     "K_FREE": "sk-gw-free-0123456789",  # no limits
+    "K_STREAM": "sk-gw-stream-0123456789",  # 1000 tokens a minute, streamed
 }
 OUT = 0.05  # USD per output token: a few requests spend a dollar
 IN = 0.05
@@ -51,6 +52,7 @@ def config(sim: Server, redis_url: str) -> dict[str, Any]:
                 {"key": "${K_LOOSE}", "team": "loose"},
                 {"key": "${K_TPM}", "tokens_per_minute": 150},
                 {"key": "${K_ANTH}", "requests_per_minute": 2, "tokens_per_minute": 1000},
+                {"key": "${K_STREAM}", "tokens_per_minute": 1000},
             ],
             "teams": {"spend": {"usd_per_day": 1.0}, "loose": {"usd_per_day": 1.0}},
             "watch_config": False,
@@ -215,6 +217,22 @@ def test_tokens_are_estimated_before_and_corrected_after(pair: tuple[Server, Ser
         )
     assert refused.value.type == "tokens" and refused.value.code == "rate_limit_exceeded"
     assert "tokens per min (TPM)" in refused.value.message
+
+
+def test_a_streamed_answer_is_corrected_by_its_usage(pair: tuple[Server, Server]) -> None:
+    client = openai.OpenAI(base_url=pair[1].url + "/v1", api_key=KEYS["K_STREAM"], max_retries=0)
+    with client:
+        ask: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi 0"}]}
+        with client.chat.completions.with_streaming_response.create(
+            **ask, max_tokens=100, stream=True, stream_options={"include_usage": True}
+        ) as streamed:
+            assert streamed.headers["x-ratelimit-remaining-tokens"] == str(1000 - 101)  # 1 + 100 estimated
+            chunks = list(streamed.parse())
+        usage = chunks[-1].usage
+        assert usage is not None
+        time.sleep(0.1)
+        after = client.chat.completions.with_raw_response.create(**ask, max_tokens=100)
+        assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - usage.total_tokens - 101)
 
 
 def test_anthropic_clients_get_anthropic_shapes_and_headers(pair: tuple[Server, Server]) -> None:
