@@ -314,21 +314,24 @@ class RedisStore:
     async def _pipeline(
         self, client: Client, batch: list[tuple[str, list[str], list[Any], Any]]
     ) -> list[Any]:
-        for _ in range(2):
-            async with client.pipeline(transaction=False) as pipe:
-                for lua, keys, args, _ in batch:
-                    pipe.evalsha(self._scripts[lua], len(keys), *keys, *args)
-                replies: list[Any] = await pipe.execute(raise_on_error=False)
-            missing = {
-                lua for (lua, *_), r in zip(batch, replies, strict=True) if isinstance(r, NoScriptError)
-            }
-            if not missing:
-                break
-            for lua in missing:  # a restarted Redis forgot them: load, then send the batch again
+        replies = await self._execute(client, batch)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:  # a new or restarted Redis: load the scripts, then send again only what did not run
+            for lua in self._scripts:
                 await client.script_load(lua)
+            again = await self._execute(client, [batch[i] for i in missing])
+            for i, reply in zip(missing, again, strict=True):
+                replies[i] = reply
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
+        return replies
+
+    async def _execute(self, client: Client, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
+        async with client.pipeline(transaction=False) as pipe:
+            for lua, keys, args, _ in batch:
+                pipe.evalsha(self._scripts[lua], len(keys), *keys, *args)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
         return replies
 
     async def close(self) -> None:

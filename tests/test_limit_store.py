@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
+import redis as redis_client
 
 from gateway.config import Redis
 from gateway.limit_store import Budget, Correction, LimitStore, LocalStore, RedisStore, Window
@@ -115,3 +116,19 @@ def test_the_window_slides(run: Callable[..., None]) -> None:
         assert again is not None and again.over is None and again.remaining == (1,)
 
     run(scenario, window_ms=300)
+
+
+def test_a_script_redis_does_not_know_yet_is_loaded_and_nothing_runs_twice(redis: RedisServer) -> None:
+    async def scenario(store: LimitStore) -> None:
+        window = Window("key:a:requests", 10, 1)
+        first = await store.check("r1", [window], [])  # Redis learns the check script only
+        assert first is not None and first.remaining == (9,)
+        # The first correction rides with a check: Redis does not know its script, the check it does.
+        store.correct(Correction("r1", (), ()))
+        second = await store.check("r2", [window], [])
+        assert second is not None and second.remaining == (8,)  # counted once, not again on the resend
+        redis_client.Redis.from_url(redis.url).script_flush()  # as a restarted Redis
+        third = await store.check("r3", [window], [])
+        assert third is not None and third.remaining == (7,)
+
+    _run("redis", redis.url, 60_000, scenario)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -122,7 +123,11 @@ def test_a_60_per_minute_key_gets_60_in_total_across_two_gateways(pair: tuple[Se
     results = asyncio.run(_burst(pair, "K_RPM", 200, max_tokens=8))
     answered = [r for r in results if not isinstance(r, BaseException)]
     limited = [r for r in results if isinstance(r, openai.RateLimitError)]
-    assert len(answered) == 60 and len(limited) == 140, {type(r).__name__ for r in results}
+    # Admitted: answered, or (rarely, on a loaded machine) failed upstream after admission.
+    failed = [r for r in results if isinstance(r, openai.InternalServerError)]
+    seen = Counter(f"{type(r).__name__}: {getattr(r, 'message', '')[:80]}" for r in results)
+    assert len(answered) + len(failed) == 60 and len(limited) == 140, seen
+    assert len(failed) <= 2, seen
     assert {r.headers["x-crossover-backend"] for r in answered} == {"openai"}
     # Every answer says what is left; between them they counted down 59..0 once each.
     assert sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in answered) == list(range(60))
