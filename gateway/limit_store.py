@@ -28,6 +28,7 @@ from redis.exceptions import NoScriptError
 from gateway.redis_link import Client, RedisLink
 
 WINDOW_MS = 60_000
+CORRECT_AFTER_SECONDS = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,8 @@ class RedisStore:
         self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, tuple[str, str]] = {}
+        self._soon = False  # a flush is due at the end of this event-loop turn
+        self._later: asyncio.TimerHandle | None = None  # a flush of corrections alone, a little later
 
     def _keys(self, name: str) -> tuple[str, str]:
         """A window's log and total in Redis."""
@@ -294,11 +297,23 @@ class RedisStore:
     def _enqueue(
         self, lua: str, keys: list[str], args: list[Any], future: asyncio.Future[Any] | None
     ) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._flush)
+        """A check goes out at the end of this turn; a correction waits up to CORRECT_AFTER_SECONDS for
+        a check to ride with (under load most do: one round trip per request, not two)."""
         self._pending.append((lua, keys, args, future))
+        if self._soon:
+            return
+        loop = asyncio.get_running_loop()
+        if future is not None:
+            self._soon = True
+            loop.call_soon(self._flush)
+        elif self._later is None:
+            self._later = loop.call_later(CORRECT_AFTER_SECONDS, self._flush)
 
     def _flush(self) -> None:
+        self._soon = False
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
         batch, self._pending = self._pending, []
         if batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
