@@ -141,11 +141,11 @@ class Limiter:
             return None
         if verdict.over == "budget":
             self._count(windows, budgets, "budget")
-            raise _over_budget(plan.budgets[verdict.over_at], dialect)
+            raise _over_budget(plan.budgets[verdict.over_at])
         headers = _headers(plan, windows, verdict, dialect)
         if verdict.over == "rate":
             self._count(windows, budgets, "rate")
-            raise _over_rate(windows, verdict, headers, dialect)
+            raise _over_rate(windows, verdict, headers)
         self._count(windows, budgets, None)
         tokens = tuple((w.name, w.amount) for w in windows[len(plan.requests) :])
         return Ticket(self.store, rid, tokens, tuple((b.name, b.reserve) for b in budgets), headers)
@@ -233,9 +233,7 @@ def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: 
     return headers
 
 
-def _over_rate(
-    windows: Sequence[Window], verdict: Verdict, headers: dict[str, str], dialect: Dialect
-) -> RateLimited:
+def _over_rate(windows: Sequence[Window], verdict: Verdict, headers: dict[str, str]) -> RateLimited:
     at = verdict.over_at
     window = windows[at]
     scope, _, kind = window.name.rpartition(":")
@@ -243,11 +241,18 @@ def _over_rate(
     used = window.limit - verdict.remaining[at]
     wait = max(verdict.wait_ms[at], 0)
     owner = "team " + scope.split(":", 1)[1] if scope.startswith("team:") else "this key"
-    message = (
-        f"Rate limit reached for {owner} on {unit}: Limit {window.limit}, Used {used}, "
-        f"Requested {window.amount}. Please try again in {_duration(wait)}."
-    )
     headers = {**headers, "retry-after": str(max(1, math.ceil(wait / 1000)))}
+    if window.amount > window.limit:  # it would never fit: waiting does not help (the SDKs read this)
+        headers["x-should-retry"] = "false"
+        message = (
+            f"Request too large for {owner} on {unit}: Limit {window.limit}, Requested {window.amount}. "
+            "Send a shorter prompt or a lower max_tokens."
+        )
+    else:
+        message = (
+            f"Rate limit reached for {owner} on {unit}: Limit {window.limit}, Used {used}, "
+            f"Requested {window.amount}. Please try again in {_duration(wait)}."
+        )
     return RateLimited(message, type=kind, code=ErrorCode.RATE_LIMIT_EXCEEDED, headers=headers)
 
 
@@ -260,7 +265,7 @@ def _period_end(period: str, now: float) -> float:
     return calendar.timegm((year, month, 1, 0, 0, 0))
 
 
-def _over_budget(budget: tuple[str, str, float], dialect: Dialect) -> RateLimited:
+def _over_budget(budget: tuple[str, str, float]) -> RateLimited:
     scope, period, usd = budget
     owner = "team " + scope.split(":", 1)[1] if scope.startswith("team:") else "this key"
     now = time.time()

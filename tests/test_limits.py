@@ -221,7 +221,8 @@ def test_tokens_are_estimated_before_and_corrected_after(pair: tuple[Server, Ser
             model="gpt-4o", messages=[{"role": "user", "content": "hi"}], max_tokens=1000
         )
     assert refused.value.type == "tokens" and refused.value.code == "rate_limit_exceeded"
-    assert "tokens per min (TPM)" in refused.value.message
+    assert "Request too large" in refused.value.message and "tokens per min (TPM)" in refused.value.message
+    assert refused.value.response.headers["x-should-retry"] == "false"  # it would never fit
 
 
 def test_a_streamed_answer_is_corrected_by_its_usage(pair: tuple[Server, Server]) -> None:
