@@ -32,6 +32,7 @@ KEYS = {
     "K_ANTH": "sk-gw-anth-0123456789",  # 2 requests a minute, 1000 tokens a minute
     "K_FREE": "sk-gw-free-0123456789",  # no limits
     "K_STREAM": "sk-gw-stream-0123456789",  # 1000 tokens a minute, streamed
+    "K_TINY": "sk-gw-tiny-0123456789",  # team "tiny": 1 cent a month
 }
 OUT = 0.05  # USD per output token: a few requests spend a dollar
 IN = 0.05
@@ -54,8 +55,13 @@ def config(sim: Server, redis_url: str) -> dict[str, Any]:
                 {"key": "${K_TPM}", "tokens_per_minute": 150},
                 {"key": "${K_ANTH}", "requests_per_minute": 2, "tokens_per_minute": 1000},
                 {"key": "${K_STREAM}", "tokens_per_minute": 1000},
+                {"key": "${K_TINY}", "team": "tiny"},
             ],
-            "teams": {"spend": {"usd_per_day": 1.0}, "loose": {"usd_per_day": 1.0}},
+            "teams": {
+                "spend": {"usd_per_day": 1.0},
+                "loose": {"usd_per_day": 1.0},
+                "tiny": {"usd_per_month": 0.01},
+            },
             "watch_config": False,
         },
         "redis": {"url": redis_url, "key_prefix": "lim"},
@@ -263,6 +269,17 @@ def test_anthropic_clients_get_anthropic_shapes_and_headers(pair: tuple[Server, 
     }  # type: ignore[index]
     assert err.response.headers["anthropic-ratelimit-requests-remaining"] == "0"
     assert int(err.response.headers["retry-after"]) >= 1
+
+
+def test_anthropic_clients_over_budget_are_told_not_to_retry(pair: tuple[Server, Server]) -> None:
+    client = anthropic.Anthropic(base_url=pair[0].url, api_key=KEYS["K_TINY"], max_retries=0)
+    with client, pytest.raises(anthropic.RateLimitError) as refused:  # 16 tokens reserve $0.80
+        client.messages.create(model="gpt-4o", max_tokens=16, messages=[{"role": "user", "content": "hi"}])
+    err = refused.value
+    assert err.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+    assert "$0.01 per month" in err.message
+    assert err.response.headers["x-should-retry"] == "false"
+    assert int(err.response.headers["retry-after"]) <= 31 * 86_400
 
 
 def test_an_unlimited_key_gets_no_limit_headers(pair: tuple[Server, Server]) -> None:
