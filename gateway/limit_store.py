@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha1
 from typing import Any, Literal, Protocol
 
-from redis.exceptions import NoScriptError
+import hiredis
+from redis.exceptions import ResponseError
 
-from gateway.redis_link import Client, RedisLink
+from gateway.redis_link import RedisLink
+from gateway.redis_wire import RedisWire
 
 WINDOW_MS = 60_000
 CORRECT_AFTER_SECONDS = 0.02
@@ -236,11 +238,13 @@ return 0
 class RedisStore:
     """Counts shared by every process that uses the same Redis.
 
-    The checks and corrections of one event-loop turn go out as one pipeline: one round trip and
-    one connection for all of them (a connection per request ran out of the pool under a burst)."""
+    The checks and corrections of one event-loop turn go out as one pipeline (gateway/redis_wire.py):
+    one round trip and one connection for all of them (a connection per request ran out of redis-py's
+    pool under a burst)."""
 
     def __init__(self, link: RedisLink, window_ms: int = WINDOW_MS) -> None:
-        self.link = link
+        self.link = link  # its keys' namespace, and what an outage means
+        self._wire = RedisWire(link.settings.url, link.settings.timeout)
         self.window_ms = window_ms
         self._scripts = {CHECK: sha1(CHECK.encode()).hexdigest(), CORRECT: sha1(CORRECT.encode()).hexdigest()}
         self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
@@ -321,35 +325,35 @@ class RedisStore:
             task.add_done_callback(self._tasks.discard)
 
     async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]]) -> None:
-        replies = await self.link.run(lambda client: self._pipeline(client, batch), None)
+        replies = await self.link.run(lambda _: self._pipeline(batch), None)
         for i, (_, _, _, future) in enumerate(batch):
             if future is not None and not future.done():  # a caller that left (cancelled) is not told
                 future.set_result(None if replies is None else replies[i])
 
-    async def _pipeline(
-        self, client: Client, batch: list[tuple[str, list[str], list[Any], Any]]
-    ) -> list[Any]:
-        replies = await self._execute(client, batch)
-        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    async def _pipeline(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
+        replies = await self._execute(batch)
+        missing = [i for i, reply in enumerate(replies) if _noscript(reply)]
         if missing:  # a new or restarted Redis: load the scripts, then send again only what did not run
-            for lua in self._scripts:
-                await client.script_load(lua)
-            again = await self._execute(client, [batch[i] for i in missing])
+            await self._wire.execute([("SCRIPT", "LOAD", lua) for lua in self._scripts])
+            again = await self._execute([batch[i] for i in missing])
             for i, reply in zip(missing, again, strict=True):
                 replies[i] = reply
         for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
+            if isinstance(reply, hiredis.ReplyError):
+                raise ResponseError(str(reply))
         return replies
 
-    async def _execute(self, client: Client, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
-        async with client.pipeline(transaction=False) as pipe:
-            for lua, keys, args, _ in batch:
-                pipe.evalsha(self._scripts[lua], len(keys), *keys, *args)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+    def _execute(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> Awaitable[list[Any]]:
+        return self._wire.execute(
+            [("EVALSHA", self._scripts[lua], len(keys), *keys, *args) for lua, keys, args, _ in batch]
+        )
 
     async def close(self) -> None:
         self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._wire.close()
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")

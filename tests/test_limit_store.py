@@ -4,6 +4,8 @@ windows admit exactly their limit, a refused request counts nowhere, budgets res
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -14,7 +16,7 @@ from gateway.limit_store import Budget, Correction, LimitStore, LocalStore, Redi
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
-from tests.services import RedisServer
+from tests.services import RedisServer, redis_server
 
 
 @pytest.fixture(params=["local", "redis"])
@@ -132,3 +134,42 @@ def test_a_script_redis_does_not_know_yet_is_loaded_and_nothing_runs_twice(redis
         assert third is not None and third.remaining == (7,)
 
     _run("redis", redis.url, 60_000, scenario)
+
+
+def test_the_wire_authenticates_selects_the_database_and_takes_a_refusal_for_an_outage() -> None:
+    with redis_server(password="s3cret") as server:
+
+        async def scenario(store: LimitStore) -> None:
+            verdict = await store.check("r1", [Window("key:a:requests", 3, 1)], [])
+            assert verdict is not None and verdict.remaining == (2,)
+
+        _run("redis", server.url.replace("/0", "/2"), 60_000, scenario)
+        database = redis_client.Redis(port=server.port, password="s3cret", db=2)
+        assert database.zcard("t:limit:key:a:requests") == 1  # in database 2, as the URL said
+
+        async def refused(store: LimitStore) -> None:
+            assert await store.check("r2", [Window("key:a:requests", 3, 1)], []) is None
+
+        _run("redis", server.url.replace("s3cret", "wrong"), 60_000, refused)
+
+
+def test_a_redis_that_does_not_answer_counts_as_down_after_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+
+        async def scenario() -> tuple[object, float]:
+            link = RedisLink(Redis(url, "t", 0.2, 5.0), Recorder(Metrics()))
+            store = RedisStore(link)
+            started = time.monotonic()
+            try:
+                return await store.check(
+                    "r1", [Window("key:a:requests", 3, 1)], []
+                ), time.monotonic() - started
+            finally:
+                await store.close()
+                await link.close()
+
+        verdict, waited = asyncio.run(scenario())
+    assert verdict is None and waited < 5.0
