@@ -250,8 +250,18 @@ class RedisStore:
         self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, tuple[str, str]] = {}
+        self._sums: dict[str, str] = {}
         self._soon = False  # a flush is due at the end of this event-loop turn
         self._later: asyncio.TimerHandle | None = None  # a flush of corrections alone, a little later
+
+    def _spent(self, name: str) -> str:
+        """A budget's sum in Redis."""
+        key = self._sums.get(name)
+        if key is None:
+            if len(self._sums) > 10_000:  # a new day's names
+                self._sums.clear()
+            key = self._sums[name] = self.link.key("spent", name)
+        return key
 
     def _keys(self, name: str) -> tuple[str, str]:
         """A window's log and total in Redis."""
@@ -271,7 +281,7 @@ class RedisStore:
             args += (w.limit, w.amount)
         args.append(len(budgets))
         for b in budgets:
-            keys.append(self.link.key("spent", b.name))
+            keys.append(self._spent(b.name))
             args += (repr(b.limit), repr(b.reserve), b.ttl)
         reply = await self._call(CHECK, keys, args)
         if reply is None:
@@ -288,7 +298,7 @@ class RedisStore:
             args += (counted, real)
         args.append(len(correction.budgets))
         for name, delta in correction.budgets:
-            keys.append(self.link.key("spent", name))
+            keys.append(self._spent(name))
             args.append(repr(delta))
         # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
         self._enqueue(CORRECT, keys, args, None)

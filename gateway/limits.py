@@ -53,7 +53,7 @@ class LimitsUnavailable(GatewayError):
 class _Plan:
     """A principal's limits as names in the store, built once per principal."""
 
-    requests: tuple[tuple[str, int], ...]  # (window, limit)
+    requests: tuple[Window, ...]  # each request counts 1
     tokens: tuple[tuple[str, int], ...]
     budgets: tuple[tuple[str, str, float], ...]  # (scope, "day" or "month", USD)
 
@@ -72,7 +72,7 @@ class _Plan:
                 budgets.append((scope, "day", limits.usd_per_day))
             if limits.usd_per_month is not None:
                 budgets.append((scope, "month", limits.usd_per_month))
-        return _Plan(tuple(requests), tuple(tokens), tuple(budgets))
+        return _Plan(tuple(Window(name, limit, 1) for name, limit in requests), tuple(tokens), tuple(budgets))
 
 
 @dataclass(slots=True)
@@ -116,7 +116,7 @@ class Limiter:
         """Count the request against its limits, or raise `RateLimited`; `chars`: the prompt's length
         when routing measured it. None: admitted unchecked (Redis down, `open`)."""
         plan = self._plan(principal)
-        windows = [Window(name, limit, 1) for name, limit in plan.requests]
+        windows = list(plan.requests)
         budgets: list[Budget] = []
         if plan.tokens or plan.budgets:
             prompt = estimate_tokens(extract_features(body).total_chars if chars is None else chars)
@@ -203,8 +203,8 @@ def _duration(ms: int) -> str:
 
 def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int) -> int | None:
     """Of windows[first:first+count], the one with the least left."""
-    if not count:
-        return None
+    if count < 2:
+        return first if count else None
     return min(range(first, first + count), key=lambda i: verdict.remaining[i] / max(windows[i].limit, 1))
 
 
