@@ -10,7 +10,7 @@ entry is corrected once its real token count is known. A budget is a running sum
 an estimate is reserved when a request is admitted and corrected with the real cost when it ends.
 
 In Redis one Lua script checks and records a request's windows and budgets atomically, on Redis's
-clock; the checks and corrections of one event-loop turn share one round trip.
+clock; a request's check carries the corrections of requests that ended before it: one round trip.
 """
 
 from __future__ import annotations
@@ -238,20 +238,18 @@ return 0
 class RedisStore:
     """Counts shared by every process that uses the same Redis.
 
-    The checks and corrections of one event-loop turn go out as one pipeline (gateway/redis_wire.py):
-    one round trip and one connection for all of them (a connection per request ran out of redis-py's
-    pool under a burst)."""
+    Every call is pipelined on one connection (gateway/redis_wire.py): a connection per request ran
+    out of redis-py's pool under a burst."""
 
     def __init__(self, link: RedisLink, window_ms: int = WINDOW_MS) -> None:
         self.link = link  # its keys' namespace, and what an outage means
         self._wire = RedisWire(link.settings.url, link.settings.timeout)
         self.window_ms = window_ms
         self._scripts = {CHECK: sha1(CHECK.encode()).hexdigest(), CORRECT: sha1(CORRECT.encode()).hexdigest()}
-        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]] = []
+        self._pending: list[tuple[str, list[str], list[Any]]] = []  # corrections not sent yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, tuple[str, str]] = {}
         self._sums: dict[str, str] = {}
-        self._soon = False  # a flush is due at the end of this event-loop turn
         self._later: asyncio.TimerHandle | None = None  # a flush of corrections alone, a little later
 
     def _spent(self, name: str) -> str:
@@ -300,47 +298,38 @@ class RedisStore:
         for name, delta in correction.budgets:
             keys.append(self._spent(name))
             args.append(repr(delta))
-        # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
-        self._enqueue(CORRECT, keys, args, None)
+        self._enqueue(CORRECT, keys, args)
 
-    def _call(self, lua: str, keys: list[str], args: list[Any]) -> asyncio.Future[Any]:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(lua, keys, args, future)
-        return future
-
-    def _enqueue(
-        self, lua: str, keys: list[str], args: list[Any], future: asyncio.Future[Any] | None
-    ) -> None:
-        """A check goes out at the end of this turn; a correction waits up to CORRECT_AFTER_SECONDS for
-        a check to ride with (under load most do: one round trip per request, not two)."""
-        self._pending.append((lua, keys, args, future))
-        if self._soon:
-            return
-        loop = asyncio.get_running_loop()
-        if future is not None:
-            self._soon = True
-            loop.call_soon(self._flush)
-        elif self._later is None:
-            self._later = loop.call_later(CORRECT_AFTER_SECONDS, self._flush)
-
-    def _flush(self) -> None:
-        self._soon = False
+    async def _call(self, lua: str, keys: list[str], args: list[Any]) -> Any:
+        """Written at once by the calling task, with the corrections waiting (a hop through the event
+        loop per call cost a loaded worker a millisecond); None while Redis is unreachable."""
+        batch, self._pending = [*self._pending, (lua, keys, args)], []
         if self._later is not None:
             self._later.cancel()
             self._later = None
+        replies = await self.link.run(lambda _: self._pipeline(batch), None)
+        return None if replies is None else replies[-1]
+
+    def _enqueue(self, lua: str, keys: list[str], args: list[Any]) -> None:
+        """A correction waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most
+        do: one round trip per request, not two)."""
+        self._pending.append((lua, keys, args))
+        if self._later is None:
+            self._later = asyncio.get_running_loop().call_later(CORRECT_AFTER_SECONDS, self._flush)
+
+    def _flush(self) -> None:
+        self._later = None
         batch, self._pending = self._pending, []
         if batch:
             task = asyncio.get_running_loop().create_task(self._send(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any] | None]]) -> None:
-        replies = await self.link.run(lambda _: self._pipeline(batch), None)
-        for i, (_, _, _, future) in enumerate(batch):
-            if future is not None and not future.done():  # a caller that left (cancelled) is not told
-                future.set_result(None if replies is None else replies[i])
+    async def _send(self, batch: list[tuple[str, list[str], list[Any]]]) -> None:
+        # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
+        await self.link.run(lambda _: self._pipeline(batch), None)
 
-    async def _pipeline(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> list[Any]:
+    async def _pipeline(self, batch: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
         replies = await self._execute(batch)
         missing = [i for i, reply in enumerate(replies) if _noscript(reply)]
         if missing:  # a new or restarted Redis: load the scripts, then send again only what did not run
@@ -353,12 +342,14 @@ class RedisStore:
                 raise ResponseError(str(reply))
         return replies
 
-    def _execute(self, batch: list[tuple[str, list[str], list[Any], Any]]) -> Awaitable[list[Any]]:
+    def _execute(self, batch: list[tuple[str, list[str], list[Any]]]) -> Awaitable[list[Any]]:
         return self._wire.execute(
-            [("EVALSHA", self._scripts[lua], len(keys), *keys, *args) for lua, keys, args, _ in batch]
+            [("EVALSHA", self._scripts[lua], len(keys), *keys, *args) for lua, keys, args in batch]
         )
 
     async def close(self) -> None:
+        if self._later is not None:
+            self._later.cancel()
         self._flush()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
