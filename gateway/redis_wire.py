@@ -45,22 +45,23 @@ class RedisWire(asyncio.Protocol):
         return future
 
     async def _connect(self) -> None:
-        if self._connecting is None:
-            self._connecting = asyncio.get_running_loop().create_future()
-            try:
-                await asyncio.wait_for(self._open(), self._timeout)
-            except BaseException as exc:
-                self._connecting.set_exception(
-                    ConnectionError(f"cannot connect to Redis: {type(exc).__name__}")
-                )
-                self._connecting.exception()  # retrieved: the waiters are told, not the loop
-                self._connecting = None
-                self._drop()
-                raise ConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from None
-            self._connecting.set_result(None)
-            self._connecting = None
-        else:
+        if self._connecting is not None:  # another call is connecting: wait for it
             await asyncio.shield(self._connecting)
+            return
+        connecting = self._connecting = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._open(), self._timeout)
+        except BaseException as exc:
+            failure = ConnectionError(f"cannot connect to Redis: {type(exc).__name__}")
+            connecting.set_exception(failure)
+            connecting.exception()  # retrieved: the waiters are told, not the loop
+            self._connecting = None
+            self._drop()
+            if isinstance(exc, asyncio.CancelledError):
+                raise  # the caller's own cancellation (its client left), not an outage
+            raise failure from None
+        connecting.set_result(None)
+        self._connecting = None
 
     async def _open(self) -> None:
         loop, o = asyncio.get_running_loop(), self._options

@@ -16,6 +16,7 @@ from gateway.limit_store import Budget, Correction, LimitStore, LocalStore, Redi
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
+from gateway.redis_wire import RedisWire
 from tests.services import RedisServer, redis_server
 
 
@@ -173,3 +174,20 @@ def test_a_redis_that_does_not_answer_counts_as_down_after_the_timeout() -> None
 
         verdict, waited = asyncio.run(scenario())
     assert verdict is None and waited < 5.0
+
+
+def test_a_caller_cancelled_while_connecting_is_cancelled_not_told_of_an_outage() -> None:
+    with socket.socket() as silent:  # accepts, never answers the AUTH
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        wire = RedisWire(f"redis://:pw@127.0.0.1:{silent.getsockname()[1]}/0", 5.0)
+
+        async def scenario() -> None:
+            call = asyncio.ensure_future(wire.execute([("PING",)]))
+            await asyncio.sleep(0.1)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            wire.close()
+
+        asyncio.run(scenario())
