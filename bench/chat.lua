@@ -12,6 +12,8 @@ local expect = sse and 'data: [DONE]' or '"choices"'
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local key = os.getenv("BENCH_KEY")  -- the gateway key, for the limits row
+if key then wrk.headers["Authorization"] = "Bearer " .. key end
 wrk.body = '{"model":"' .. model .. '","messages":[{"role":"user","content":"What is the capital of France?"}],"max_tokens":16' .. (sse and ',"stream":true}' or '}')
 
 local threads = {}

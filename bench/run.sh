@@ -6,11 +6,14 @@
 #   BENCH_LITELLM=1 bash bench/run.sh    # also LiteLLM's proxy (installed into a cache venv once)
 #   BENCH_PIN=1 bash bench/run.sh        # also c=1 with every process pinned to one CPU (see README)
 #   BENCH_ONLY=streams bash bench/run.sh # only the concurrent slow streams (bench/slow_streams.py, ~2 min)
+#   BENCH_ONLY=limits bash bench/run.sh  # only crossover w1 (JSON) without and with keys' limits in Redis
 #
 # Targets, all on loopback, each driven by wrk (-t1, -c10 and -c1) with bench/chat.lua (JSON, or SSE
 # with BENCH_MODE=sse):
 #   nginx direct        bench/nginx.conf, static answers: the baseline (client + loopback cost)
 #   crossover w1 / w2   `crossover serve` with bench/crossover.yaml, --workers 1 then 2
+#   crossover w1 limits the same, one worker, JSON, every request with a key that has a rate limit and
+#                       whose team has a budget and a token limit, counted in a redis-server on loopback
 #   forwarder aiohttp   bench/forwarder.py: the floor for a Python forwarder on the same stack
 #   forwarder httpx     the same with httpx as the upstream client (JSON, c=10 only)
 #   litellm             optional (BENCH_LITELLM=1), JSON only
@@ -21,8 +24,9 @@
 # BENCH_LITELLM (1 to include LiteLLM), BENCH_PIN (1 to add pinned c=1 runs, conc "1p"; BENCH_PIN_CPU,
 # default 0, is the CPU), BENCH_CLASSIFIER (the router's classifier, default heuristic), PYTHON (default
 # python3), PYTHON311 (for LiteLLM's venv), BENCH_STREAMS (0 to skip the slow streams), BENCH_ONLY
-# (streams: only them), BENCH_STREAMS_ARGS (options for `slow_streams.py run`, e.g. "--steps 1000"),
-# BENCH_LOG_LEVEL (the gateway's --log-level, default warning; info adds its line per request).
+# (streams: only them; limits: only crossover w1 and its limits row), BENCH_STREAMS_ARGS (options for
+# `slow_streams.py run`, e.g. "--steps 1000"), BENCH_LOG_LEVEL (the gateway's --log-level, default
+# warning; info adds its line per request).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -156,7 +160,8 @@ wait_http() {  # wait_http URL NAME PID SECONDS: until any HTTP answer arrives
 check_post() {  # check_post NAME URL BODY CONTENT_TYPE MUST_CONTAIN: one request, must be a good 200
     local name=$1 url=$2 body=$3 ctype=$4 needle=$5 code got
     code=$(curl -sS --max-time 10 -D "$WORK/check.headers" -o "$WORK/check.body" -w '%{http_code}' \
-        -X POST -H 'Content-Type: application/json' --data-binary "$body" "$url" || echo 000)
+        -X POST -H 'Content-Type: application/json' ${BENCH_KEY:+-H "Authorization: Bearer $BENCH_KEY"} \
+        --data-binary "$body" "$url" || echo 000)
     got=$(awk 'tolower($1) == "content-type:" { print $2 }' "$WORK/check.headers" | tr -d '\r;')
     if [ "$code" != 200 ] || [ "$got" != "$ctype" ] || ! grep -qF -- "$needle" "$WORK/check.body"; then
         log "$name: POST $url answered $code ($got), expected 200 ($ctype) containing '$needle':"
@@ -260,10 +265,13 @@ bench_target() {  # bench_target TARGET MODE URL MODEL [PGID...]: warm up, then 
 
 # ---- start --------------------------------------------------------------------------------------
 
-for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT 18084 18085 18086; do
+ONLY="${BENCH_ONLY:-}"
+REDIS_PORT=18087
+for port in $UPSTREAM_PORT $GATEWAY_PORT $FORWARDER_PORT $LITELLM_PORT 18084 18085 18086 $REDIS_PORT; do
     if port_in_use "$port"; then die "port $port on $HOST is in use; stop whatever listens there"; fi
 done
-runs=17
+runs=19
+[ "$ONLY" = limits ] && runs=4
 [ "${BENCH_LITELLM:-0}" = 1 ] && runs=$((runs + 2))
 [ "$PIN" = 1 ] && runs=$((runs + 6))
 [ "$PIN" = 1 ] && [ "${BENCH_LITELLM:-0}" = 1 ] && runs=$((runs + 1))
@@ -278,14 +286,16 @@ wait_http "$UPSTREAM/json/v1/models" nginx "$NGINX_PID" 10
 check_post "nginx direct" "$UPSTREAM/json/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
 check_post "nginx direct" "$UPSTREAM/sse/v1/chat/completions" "$SSE_BODY" text/event-stream 'data: [DONE]'
 
-bench_target "nginx direct" json "$UPSTREAM/json/v1/chat/completions" "" "$NGINX_PID"
-bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions" "" "$NGINX_PID"
+if [ "$ONLY" != limits ]; then
+    bench_target "nginx direct" json "$UPSTREAM/json/v1/chat/completions" "" "$NGINX_PID"
+    bench_target "nginx direct" sse "$UPSTREAM/sse/v1/chat/completions" "" "$NGINX_PID"
+fi
 
 # Crossover, one worker then two
 GATEWAY="http://$HOST:$GATEWAY_PORT"
 CONFIG="$WORK/crossover.yaml"
 sed "s/^    classifier: heuristic$/    classifier: ${BENCH_CLASSIFIER:-heuristic}/" "$HERE/crossover.yaml" > "$CONFIG"
-for workers in 1 2; do
+for workers in $([ "$ONLY" = limits ] && echo 1 || echo 1 2); do
     metrics_env=(env -u PROMETHEUS_MULTIPROC_DIR)
     if [ "$workers" -gt 1 ]; then
         mkdir -p "$WORK/metrics-w$workers"
@@ -302,7 +312,9 @@ for workers in 1 2; do
     pinned=()   # pinned c=1 runs: one worker only (a second one cannot help at c=1)
     [ "$workers" -gt 1 ] || pinned=("$NGINX_PID" "$GW_PID")
     bench_target "crossover w$workers" json "$GATEWAY/v1/chat/completions" auto ${pinned[@]+"${pinned[@]}"}
-    bench_target "crossover w$workers" sse "$GATEWAY/v1/chat/completions" bench-sse ${pinned[@]+"${pinned[@]}"}
+    if [ "$ONLY" != limits ]; then
+        bench_target "crossover w$workers" sse "$GATEWAY/v1/chat/completions" bench-sse ${pinned[@]+"${pinned[@]}"}
+    fi
     if grep -q 'Traceback\|ERROR' "$WORK/crossover-w$workers.log"; then
         log "crossover w$workers logged errors:"
         tail -n 40 "$WORK/crossover-w$workers.log" >&2
@@ -310,9 +322,55 @@ for workers in 1 2; do
     stop_bg "$GW_PID"
 done
 
+# Crossover w1 with limits: a key with a rate limit, its team with a budget and a token limit (all far
+# from reached), counted in Redis on loopback; the price makes the budget's sums real.
+limits_row() {
+    command -v redis-server >/dev/null || die "redis-server not found (scripts/setup-services.sh installs it)"
+    start_bg redis redis-server --port "$REDIS_PORT" --bind "$HOST" --save '' --appendonly no
+    local redis_pid=$BG_PID i
+    for i in $(seq 100); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && break
+        sleep 0.1
+    done
+    "$PY" - "$CONFIG" "$WORK/crossover-limits.yaml" "redis://$HOST:$REDIS_PORT/0" <<'PYEOF'
+import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+price = {"usd_per_million_input_tokens": 0.15, "usd_per_million_output_tokens": 0.6}
+for backend in config["backends"].values():
+    for model in backend["models"]:
+        model["price"] = price
+config["server"].update({
+    "api_keys": ["${BENCH_KEY}"],
+    "key_limits": [{"key": "${BENCH_KEY}", "team": "bench", "requests_per_minute": 100_000_000}],
+    "teams": {"bench": {"usd_per_day": 1_000_000.0, "tokens_per_minute": 1_000_000_000}},
+})
+config["redis"] = {"url": sys.argv[3]}
+yaml.safe_dump(config, open(sys.argv[2], "w"))
+PYEOF
+    export BENCH_KEY=sk-bench-0123456789abcdef
+    start_bg crossover-limits env -u PROMETHEUS_MULTIPROC_DIR "$PY" -m gateway.cli serve \
+        --config "$WORK/crossover-limits.yaml" --host "$HOST" --port "$GATEWAY_PORT" --workers 1 \
+        --log-level warning
+    GW_PID=$BG_PID
+    wait_http "$GATEWAY/healthz" crossover-limits "$GW_PID" 30
+    check_post "crossover w1 limits" "$GATEWAY/v1/chat/completions" "$JSON_BODY" application/json '"usage"'
+    grep -qi '^x-ratelimit-remaining-requests:' "$WORK/check.headers" || die "crossover w1 limits: no rate-limit headers"
+    bench_target "crossover w1 limits" json "$GATEWAY/v1/chat/completions" auto
+    if grep -q 'Traceback\|ERROR\|redis is unreachable' "$WORK/crossover-limits.log"; then
+        log "crossover w1 limits logged errors:"
+        tail -n 40 "$WORK/crossover-limits.log" >&2
+    fi
+    log "redis: $(redis-cli -p "$REDIS_PORT" info stats | grep -E '^total_commands_processed' | tr -d '\r')"
+    stop_bg "$GW_PID"
+    stop_bg "$redis_pid"
+    unset BENCH_KEY
+}
+limits_row
+if [ "$ONLY" = limits ]; then BENCH_STREAMS=0; fi
+
 # Bare forwarder: aiohttp on both modes, httpx on JSON at c=10 (the client comparison)
 FORWARDER="http://$HOST:$FORWARDER_PORT/v1/chat/completions"
-for spec in aiohttp:json aiohttp:sse httpx:json; do
+for spec in $([ "$ONLY" = limits ] || echo aiohttp:json aiohttp:sse httpx:json); do
     client=${spec%%:*}
     mode=${spec##*:}
     start_bg "forwarder-$client-$mode" "$PY" "$HERE/forwarder.py" --client "$client" \
@@ -376,7 +434,7 @@ EOF
     fi
     stop_bg "$pid"
 }
-if [ "${BENCH_LITELLM:-0}" = 1 ]; then
+if [ "${BENCH_LITELLM:-0}" = 1 ] && [ "$ONLY" != limits ]; then
     litellm_bench || log "LiteLLM comparison skipped (see above); continuing"
 fi
 stop_bg "$NGINX_PID"
@@ -427,6 +485,12 @@ added() {  # added MD CONC: p50 at CONC (1 or 1p) of each proxy minus nginx dire
         }' "$RESULTS"
 }
 
+limits_ratio() {  # crossover w1 limits' req/s at c=10 (JSON) as a share of crossover w1's
+    awk -F'\t' '$2 == "json" && $3 == "10" { rps[$1] = $4 }
+        END { if (rps["crossover w1"] > 0 && rps["crossover w1 limits"] != "")
+            printf "limits: crossover w1 limits / crossover w1 (JSON, c=10) = %.2f\n", rps["crossover w1 limits"] / rps["crossover w1"] }' "$RESULTS"
+}
+
 {
     echo "# Crossover benchmark: latest figures"
     echo
@@ -448,6 +512,8 @@ added() {  # added MD CONC: p50 at CONC (1 or 1p) of each proxy minus nginx dire
     echo "Added latency (p50 at c=1, minus nginx direct):"
     echo
     added 1 1
+    echo
+    limits_ratio
     if [ "$PIN" = 1 ]; then
         echo
         echo "Added latency (p50 at c=1 with wrk, nginx and the proxy pinned to CPU $PIN_CPU, minus nginx direct):"
@@ -466,6 +532,7 @@ table console
 echo
 echo "Added latency (p50 at c=1, minus nginx direct):"
 added 0 1
+limits_ratio
 if [ "$PIN" = 1 ]; then
     echo "Added latency (p50 at c=1 pinned to CPU $PIN_CPU, minus nginx direct):"
     added 0 1p

@@ -6,6 +6,7 @@ Secrets are never written in the file: `api_key: ${OPENAI_API_KEY}` names an env
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
+from gateway.principal import NO_LIMITS, Limits, Principal
 from gateway.rules import Rule
 from gateway.tracing_config import TracingSettings, TracingSpec, sdk_missing, tracing_settings
 from providers.kind import Kind, Options
@@ -198,6 +200,23 @@ class KeyScopeSpec(_Strict):
     backends: Annotated[list[str], Field(min_length=1)]  # all this key may reach
 
 
+class LimitsSpec(_Strict):
+    """What a key or a team may use (gateway/limits.py); absent: no limit."""
+
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None  # prompt + completion tokens
+    usd_per_day: Annotated[float, Field(gt=0)] | None = None  # per UTC day
+    usd_per_month: Annotated[float, Field(gt=0)] | None = None  # per UTC calendar month
+
+
+TeamName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+
+
+class KeyLimitsSpec(LimitsSpec):
+    key: str  # an env reference to one of server.api_keys
+    team: TeamName | None = None  # one of server.teams: its limits hold for all its keys together
+
+
 class HttpLimits(_Strict):
     """Limits on what one client connection may hold, nginx's defaults. Read at start-up (a reload keeps
     the ones the gateway started with): they belong to the listening server, not to the routing."""
@@ -220,6 +239,8 @@ class ServerSpec(_Strict):
     max_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
     api_keys: list[str] = []  # env references; empty means no client authentication
     key_scopes: list[KeyScopeSpec] = []  # keys limited to some backends; others reach all
+    key_limits: list[KeyLimitsSpec] = []  # rate limits, budgets and the team of static keys
+    teams: dict[TeamName, LimitsSpec] = {}  # limits shared by a team's keys
     watch_config: bool = True  # reload when the file changes (SIGHUP always reloads)
     http: HttpLimits = HttpLimits()
     # Virtual keys and teams (gateway/keys.py): a file path (SQLite) or a postgresql:// URL; none: off.
@@ -254,9 +275,24 @@ class RequestLogSpec(_Strict):
     max_queue: Annotated[int, Field(ge=1, le=10_000_000)] = 50_000  # past it, rows are dropped and counted
 
 
+class OnRedisDownSpec(_Strict):
+    """While Redis is unreachable, limits cannot be checked across replicas: admit (open) or refuse
+    with 503 (closed)."""
+
+    rate_limits: Literal["open", "closed"] = "open"
+    budgets: Literal["open", "closed"] = "closed"
+
+
+class LimitsPolicySpec(_Strict):
+    on_redis_down: OnRedisDownSpec = OnRedisDownSpec()
+    # A request without max_tokens reserves this many output tokens (budgets, tokens per minute).
+    default_max_tokens: Annotated[int, Field(ge=1)] = 1024
+
+
 class ConfigFile(_Strict):
     server: ServerSpec = ServerSpec()
     request_log: RequestLogSpec | None = None
+    limits: LimitsPolicySpec = LimitsPolicySpec()
     accounting: AccountingSpec = AccountingSpec()
     redis: RedisSpec | None = None
     backends: Annotated[dict[str, BackendSpec], Field(min_length=1)]
@@ -378,6 +414,13 @@ class RequestLog:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitsPolicy:
+    rate_limits_open: bool = True  # while Redis is down
+    budgets_open: bool = False
+    default_max_tokens: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     backends: Mapping[str, Backend]
     routers: Mapping[str, Router]
@@ -395,6 +438,9 @@ class Settings:
     keys_store: str | None = None  # virtual keys and teams; None: only the static keys
     admin_key: str | None = None
     request_log: RequestLog | None = None
+    # Static keys with `server.key_limits`: their team and limits (gateway/keyring.py adds the scopes).
+    principals: Mapping[str, Principal] = field(default_factory=dict)
+    limits: LimitsPolicy = field(default_factory=LimitsPolicy)
 
 
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -575,6 +621,12 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
         keys_store=keys_store,
         admin_key=_admin_key(spec.server.admin_key, keys, env),
         request_log=_request_log(spec.request_log, keys_store, env),
+        principals=_principals(spec.server, keys, env),
+        limits=LimitsPolicy(
+            rate_limits_open=spec.limits.on_redis_down.rate_limits == "open",
+            budgets_open=spec.limits.on_redis_down.budgets == "open",
+            default_max_tokens=spec.limits.default_max_tokens,
+        ),
     )
 
 
@@ -600,6 +652,38 @@ def _request_log(
             "request_log.store: give a file path or postgresql:// URL (or set server.keys_store)"
         )
     return RequestLog(store, spec.retention_days, spec.flush_seconds, spec.batch_rows, spec.max_queue)
+
+
+def _limits(spec: LimitsSpec) -> Limits:
+    return Limits(spec.requests_per_minute, spec.tokens_per_minute, spec.usd_per_day, spec.usd_per_month)
+
+
+def static_key_id(key: str) -> str:
+    """A static key's id: stable across restarts and replicas, safe to log, not the key. 32 bits of its
+    hash: enough to tell a config's few keys apart, too few to help test guesses of a weak key offline."""
+    return "static-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def _principals(server: ServerSpec, keys: frozenset[str], env: Mapping[str, str]) -> dict[str, Principal]:
+    """Who each static key is, for keys with limits or a team (others are nobody in particular)."""
+    principals: dict[str, Principal] = {}
+    for i, entry in enumerate(server.key_limits):
+        path = f"server.key_limits[{i}]"
+        key = _secret(entry.key, f"{path}.key", env)
+        if not key or key not in keys:
+            raise ConfigError(f"{path}.key: must be one of server.api_keys")
+        if key in principals:
+            raise ConfigError(f"{path}.key: this key already has limits")
+        if entry.team is not None and entry.team not in server.teams:
+            raise ConfigError(f"{path}.team: {entry.team!r} is not one of server.teams")
+        team = server.teams[entry.team] if entry.team is not None else None
+        principals[key] = Principal(
+            key_id=static_key_id(key),
+            team=entry.team,
+            key_limits=_limits(entry),
+            team_limits=_limits(team) if team is not None else NO_LIMITS,
+        )
+    return principals
 
 
 def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 import orjson
 from starlette.responses import Response
@@ -19,6 +21,7 @@ class GatewayError(Exception):
 
     status = 500
     type = "server_error"
+    headers: Mapping[str, str] = MappingProxyType({})  # response headers it comes with (a 429's limits)
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -129,6 +132,8 @@ def error_response(exc: Exception, dialect: str = "openai") -> Response:
     """Every error the gateway returns goes through here: OpenAI's shape, or Anthropic's at /v1/messages."""
     status, message, type_, param, code, retry_after = _fields(exc)
     headers = {"retry-after": str(max(1, math.ceil(retry_after)))} if retry_after is not None else {}
+    if isinstance(exc, GatewayError):
+        headers.update(exc.headers)
     body = _encode(dialect, status, message, type_, param, code)
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 

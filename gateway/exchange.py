@@ -23,10 +23,11 @@ from starlette.types import Message, Receive, Scope, Send
 
 from classifier import extract_features
 from classifier.features import estimate_tokens
-from gateway.accounting import BackendMeter
+from gateway.accounting import BackendMeter, cost_usd
 from gateway.config import Target
 from gateway.errors import ClientGone, error_response
 from gateway.inbound import read_json
+from gateway.limits import Ticket, limited
 from gateway.logs import RequestLine, log_request
 from gateway.policy import reachable
 from gateway.principal import Principal
@@ -87,6 +88,7 @@ class Exchange:
         self.sampled: Sampled | None = None  # picked for shadow judging (gateway/shadow.py)
         self.request_id = ""
         self.span: RequestSpan | None = None  # when tracing is on
+        self.ticket: Ticket | None = None  # counted against its key's and team's limits
         self._receive = receive
         self._send = send
         self._headers_in: dict[str, str] | None = None
@@ -160,6 +162,18 @@ class Exchange:
                     self.state.recorder.policy_enforced("local_only", "shadow")  # never sampled
         return decision
 
+    async def admit(self, principal: Principal | None) -> None:
+        """Count the decided request against its key's and team's rate limits and budgets, or refuse
+        it (429); settled with what it really used when the exchange ends."""
+        if not limited(principal):
+            return
+        assert principal is not None and self.decision is not None
+        decision, runtime = self.decision, self.runtime
+        chars = decision.features.total_chars if decision.features is not None else None
+        self.ticket = await self.state.limiter.admit(
+            principal, runtime.settings.limits, self.body, chars, runtime.price(decision.target), self.dialect
+        )
+
     async def call(self, plan: Plan) -> Answer:
         """Ask the plan's targets; the answer is held here until the exchange ends."""
         plan.sent = {REQUEST_ID_HEADER: self.request_id}
@@ -196,6 +210,8 @@ class Exchange:
             headers["x-crossover-explain"] = explained
         if answer.fell_back_from is not None:
             headers["x-crossover-fallback-from"] = answer.fell_back_from
+        if self.ticket is not None:
+            headers.update(self.ticket.headers)
         return headers
 
     def _overhead(self, seconds: float) -> float:
@@ -254,6 +270,8 @@ class Exchange:
                 cost, usage = self._account(failure, refusal, gpu_usd)
             if ours:
                 self._report(failure, refusal, cost, usage)
+            if self.ticket is not None:
+                self._settle(gpu_usd)
             if refusal is not None:
                 await self._refuse(refusal)
         finally:
@@ -374,10 +392,7 @@ class Exchange:
         t = self.tally
         if t.failed is not None:
             recorder.upstream_failed(self.resolved.backend.name, t.failed)
-        usage, estimated = t.usage, False
-        if usage is None and self.stream:  # a stream cut short: count prompt characters, a token per event
-            features = self.decision.features or extract_features(self.body)
-            usage, estimated = Usage(input=estimate_tokens(features.total_chars), output=t.events), True
+        usage, estimated = self._usage()
         seconds = time.perf_counter() - self.started
         inter_token = None
         if t.first_token_at is not None and t.last_event_at is not None and t.events > 1:
@@ -433,6 +448,25 @@ class Exchange:
                 status=status,
             )
         )
+
+    def _usage(self) -> tuple[Usage | None, bool]:
+        """What the answer used, and whether it is an estimate."""
+        usage = self.tally.usage
+        if usage is None and self.stream and self.decision is not None:
+            # A stream cut short: count prompt characters, a token per event.
+            features = self.decision.features or extract_features(self.body)
+            return Usage(input=estimate_tokens(features.total_chars), output=self.tally.events), True
+        return usage, False
+
+    def _settle(self, gpu_usd: float) -> None:
+        """Replace the ticket's estimates by what the request used and cost (as the metrics count it)."""
+        assert self.ticket is not None
+        usage = self._usage()[0] if self.resolved is not None else None
+        tokens, usd = 0, gpu_usd
+        if usage is not None and self.resolved is not None:
+            tokens, usd = usage.input + usage.output, usd + cost_usd(usage, self.resolved.model.price)
+        self.state.limiter.settle(self.ticket, tokens, usd)
+        self.ticket = None
 
     async def _refuse(self, response: Response) -> None:
         if self.decision is not None:

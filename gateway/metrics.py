@@ -316,6 +316,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.limit_checks = Counter(
+            "crossover_limit_checks",
+            "Rate-limit and budget checks of keys and teams: allowed, limited, or unchecked while Redis"
+            " was down (open: admitted, closed: refused).",
+            ["kind", "result"],
+            registry=r,
+        )
         self.config_reloads = Counter(
             "crossover_config_reloads",
             "Config reload attempts, by result.",

@@ -61,6 +61,8 @@ class Door:
             body = await ex.read_json()
             self.validate(body)
             decision = ex.decided(await route(ex, body, api_key, self.features), self.shadowed)
+            # After routing: a budget reserves at the decided model's prices.
+            await ex.admit(ex.principal)
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
             answer = await ex.call(Plan.of(decision, Call(self.dialect, self.path, body, headers, ex.stream)))

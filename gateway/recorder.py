@@ -115,6 +115,10 @@ class Recorder:
         if failed:
             self.metrics.redis_errors.inc()
 
+    def limit_checked(self, kind: str, result: str) -> None:
+        """kind: "rate" or "budget"; result: "allowed", "limited", "open" or "closed"."""
+        self.metrics.at(self.metrics.limit_checks, kind, result).inc()
+
     def refused(
         self, route: str, backend: str, model: str, status_class: str, gpu_usd: float, team: str | None = None
     ) -> None:

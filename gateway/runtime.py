@@ -167,6 +167,11 @@ class Runtime:
                 return entry
         return None
 
+    def price(self, target: Target) -> Price:
+        """The prices of the model a target stands for (free while it is not known yet)."""
+        entry = self._find(target.backend, target.model)
+        return entry.price if entry is not None else Price()
+
     def model_name(self, target: Target) -> str:
         """The model a target stands for, without asking the backend ("" when none is known yet)."""
         entry = self._find(target.backend, target.model)

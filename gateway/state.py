@@ -12,6 +12,8 @@ from gateway.accounting import BackendMeter
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
 from gateway.keyring import Keyring
+from gateway.limit_store import LocalStore, RedisStore
+from gateway.limits import Limiter
 from gateway.metrics import Metrics
 from gateway.online_threshold import OnlineThreshold
 from gateway.recorder import Recorder
@@ -50,6 +52,7 @@ class GatewayState:
         self.keyring: Keyring | None = None  # virtual keys (server.keys_store); None: static keys only
         self.request_log: RequestLog | None = None  # None: no request log
         self.shared: Shared | None = None  # what is shared through it (gateway/shared.py)
+        self.limiter = Limiter(LocalStore(), self.recorder)  # keys' and teams' limits (gateway/limits.py)
         self._sync_redis()
         self._sync_meters()
         self.export_thresholds()
@@ -57,19 +60,22 @@ class GatewayState:
     def _sync_redis(self) -> None:
         """Connect to the configured Redis; a reload that changes it reconnects."""
         wanted = self.runtime.settings.redis
-        if self.redis is not None and self.redis.settings == wanted:
+        if (self.redis.settings if self.redis is not None else None) == wanted:
             return
         if self.redis is not None:
-            self._background(self._disconnect(self.redis, self.shared))
+            self._background(self._disconnect(self.redis, self.shared, self.limiter))
         self.redis = RedisLink(wanted, self.recorder) if wanted is not None else None
         self.shared = Shared(self.redis) if self.redis is not None else None
         if self.shared is not None:
             self.shared.start(self._windows, self.recorder.threshold)
+        store = RedisStore(self.redis) if self.redis is not None else LocalStore()
+        self.limiter = Limiter(store, self.recorder)
 
     @staticmethod
-    async def _disconnect(link: RedisLink, shared: Shared | None) -> None:
+    async def _disconnect(link: RedisLink, shared: Shared | None, limiter: Limiter) -> None:
         if shared is not None:
             await shared.close()
+        await limiter.store.close()  # its last corrections first
         await link.close()
 
     def _windows(self) -> dict[str, tuple[str, OnlineThreshold]]:
@@ -265,7 +271,7 @@ class GatewayState:
         if self.keyring is not None:
             await self.keyring.close()
         if self.redis is not None:
-            await self._disconnect(self.redis, self.shared)
+            await self._disconnect(self.redis, self.shared, self.limiter)
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()

@@ -22,11 +22,13 @@ class ErrorCode(StrEnum):
     DATA_MUST_STAY_LOCAL = "data_must_stay_local"  # a local_only key or team asked for an external API
     EMPTY_ARRAY = "empty_array"
     INTEGER_BELOW_MIN_VALUE = "integer_below_min_value"
+    INSUFFICIENT_QUOTA = "insufficient_quota"  # a key's or team's budget is spent
     INVALID_API_KEY = "invalid_api_key"
     INVALID_ENCODING = "invalid_encoding"
     INVALID_JSON = "invalid_json"
     INVALID_TYPE = "invalid_type"
     INVALID_VALUE = "invalid_value"
+    LIMITS_UNAVAILABLE = "limits_unavailable"  # Redis is down and the limits must hold (closed)
     METHOD_NOT_ALLOWED = "method_not_allowed"
     MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
     MODEL_NOT_ALLOWED = "model_not_allowed"

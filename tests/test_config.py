@@ -180,6 +180,9 @@ def test_example_config_is_valid_and_documents_every_key(tmp_path: Path) -> None
         c.RuleWhenSpec,
         c.ShadowSpec,
         c.RequestLogSpec,
+        c.KeyLimitsSpec,
+        c.LimitsPolicySpec,
+        c.OnRedisDownSpec,
     ):
         for key in model.model_fields:
             assert f"{key}:" in text, f"examples/crossover.yaml does not document {model.__name__}.{key}"

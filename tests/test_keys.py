@@ -137,6 +137,17 @@ def test_virtual_and_static_keys_authenticate_through_the_sdks(setup: Setup) -> 
         )
 
 
+def test_a_stored_keys_and_its_teams_limits_are_enforced(setup: Setup) -> None:
+    """Limits kept in the store reach the request path: the key's own rate, then its team's budget."""
+    rated = setup.key("rated", limits={"requests_per_minute": 2})
+    statuses = [_chat(setup, rated, "auto").status_code for _ in range(3)]
+    assert statuses == [200, 200, 429]
+    broke = setup.key("broke", team={"limits": {"usd_per_day": 0.0001}})  # less than one API answer
+    assert _chat(setup, broke, "auto").status_code == 200  # the local route: GPU time, within it
+    refused = _chat(setup, broke, "auto", "api")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+
 def test_rotating_a_key_retires_its_old_text_at_once(setup: Setup) -> None:
     old = setup.key("rotation")
     key_id = setup.admin("GET", "/admin/keys?team=rotation")["data"][0]["id"]

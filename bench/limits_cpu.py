@@ -1,0 +1,74 @@
+"""The gateway's own CPU time per request for a key's limits: one admit (the Lua check in Redis) and
+its settle, as the request path does them, against a redis-server of its own on loopback. Unlike
+the `crossover w1 limits` row, this does not depend on how the machine schedules Redis.
+
+    python3 -P bench/limits_cpu.py [--requests 20000]   # -P: bench/classifier.py is not the package
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import uvloop
+
+from gateway.config import LimitsPolicy, Price, Redis
+from gateway.limit_store import RedisStore
+from gateway.limits import Limiter
+from gateway.metrics import Metrics
+from gateway.principal import Limits, Principal
+from gateway.recorder import Recorder
+from gateway.redis_link import RedisLink
+from tests.services import redis_server
+
+# As in bench/run.sh's limits row: the key's rate limit, its team's budget and token limit.
+PRINCIPAL = Principal(
+    "bench",
+    team="bench",
+    key_limits=Limits(requests_per_minute=10**8),
+    team_limits=Limits(tokens_per_minute=10**9, usd_per_day=1e6),
+)
+BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+PRICE = Price(0.15e-6, 0.15e-6, 0.6e-6)
+
+
+async def measure(url: str, requests: int) -> None:
+    recorder = Recorder(Metrics())
+    link = RedisLink(Redis(url, "bench", 1.0, 1.0), recorder)
+    limiter = Limiter(RedisStore(link), recorder)
+
+    async def one() -> None:
+        ticket = await limiter.admit(
+            PRINCIPAL, LimitsPolicy(), {**BODY, "max_tokens": 16}, 30, PRICE, "openai"
+        )
+        assert ticket is not None
+        limiter.settle(ticket, 24, 0.00001)
+
+    try:
+        for _ in range(500):  # warm-up: scripts loaded, connection open
+            await one()
+        for concurrent in (1, 10):
+            cpu, wall = time.process_time(), time.perf_counter()
+            for _ in range(requests // concurrent):
+                await asyncio.gather(*(one() for _ in range(concurrent)))
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            print(
+                f"{concurrent:>2} at once: {cpu / requests * 1e6:5.0f} us of CPU per request, "
+                f"{wall / requests * 1e6:5.0f} us wall"
+            )
+    finally:
+        await limiter.store.close()
+        await link.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--requests", type=int, default=20_000)
+    args = parser.parse_args()
+    with redis_server() as server:
+        uvloop.run(measure(server.url, args.requests))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,281 @@
+"""Rate limits and budgets of a request's key and team: admit it or refuse it (429), and once it ended,
+correct the estimates it was admitted with by what it really used.
+
+Before the call, a request counts as 1 request and as its estimated tokens (the prompt's characters / 4
+plus max_tokens, or `limits.default_max_tokens` without one), and reserves its estimated cost at the
+decided model's prices; after, its real tokens and cost (the one the metrics count) replace them. A
+budget is therefore overrun only by requests in flight when it ran out, and only by what they cost
+beyond their reservation. The counting itself is in gateway/limit_store.py.
+"""
+
+from __future__ import annotations
+
+import calendar
+import functools
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from classifier import extract_features
+from classifier.features import estimate_tokens
+from gateway.config import LimitsPolicy, Price
+from gateway.errors import GatewayError
+from gateway.limit_store import Budget, Correction, LimitStore, Verdict, Window
+from gateway.principal import NO_LIMITS, Principal
+from gateway.recorder import Recorder
+from providers.base import Dialect, ErrorCode
+
+DAY_TTL = 2 * 86_400  # a day's sum outlives its day (reports, late corrections)
+MONTH_TTL = 32 * 86_400
+
+
+class RateLimited(GatewayError):
+    status = 429
+
+    def __init__(self, message: str, *, type: str, code: str, headers: dict[str, str]) -> None:
+        super().__init__(message, code=code)
+        self.type = type
+        self.headers = headers
+
+
+class LimitsUnavailable(GatewayError):
+    """Limits that must hold could not be checked (Redis is down and `on_redis_down` says closed)."""
+
+    status = 503
+    type = "service_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A principal's limits as names in the store, built once per principal."""
+
+    requests: tuple[Window, ...]  # each request counts 1
+    tokens: tuple[tuple[str, int], ...]
+    budgets: tuple[tuple[str, str, float], ...]  # (scope, "day" or "month", USD)
+
+    @staticmethod
+    def of(principal: Principal) -> _Plan:
+        scopes = [(f"key:{principal.key_id}", principal.key_limits)]
+        if principal.team is not None:
+            scopes.append((f"team:{principal.team}", principal.team_limits))
+        requests, tokens, budgets = [], [], []
+        for scope, limits in scopes:
+            if limits.requests_per_minute is not None:
+                requests.append((f"{scope}:requests", limits.requests_per_minute))
+            if limits.tokens_per_minute is not None:
+                tokens.append((f"{scope}:tokens", limits.tokens_per_minute))
+            if limits.usd_per_day is not None:
+                budgets.append((scope, "day", limits.usd_per_day))
+            if limits.usd_per_month is not None:
+                budgets.append((scope, "month", limits.usd_per_month))
+        return _Plan(tuple(Window(name, limit, 1) for name, limit in requests), tuple(tokens), tuple(budgets))
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request's entries in the store, to correct when it ends, and what its response says."""
+
+    store: LimitStore
+    rid: str
+    tokens: tuple[tuple[str, int], ...]  # (window, tokens counted)
+    budgets: tuple[tuple[str, float], ...]  # (budget, USD reserved)
+    headers: dict[str, str]
+
+
+def limited(principal: Principal | None) -> bool:
+    return principal is not None and (principal.key_limits != NO_LIMITS or principal.team_limits != NO_LIMITS)
+
+
+class Limiter:
+    def __init__(self, store: LimitStore, recorder: Recorder) -> None:
+        self.store = store
+        self._recorder = recorder
+        self._plans: dict[Principal, _Plan] = {}
+
+    def _plan(self, principal: Principal) -> _Plan:
+        plan = self._plans.get(principal)
+        if plan is None:
+            if len(self._plans) > 10_000:  # principals of a reloaded config, or rotated keys
+                self._plans.clear()
+            plan = self._plans[principal] = _Plan.of(principal)
+        return plan
+
+    async def admit(
+        self,
+        principal: Principal,
+        policy: LimitsPolicy,
+        body: dict[str, Any],
+        chars: int | None,
+        price: Price,
+        dialect: Dialect,
+    ) -> Ticket | None:
+        """Count the request against its limits, or raise `RateLimited`; `chars`: the prompt's length
+        when routing measured it. None: admitted unchecked (Redis down, `open`)."""
+        plan = self._plan(principal)
+        windows = list(plan.requests)
+        budgets: list[Budget] = []
+        if plan.tokens or plan.budgets:
+            prompt = estimate_tokens(extract_features(body).total_chars if chars is None else chars)
+            most = body.get("max_completion_tokens", body.get("max_tokens"))
+            output = most if isinstance(most, int) and most > 0 else policy.default_max_tokens
+            windows += [Window(name, limit, prompt + output) for name, limit in plan.tokens]
+            reserve = prompt * price.input + output * price.output
+            stamps = _stamps(int(time.time()))
+            budgets = [
+                Budget(
+                    f"{scope}:{period}:{stamps[period]}",
+                    usd,
+                    reserve,
+                    DAY_TTL if period == "day" else MONTH_TTL,
+                )
+                for scope, period, usd in plan.budgets
+            ]
+        rid = os.urandom(8).hex()
+        verdict = await self.store.check(rid, windows, budgets)
+        if verdict is None:
+            self._unchecked(policy, bool(windows), bool(budgets))
+            return None
+        if verdict.over == "budget":
+            self._count(windows, budgets, "budget")
+            raise _over_budget(plan.budgets[verdict.over_at])
+        headers = _headers(plan, windows, verdict, dialect)
+        if verdict.over == "rate":
+            self._count(windows, budgets, "rate")
+            raise _over_rate(windows, verdict, headers)
+        self._count(windows, budgets, None)
+        tokens = tuple((w.name, w.amount) for w in windows[len(plan.requests) :])
+        return Ticket(self.store, rid, tokens, tuple((b.name, b.reserve) for b in budgets), headers)
+
+    def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
+        """The request ended having used `tokens` (prompt + completion) and cost `usd`."""
+        self.store.correct(
+            Correction(
+                ticket.rid,
+                tuple((name, counted, tokens) for name, counted in ticket.tokens),
+                tuple((name, usd - reserved) for name, reserved in ticket.budgets),
+            )
+        )
+
+    def _unchecked(self, policy: LimitsPolicy, rates: bool, budgets: bool) -> None:
+        refuse = (rates and not policy.rate_limits_open) or (budgets and not policy.budgets_open)
+        for kind, present, open_ in (
+            ("rate", rates, policy.rate_limits_open),
+            ("budget", budgets, policy.budgets_open),
+        ):
+            if present:
+                self._recorder.limit_checked(kind, "open" if open_ else "closed")
+        if refuse:
+            raise LimitsUnavailable(
+                "The gateway cannot check this key's limits right now; try again shortly.",
+                code=ErrorCode.LIMITS_UNAVAILABLE,
+            )
+
+    def _count(self, windows: Sequence[Window], budgets: Sequence[Budget], over: str | None) -> None:
+        if windows:
+            self._recorder.limit_checked("rate", "limited" if over == "rate" else "allowed")
+        if budgets:
+            self._recorder.limit_checked("budget", "limited" if over == "budget" else "allowed")
+
+
+@functools.lru_cache(maxsize=2)
+def _stamps(second: int) -> dict[str, str]:
+    """The UTC day and month of a second: the names of its budget periods (formatted once a second)."""
+    now = time.gmtime(second)
+    return {"day": time.strftime("%Y-%m-%d", now), "month": time.strftime("%Y-%m", now)}
+
+
+# ---- what the client is told --------------------------------------------------------------------
+
+
+def _duration(ms: int) -> str:
+    """OpenAI's form of a reset time: "20ms", "1.5s", "6m0s"."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60)}s"
+
+
+def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int) -> int | None:
+    """Of windows[first:first+count], the one with the least left."""
+    if count < 2:
+        return first if count else None
+    return min(range(first, first + count), key=lambda i: verdict.remaining[i] / max(windows[i].limit, 1))
+
+
+def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: Dialect) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* (or Anthropic's anthropic-ratelimit-*) for requests and tokens; reset is
+    when the oldest request counted in the window leaves it."""
+    headers: dict[str, str] = {}
+    now = time.time()
+    n = len(plan.requests)
+    for kind, at in (
+        ("requests", _binding(windows, verdict, 0, n)),
+        ("tokens", _binding(windows, verdict, n, len(windows) - n)),
+    ):
+        if at is None:
+            continue
+        limit, left, wait = windows[at].limit, max(verdict.remaining[at], 0), verdict.wait_ms[at]
+        if dialect == "anthropic":
+            reset = datetime.fromtimestamp(now + wait / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
+            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(left)
+            headers[f"anthropic-ratelimit-{kind}-reset"] = reset
+        else:
+            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
+            headers[f"x-ratelimit-remaining-{kind}"] = str(left)
+            headers[f"x-ratelimit-reset-{kind}"] = _duration(wait)
+    return headers
+
+
+def _over_rate(windows: Sequence[Window], verdict: Verdict, headers: dict[str, str]) -> RateLimited:
+    at = verdict.over_at
+    window = windows[at]
+    scope, _, kind = window.name.rpartition(":")
+    unit = "requests per min (RPM)" if kind == "requests" else "tokens per min (TPM)"
+    used = window.limit - verdict.remaining[at]
+    wait = max(verdict.wait_ms[at], 0)
+    owner = "team " + scope.split(":", 1)[1] if scope.startswith("team:") else "this key"
+    headers = {**headers, "retry-after": str(max(1, math.ceil(wait / 1000)))}
+    if window.amount > window.limit:  # it would never fit: waiting does not help (the SDKs read this)
+        headers["x-should-retry"] = "false"
+        message = (
+            f"Request too large for {owner} on {unit}: Limit {window.limit}, Requested {window.amount}. "
+            "Send a shorter prompt or a lower max_tokens."
+        )
+    else:
+        message = (
+            f"Rate limit reached for {owner} on {unit}: Limit {window.limit}, Used {used}, "
+            f"Requested {window.amount}. Please try again in {_duration(wait)}."
+        )
+    return RateLimited(message, type=kind, code=ErrorCode.RATE_LIMIT_EXCEEDED, headers=headers)
+
+
+def _period_end(period: str, now: float) -> float:
+    """Unix time when the current UTC day or month ends."""
+    t = time.gmtime(now)
+    if period == "day":
+        return calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86_400
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    return calendar.timegm((year, month, 1, 0, 0, 0))
+
+
+def _over_budget(budget: tuple[str, str, float]) -> RateLimited:
+    scope, period, usd = budget
+    owner = "team " + scope.split(":", 1)[1] if scope.startswith("team:") else "this key"
+    now = time.time()
+    message = (
+        f"You exceeded your current quota: the budget of {owner} (${usd:g} per {period}) is spent. "
+        "It renews at the start of the next UTC " + period + "."
+    )
+    # No use retrying before the period ends: the SDKs honour x-should-retry.
+    headers = {
+        "retry-after": str(max(1, math.ceil(_period_end(period, now) - now))),
+        "x-should-retry": "false",
+    }
+    return RateLimited(message, type="insufficient_quota", code=ErrorCode.INSUFFICIENT_QUOTA, headers=headers)
