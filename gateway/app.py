@@ -18,7 +18,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import replicas
 from gateway.api import admin, anthropic, dashboard, keys_admin, openai
 from gateway.config import Settings
 from gateway.dashboard import snapshot
@@ -34,6 +33,7 @@ from providers.openai_compat import OpenAICompatProvider
 
 WATCH_INTERVAL_SECONDS = 1.0
 HOUSEKEEPING_SECONDS = 5.0
+REPLICA_TICK_SECONDS = 0.25  # how often to look for a replica set whose probe is due
 
 log = logging.getLogger("crossover")
 
@@ -55,6 +55,20 @@ async def _watch(path: Path, state: GatewayState) -> None:
         if now is not None and now != seen:
             seen = now
             await state.reload()
+
+
+async def _probe_replicas(state: GatewayState) -> None:
+    """Probe each replicated backend of the current runtime at its `health_check_seconds`
+    (gateway/replicas.py); its GPU cost follows the live replicas."""
+    while True:
+        await asyncio.sleep(REPLICA_TICK_SECONDS)
+        now = time.monotonic()
+        due = [s for s in state.runtime.replicas.values() if s.next_probe <= now]
+        for result in await asyncio.gather(*(s.probe(state.recorder) for s in due), return_exceptions=True):
+            if isinstance(result, Exception):  # a bug must not stop the probes: no replica would come back
+                log.error("probing replicas failed: %r", result)
+        for replicas in due:
+            state.live_replicas(replicas.backend.name, sum(r.load.up for r in replicas.replicas))
 
 
 async def _housekeeping(state: GatewayState) -> None:
@@ -167,7 +181,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [
             loop.create_task(_housekeeping(state)),
-            loop.create_task(replicas.watch(state)),
+            loop.create_task(_probe_replicas(state)),
         ]
         if loader is not None:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

@@ -1,10 +1,13 @@
 """The one reader of the gateway's metrics as numbers: Prometheus exposition text (what `GET /metrics`
-returns, for `crossover report`) or a live registry (for the dashboard). Both read through `read_totals`."""
+returns, for `crossover report`, read from a URL or a file by `read_exposition`) or a live registry
+(for the dashboard). Both read through `read_totals`."""
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -46,3 +49,24 @@ def read_totals(
     except ValueError as exc:
         raise ExpositionError(f"not Prometheus exposition text: {exc}") from None
     return values, frozenset(present)
+
+
+def read_exposition(source: str, timeout: float = 10.0) -> tuple[str, float]:
+    """The exposition text at a URL or in a file, and when it was taken (Unix time): now for a URL,
+    the file's modification time for a file (it was saved at the latest then)."""
+    if source.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(source, headers={"Accept": "text/plain"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                body: bytes = response.read()
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ExpositionError(f"{source}: cannot read the metrics: {exc}") from None
+        return body.decode("utf-8", errors="replace"), time.time()
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8"), path.stat().st_mtime
+    except OSError as exc:
+        raise ExpositionError(f"{source}: cannot read the metrics: {exc.strerror}") from None

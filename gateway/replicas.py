@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.balance import Load, Ring, by_affinity, candidates, least_loaded, prefix_key, saturated
@@ -20,13 +20,9 @@ from gateway.config import Backend
 from gateway.recorder import Recorder
 from providers.base import Provider, UnsupportedRequest, UpstreamError
 
-if TYPE_CHECKING:
-    from gateway.state import GatewayState
-
 log = logging.getLogger("crossover")
 
 PROBE_TIMEOUT_SECONDS = 5.0
-TICK_SECONDS = 0.25  # how often the watcher looks for a set whose probe is due
 
 
 def labels_of(urls: Sequence[str]) -> list[str]:
@@ -152,16 +148,3 @@ async def _healthy(provider: Provider) -> bool:
     except (UpstreamError, UnsupportedRequest):
         return False
     return True
-
-
-async def watch(state: GatewayState) -> None:
-    """Probe each replicated backend of the current runtime at its `health_check_seconds`."""
-    while True:
-        await asyncio.sleep(TICK_SECONDS)
-        now = time.monotonic()
-        due = [s for s in state.runtime.replicas.values() if s.next_probe <= now]
-        for result in await asyncio.gather(*(s.probe(state.recorder) for s in due), return_exceptions=True):
-            if isinstance(result, Exception):  # a bug must not stop the probes: no replica would come back
-                log.error("probing replicas failed: %r", result)
-        for replicas in due:
-            state.live_replicas(replicas.backend.name, sum(r.load.up for r in replicas.replicas))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import yaml
 
 from gateway.config import ConfigError, gpu_usd_per_hour, parse
-from gateway.exposition import ExpositionError, Key, read_totals
+from gateway.exposition import ExpositionError, Key, read_exposition, read_totals
 from gateway.quality import Retained, retained
 from gateway.routing import PATHS
 
@@ -580,27 +579,6 @@ def render_png(r: Report, path: str | Path) -> None:
 # ---- the command ----------------------------------------------------------------------------------
 
 
-def read_exposition(source: str, timeout: float = 10.0) -> tuple[str, float]:
-    """The exposition text at a URL or in a file, and when it was taken (Unix time): now for a URL,
-    the file's modification time for a file (it was saved at the latest then)."""
-    if source.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(source, headers={"Accept": "text/plain"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                body: bytes = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise ReportError(f"{source}: cannot read the metrics: {exc}") from None
-        return body.decode("utf-8", errors="replace"), time.time()
-    path = Path(source)
-    try:
-        return path.read_text(encoding="utf-8"), path.stat().st_mtime
-    except OSError as exc:
-        raise ReportError(f"{source}: cannot read the metrics: {exc.strerror}") from None
-
-
 def config_costs(path: str | Path) -> tuple[float, float, str | None]:
     """(GPU USD per hour of every self-hosted deployment, summed; ops USD per month; baseline) from a
     config file. Only the file is read: secrets named in it need not be set to make a report."""
@@ -653,7 +631,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def make_report(
     metrics: str, period_hours: float | None = None, config: str | None = None, now: float | None = None
 ) -> Report:
-    text, taken = read_exposition(metrics)
+    try:
+        text, taken = read_exposition(metrics)
+    except ExpositionError as exc:
+        raise ReportError(str(exc)) from None
     totals = parse_exposition(text)
     notes = [f"metrics: {metrics}"]
     if period_hours is not None:

@@ -17,8 +17,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.exposition import ExpositionError, read_totals
-from gateway.report import read_exposition
+from gateway.exposition import ExpositionError, read_exposition, read_totals
 from gateway.request_log import Row, read_rows
 from gateway.store import StoreError, open_store
 
@@ -137,7 +136,10 @@ def team_lines(
     if request_log is None:
         if metrics is None:
             raise TeamReportError("pass --metrics URL_OR_FILE or --request-log STORE")
-        text, _ = read_exposition(metrics)
+        try:
+            text, _ = read_exposition(metrics)
+        except ExpositionError as exc:
+            raise TeamReportError(str(exc)) from None
         return teams_from_metrics([text]), f"metrics: {metrics}"
     since = time.time() - since_hours * 3600 if since_hours else 0.0
 
