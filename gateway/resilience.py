@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gateway.breaker import CircuitBreaker
 from gateway.config import Retries, Target
 from gateway.replicas import Replica
 from gateway.routing import Decision
@@ -178,15 +179,15 @@ async def _send(
     except BaseException as exc:
         release(meter, mark)  # a refused (or abandoned) call is not charged GPU time
         if breaker is not None and isinstance(exc, UpstreamError):
-            _report(state, circuit, ok=not exc.retryable)
+            _report(state, circuit, breaker, ok=not exc.retryable)
         raise
     if breaker is not None:
-        _report(state, circuit, ok=True)
+        _report(state, circuit, breaker, ok=True)
     return reply, mark
 
 
-def _report(state: GatewayState, circuit: str, ok: bool) -> None:
-    breaker = state.breakers[circuit]
+def _report(state: GatewayState, circuit: str, breaker: CircuitBreaker, ok: bool) -> None:
+    """To the breaker the call was made behind (a reload meanwhile may have dropped it: no matter)."""
     was_open = breaker.open
     breaker.record(ok)
     if breaker.open != was_open:

@@ -48,9 +48,12 @@ class Shared:
         self.meters[backend] = meter
         return meter
 
-    def forget(self, name: str) -> None:
-        """A breaker or meter the config no longer has."""
+    def forget_breaker(self, name: str) -> None:
+        """A circuit the config no longer has (or whose backend moved)."""
         self.breakers.pop(name, None)
+
+    def forget_meter(self, name: str) -> None:
+        """A deployment the config no longer has."""
         self.meters.pop(name, None)
 
     def start(

@@ -77,6 +77,11 @@ class SharedBreaker(CircuitBreaker):
             return
         self._pump.kick()
 
+    def start_afresh(self) -> None:
+        """This circuit's backend moved to another server: clear what Redis holds of the old one."""
+        self._reset = True
+        self._pump.kick()
+
     def refresh(self) -> None:
         self._pump.kick()
 

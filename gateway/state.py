@@ -129,7 +129,7 @@ class GatewayState:
                 self.recorder.gpu_rate(name, backend.gpu_usd_per_hour * meter.replicas)
         if shared is not None:
             for name in self.meters.keys() - backends.keys():
-                shared.forget(name)  # its requests still end on it, but it reports no more idle time
+                shared.forget_meter(name)  # its requests still end on it, but it reports no more idle time
         self._sync_breakers(previous)
 
     def _sync_breakers(self, previous: Settings | None) -> None:
@@ -140,6 +140,7 @@ class GatewayState:
         wanted = {
             name: b for b in backends.values() if b.circuit_breaker is not None for name in circuit_names(b)
         }
+        afresh = set()  # circuits of a backend that moved: their shared state is another server's
         for name in list(self.breakers):
             new = wanted.get(name)
             old = previous.backends.get(new.name) if previous is not None and new is not None else None
@@ -155,17 +156,21 @@ class GatewayState:
             if new is None or moved:
                 del self.breakers[name]
                 if self.shared is not None:
-                    self.shared.forget(name)
+                    self.shared.forget_breaker(name)
                 self.recorder.circuit(name, False, changed=False)
+                if new is not None:
+                    afresh.add(name)
         for name, backend in wanted.items():
             assert backend.circuit_breaker is not None
             old_breaker = self.breakers.get(name)
             if old_breaker is not None and self._shares(old_breaker):
                 old_breaker.failures, old_breaker.cooldown = backend.circuit_breaker
                 continue
-            self.breakers[name] = self.breaker(name, *backend.circuit_breaker)
+            breaker = self.breakers[name] = self.breaker(name, *backend.circuit_breaker)
+            if isinstance(breaker, SharedBreaker) and name in afresh:
+                breaker.start_afresh()
             if old_breaker is not None:  # Redis was turned on or off: the circuit goes on as it was
-                self.breakers[name].carry_over(old_breaker)
+                breaker.carry_over(old_breaker)
             else:
                 self.recorder.circuit(name, False, changed=False)
 
@@ -252,9 +257,10 @@ class GatewayState:
             return False
         new.carry_over(self.runtime)
         old, self.runtime = self.runtime, new
+        # No await before the new backends' meters and circuits exist: a request may use them at once.
         self._sync_redis()
-        await self._sync_keys()
         self._sync_meters(old.settings)
+        await self._sync_keys()
         self.export_thresholds()
         self.recorder.reloaded(True)
         log.info("config reloaded")
