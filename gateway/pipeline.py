@@ -116,7 +116,7 @@ async def route(
     if router is None:
         target = await runtime.target_for_model(model)
         if principal is not None:
-            if principal.local_only and target.backend not in runtime.local_backends:
+            if principal.local_only and target.backend not in runtime.local_backends and ex.record:
                 state.recorder.policy_enforced("local_only", "model")
             policy.check_model(principal, model, target, runtime.local_backends)
         return direct(target, scope)
