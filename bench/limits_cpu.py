@@ -13,6 +13,7 @@ import time
 
 import uvloop
 
+from classifier import extract_features
 from gateway.config import LimitsPolicy, Price, Redis
 from gateway.limit_store import RedisStore
 from gateway.limits import Limiter
@@ -30,6 +31,7 @@ PRINCIPAL = Principal(
     team_limits=Limits(tokens_per_minute=10**9, usd_per_day=1e6),
 )
 BODY = {"model": "auto", "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+FEATURES = extract_features({**BODY, "max_tokens": 16})
 PRICE = Price(0.15e-6, 0.15e-6, 0.6e-6)
 
 
@@ -39,11 +41,9 @@ async def measure(url: str, requests: int) -> None:
     limiter = Limiter(RedisStore(link), recorder)
 
     async def one() -> None:
-        ticket = await limiter.admit(
-            PRINCIPAL, LimitsPolicy(), {**BODY, "max_tokens": 16}, 30, PRICE, "openai"
-        )
+        ticket = await limiter.admit(PRINCIPAL, LimitsPolicy(), lambda: FEATURES, PRICE, "openai")
         assert ticket is not None
-        limiter.settle(ticket, 24, 0.00001)
+        ticket.settle(24, 0.00001)
 
     try:
         for _ in range(500):  # warm-up: scripts loaded, connection open
@@ -58,7 +58,7 @@ async def measure(url: str, requests: int) -> None:
                 f"{wall / requests * 1e6:5.0f} us wall"
             )
     finally:
-        await limiter.store.close()
+        await limiter.close()
         await link.close()
 
 

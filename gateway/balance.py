@@ -90,10 +90,13 @@ def by_affinity(
 
 def prefix_key(body: dict[str, Any], chars: int) -> int | None:
     """A hash of the first `chars` characters of a request's conversation (roles and texts, in order,
-    after Anthropic's top-level `system`), or of its prompt; None when it has neither. Requests that
-    share this prefix share vLLM's prefix cache on one replica."""
-    messages = body.get("messages")
-    system = _text(body.get("system"))
+    after Anthropic's top-level `system` or a Responses request's `instructions`; a Responses `input`
+    as its items), or of its prompt; None when it has neither. Requests that share this prefix share
+    vLLM's prefix cache on one replica."""
+    messages = body.get("messages", body.get("input"))
+    if isinstance(messages, str):  # a Responses input: one user message
+        messages = [{"role": "user", "content": messages}]
+    system = _text(body.get("system", body.get("instructions")))
     parts: list[str] = [f"system\x1f{system}\x1e"] if system else []
     size = len(parts[0]) if parts else 0
     if isinstance(messages, list):

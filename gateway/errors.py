@@ -138,6 +138,16 @@ def error_response(exc: Exception, dialect: str = "openai") -> Response:
     return Response(body, status_code=status, media_type="application/json", headers=headers)
 
 
+def responses_error_frame(exc: Exception, sequence: int) -> bytes:
+    """The error as a Responses stream's `error` event: OpenAI's ResponseErrorEvent (code, message and
+    param at the top, numbered after the events sent), with the same fields under `error` as well:
+    that is what OpenAI's API sends, and the Python SDK raises only on it (the flat shape it yields)."""
+    _, message, type_, param, code, _ = _fields(exc)
+    error = {"type": type_, "code": code, "message": message, "param": param}
+    event = {"type": "error", "code": code, "message": message, "param": param, "sequence_number": sequence}
+    return encode(orjson.dumps({**event, "error": error}), "error")
+
+
 def error_frame(exc: Exception, dialect: str) -> bytes:
     """The same error as a final SSE event, for a stream whose headers are already sent."""
     status, message, type_, param, code, _ = _fields(exc)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from classifier import extract_features
+from classifier import Features, extract_features
 from classifier.features import estimate_tokens
 from gateway.accounting import BackendMeter, cost_usd
 from gateway.config import Target
@@ -71,6 +71,7 @@ class Exchange:
         dialect: Dialect,
         *,
         record: bool = True,  # False for requests that only ask (token counting)
+        features: Callable[[dict[str, Any]], Features] = extract_features,  # how its door measures a body
     ) -> None:
         self.state = state
         self.request = Request(scope, receive)
@@ -89,6 +90,8 @@ class Exchange:
         self.request_id = ""
         self.span: RequestSpan | None = None  # when tracing is on
         self.ticket: Ticket | None = None  # counted against its key's and team's limits
+        self._measure = features
+        self._features: Features | None = None
         self._receive = receive
         self._send = send
         self._headers_in: dict[str, str] | None = None
@@ -169,10 +172,17 @@ class Exchange:
             return
         assert principal is not None and self.decision is not None
         decision, runtime = self.decision, self.runtime
-        chars = decision.features.total_chars if decision.features is not None else None
         self.ticket = await self.state.limiter.admit(
-            principal, runtime.settings.limits, self.body, chars, runtime.price(decision.target), self.dialect
+            principal, runtime.settings.limits, self.measured, runtime.price(decision.target), self.dialect
         )
+
+    def measured(self) -> Features:
+        """The body as its door measures it: routing's features when it scored the body, else measured
+        here once (a concrete model, embeddings)."""
+        if self._features is None:
+            decided = self.decision.features if self.decision is not None else None
+            self._features = decided or self._measure(self.body)
+        return self._features
 
     async def call(self, plan: Plan) -> Answer:
         """Ask the plan's targets; the answer is held here until the exchange ends."""
@@ -454,8 +464,7 @@ class Exchange:
         usage = self.tally.usage
         if usage is None and self.stream and self.decision is not None:
             # A stream cut short: count prompt characters, a token per event.
-            features = self.decision.features or extract_features(self.body)
-            return Usage(input=estimate_tokens(features.total_chars), output=self.tally.events), True
+            return Usage(input=estimate_tokens(self.measured().total_chars), output=self.tally.events), True
         return usage, False
 
     def _settle(self, gpu_usd: float) -> None:
@@ -465,7 +474,7 @@ class Exchange:
         tokens, usd = 0, gpu_usd
         if usage is not None and self.resolved is not None:
             tokens, usd = usage.input + usage.output, usd + cost_usd(usage, self.resolved.model.price)
-        self.state.limiter.settle(self.ticket, tokens, usd)
+        self.ticket.settle(tokens, usd)
         self.ticket = None
 
     async def _refuse(self, response: Response) -> None:

@@ -1,26 +1,28 @@
 """Rate limits and budgets of a request's key and team: admit it or refuse it (429), and once it ended,
 correct the estimates it was admitted with by what it really used.
 
-Before the call, a request counts as 1 request and as its estimated tokens (the prompt's characters / 4
-plus max_tokens, or `limits.default_max_tokens` without one), and reserves its estimated cost at the
-decided model's prices; after, its real tokens and cost (the one the metrics count) replace them. A
-budget is therefore overrun only by requests in flight when it ran out, and only by what they cost
-beyond their reservation. The counting itself is in gateway/limit_store.py.
+Before the call, a request counts as 1 request and as its estimated tokens, as its door measures the
+body: the prompt's characters / 4 plus its output cap (`max_tokens`, a Responses request's
+`max_output_tokens`, none for embeddings; `limits.default_max_tokens` without one). It reserves its
+estimated cost at the decided model's prices; after, its real tokens and cost (the one the metrics
+count) replace them. A budget is therefore overrun only by requests in flight when it ran out, and only
+by what they cost beyond their reservation. The counting itself is in gateway/limit_store.py.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
+import contextlib
 import functools
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from classifier import extract_features
+from classifier import Features
 from classifier.features import estimate_tokens
 from gateway.config import LimitsPolicy, Price
 from gateway.errors import GatewayError
@@ -31,6 +33,9 @@ from providers.base import Dialect, ErrorCode
 
 DAY_TTL = 2 * 86_400  # a day's sum outlives its day (reports, late corrections)
 MONTH_TTL = 32 * 86_400
+# How long a limiter a reload replaced waits for the requests it admitted before closing its store:
+# their corrections go to the store that counted them (a stream may run this long).
+DRAIN_SECONDS = 600.0
 
 
 class RateLimited(GatewayError):
@@ -79,11 +84,16 @@ class _Plan:
 class Ticket:
     """An admitted request's entries in the store, to correct when it ends, and what its response says."""
 
-    store: LimitStore
+    limiter: Limiter  # the one that admitted it: a reload may have replaced it (and its store) since
     rid: str
     tokens: tuple[tuple[str, int], ...]  # (window, tokens counted)
     budgets: tuple[tuple[str, float], ...]  # (budget, USD reserved)
     headers: dict[str, str]
+
+    def settle(self, tokens: int, usd: float) -> None:
+        """The request ended having used `tokens` (prompt + completion) and cost `usd`: corrected in
+        the store that counted it."""
+        self.limiter.settle(self, tokens, usd)
 
 
 def limited(principal: Principal | None) -> bool:
@@ -95,6 +105,8 @@ class Limiter:
         self.store = store
         self._recorder = recorder
         self._plans: dict[Principal, _Plan] = {}
+        self._open = 0  # tickets not settled yet
+        self._drained: asyncio.Event | None = None  # set once they are, while closing
 
     def _plan(self, principal: Principal) -> _Plan:
         plan = self._plans.get(principal)
@@ -108,20 +120,21 @@ class Limiter:
         self,
         principal: Principal,
         policy: LimitsPolicy,
-        body: dict[str, Any],
-        chars: int | None,
+        measured: Callable[[], Features],
         price: Price,
         dialect: Dialect,
     ) -> Ticket | None:
-        """Count the request against its limits, or raise `RateLimited`; `chars`: the prompt's length
-        when routing measured it. None: admitted unchecked (Redis down, `open`)."""
+        """Count the request against its limits, or raise `RateLimited`; `measured`: the body as its
+        door measures it (called only when tokens or budgets are limited). None: admitted unchecked
+        (Redis down, `open`)."""
         plan = self._plan(principal)
         windows = list(plan.requests)
         budgets: list[Budget] = []
         if plan.tokens or plan.budgets:
-            prompt = estimate_tokens(extract_features(body).total_chars if chars is None else chars)
-            most = body.get("max_completion_tokens", body.get("max_tokens"))
-            output = most if isinstance(most, int) and most > 0 else policy.default_max_tokens
+            features = measured()
+            prompt = estimate_tokens(features.total_chars)
+            most = features.max_tokens  # 0: no output (embeddings)
+            output = most if most is not None and most >= 0 else policy.default_max_tokens
             windows += [Window(name, limit, prompt + output) for name, limit in plan.tokens]
             reserve = prompt * price.input + output * price.output
             stamps = _stamps(int(time.time()))
@@ -148,10 +161,12 @@ class Limiter:
             raise _over_rate(windows, verdict, headers)
         self._count(windows, budgets, None)
         tokens = tuple((w.name, w.amount) for w in windows[len(plan.requests) :])
-        return Ticket(self.store, rid, tokens, tuple((b.name, b.reserve) for b in budgets), headers)
+        self._open += 1
+        return Ticket(self, rid, tokens, tuple((b.name, b.reserve) for b in budgets), headers)
 
     def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
-        """The request ended having used `tokens` (prompt + completion) and cost `usd`."""
+        """Correct `ticket`, one of this limiter's, by what its request used (see `Ticket.settle`)."""
+        assert ticket.limiter is self
         self.store.correct(
             Correction(
                 ticket.rid,
@@ -159,6 +174,18 @@ class Limiter:
                 tuple((name, usd - reserved) for name, reserved in ticket.budgets),
             )
         )
+        self._open -= 1
+        if self._open == 0 and self._drained is not None:
+            self._drained.set()
+
+    async def close(self, wait: float = DRAIN_SECONDS) -> None:
+        """Close the store once every request this limiter admitted has settled (or after `wait`
+        seconds): a reload that replaced the limiter must not lose their corrections."""
+        if self._open:
+            self._drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), wait)
+        await self.store.close()
 
     def _unchecked(self, policy: LimitsPolicy, rates: bool, budgets: bool) -> None:
         refuse = (rates and not policy.rate_limits_open) or (budgets and not policy.budgets_open)

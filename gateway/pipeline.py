@@ -50,17 +50,22 @@ class Door:
     dialect: Dialect
     path: str  # the endpoint in the client's dialect, e.g. "/chat/completions"
     validate: Callable[[dict[str, Any]], None]
-    # What a router's classifier reads of the body; None: the body is not scored (embeddings), and a
-    # router places it on its local target (or the route header's), never shadowed.
-    features: Callable[[dict[str, Any]], Features] | None = extract_features
+    # The body measured: what a router's classifier reads of it, and what rate limits and a cut
+    # stream's usage count (its prompt's characters and output cap).
+    features: Callable[[dict[str, Any]], Features] = extract_features
+    # False: a router does not score the body (embeddings) but places it on its local target (or the
+    # route header's).
+    scored: bool = True
     shadowed: bool = True  # whether shadow judging may sample it (it reads chat answers only)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async with Exchange(gateway_state(scope), scope, receive, send, self.dialect) as ex:
+        state = gateway_state(scope)
+        async with Exchange(state, scope, receive, send, self.dialect, features=self.features) as ex:
             api_key = ex.authenticated(*authenticate(ex.headers_in, ex.runtime, ex.state.keyring))
             body = await ex.read_json()
             self.validate(body)
-            decision = ex.decided(await route(ex, body, api_key, self.features), self.shadowed)
+            scoring = self.features if self.scored else None
+            decision = ex.decided(await route(ex, body, api_key, scoring), self.shadowed)
             # After routing: a budget reserves at the decided model's prices.
             await ex.admit(ex.principal)
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
@@ -111,7 +116,7 @@ async def route(
     if router is None:
         target = await runtime.target_for_model(model)
         if principal is not None:
-            if principal.local_only and target.backend not in runtime.local_backends:
+            if principal.local_only and target.backend not in runtime.local_backends and ex.record:
                 state.recorder.policy_enforced("local_only", "model")
             policy.check_model(principal, model, target, runtime.local_backends)
         return direct(target, scope)
@@ -168,8 +173,7 @@ def explanation(ex: Exchange, decision: Decision) -> str:
             out["threshold"] = round(decision.threshold, 4)
         classifier = ex.runtime.classifiers.get(ex.body["model"])
         if isinstance(classifier, Explainer):
-            features = decision.features or extract_features(ex.body)
-            terms = weightiest(classifier, features, EXPLAIN_TERMS)
+            terms = weightiest(classifier, ex.measured(), EXPLAIN_TERMS)
             out["top"] = [[name[:40], round(value, 3)] for name, value in terms]
     return json.dumps(out, ensure_ascii=True, separators=(",", ":"))
 

@@ -9,9 +9,9 @@ import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
-from gateway.errors import error_frame
+from gateway.errors import error_frame, responses_error_frame
 from providers.base import Dialect, EventStream, UpstreamError, Usage
-from providers.bridges import StreamBridge
+from providers.bridges import NumberedStream, StreamBridge
 
 log = logging.getLogger("crossover")
 
@@ -58,6 +58,9 @@ async def relay_events(
             exc = UpstreamError(502, f"backend '{backend}' sent an unreadable event")
         tally.usage = bridge.usage
         tally.failed = exc
-        yield error_frame(exc, dialect)
+        if isinstance(bridge, NumberedStream):  # a Responses client: an `error` event of its own
+            yield responses_error_frame(exc, bridge.sequence)
+        else:
+            yield error_frame(exc, dialect)
     finally:
         await events.aclose()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -50,6 +50,14 @@ class StreamBridge(Protocol):
     def end(self) -> bytes:
         """Frames that close the stream for the client once the upstream is done."""
         ...
+
+
+@runtime_checkable
+class NumberedStream(Protocol):
+    """A Responses stream: its events are numbered, and an error event ending it takes the next number."""
+
+    @property
+    def sequence(self) -> int: ...
 
 
 class Bridge(Protocol):
@@ -266,8 +274,10 @@ class _ResponsesPassthroughStream:
     def __init__(self) -> None:
         self.usage: Usage | None = None
         self.first_token = False
+        self.sequence = 0  # events forwarded: OpenAI numbers them from 0, one by one
 
     def feed(self, events: list[Event]) -> bytes:
+        self.sequence += len(events)
         for event in events:
             kind = event.event
             data: dict[str, Any] | None = None
@@ -313,6 +323,10 @@ class _ResponsesOverAnthropicStream:
     def usage(self) -> Usage | None:
         return self.chat.usage
 
+    @property
+    def sequence(self) -> int:
+        return self.responses.sequence
+
     def feed(self, events: list[Event]) -> bytes:
         out = []
         for event in events:
@@ -352,6 +366,10 @@ class _ResponsesOverChatStream:
         self.responses = ChatToResponsesStream(request)
         self.usage: Usage | None = None
         self.first_token = False
+
+    @property
+    def sequence(self) -> int:
+        return self.responses.sequence
 
     def feed(self, events: list[Event]) -> bytes:
         out = []

@@ -373,6 +373,11 @@ class ChatToResponsesStream:
         self._calls: dict[int, int] = {}  # chat tool-call index -> output index of its open item
         self._started = False
 
+    @property
+    def sequence(self) -> int:
+        """The number the next event takes."""
+        return self._sequence
+
     def _event(self, kind: str, **data: Any) -> tuple[str, dict[str, Any]]:
         event = {"type": kind, "sequence_number": self._sequence, **data}
         self._sequence += 1

@@ -77,6 +77,10 @@ def test_the_prefix_key_is_the_conversation_so_far_up_to_a_length() -> None:
     anthropic = {"system": system["content"], "messages": [{"role": "user", "content": "first question"}]}
     assert prefix_key(anthropic, 200) == prefix_key(a, 200)  # Anthropic's system field is the same prefix
     assert prefix_key({"prompt": "abc"}, 10) == prefix_key({"prompt": "abcdef"}, 3)
+    responses = {"instructions": system["content"], "input": "first question"}
+    assert prefix_key(responses, 5000) == prefix_key(a, 5000)  # a Responses request's is the same prefix
+    items = {"instructions": system["content"], "input": [{"role": "user", "content": "first question"}]}
+    assert prefix_key(items, 5000) == prefix_key(a, 5000)
     assert prefix_key({"messages": []}, 10) is None
     assert prefix_key({"input": 1}, 10) is None
 

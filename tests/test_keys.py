@@ -229,6 +229,13 @@ def test_local_only_data_never_reaches_the_api(setup: Setup) -> None:
     # a concrete API model: refused, naming the policy
     refused = _chat(setup, vault, "gpt-4o")
     assert refused.status_code == 403 and refused.json()["error"]["code"] == "data_must_stay_local"
+    # counting its tokens only asks: refused too, but not counted as a request the policy stopped
+    counting = httpx.post(
+        setup.gateway.url + "/v1/messages/count_tokens",
+        json={"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": vault, "anthropic-version": "2023-06-01"},
+    )
+    assert counting.status_code == 403 and counting.json()["error"]["type"] == "permission_error"
     # the local backend fails: no fallback to the API
     httpx.post(setup.local.url + "/_sim/faults", json=[{"status": 503}])
     failed = _chat(setup, vault, "auto")

@@ -4,9 +4,11 @@ simulator as the backend, driven by the official SDKs."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -17,11 +19,13 @@ import httpx
 import openai
 import pytest
 import redis as redis_client
+import yaml
 
 from gateway.config import static_key_id
 from tests.conftest import SIM_KEY, sim_backend
 from tests.servers import Server, start_gateway
 from tests.services import RedisServer, redis_server
+from tests.test_reload import wait_for_reloads
 from tests.test_shadow import metric
 
 KEYS = {
@@ -33,6 +37,11 @@ KEYS = {
     "K_FREE": "sk-gw-free-0123456789",  # no limits
     "K_STREAM": "sk-gw-stream-0123456789",  # 1000 tokens a minute, streamed
     "K_TINY": "sk-gw-tiny-0123456789",  # team "tiny": 1 cent a month
+    # 500 tokens a minute each: a Responses request to a router, to a model, an embedding request
+    "K_RESP": "sk-gw-resp-0123456789",
+    "K_LONG": "sk-gw-long-0123456789",
+    "K_EMBED": "sk-gw-embed-0123456789",
+    "K_RELOAD": "sk-gw-reload-0123456789",  # 1000 tokens a minute, in flight over a reload
 }
 OUT = 0.05  # USD per output token: a few requests spend a dollar
 IN = 0.05
@@ -45,6 +54,10 @@ def config(sim: Server, redis_url: str) -> dict[str, Any]:
         "backends": {
             "openai": sim_backend(sim, {"name": "gpt-4o", "price": priced}),
             "prompted": sim_backend(sim, {"name": "gpt-4o-mini", "price": input_priced}),
+            "embed": sim_backend(sim, {"name": "text-embedding-3-small"}),
+        },
+        "routers": {
+            "auto": {"local": "prompted/gpt-4o-mini", "api": "openai/gpt-4o", "classifier": "heuristic"}
         },
         "server": {
             "api_keys": [f"${{{name}}}" for name in KEYS],
@@ -56,6 +69,10 @@ def config(sim: Server, redis_url: str) -> dict[str, Any]:
                 {"key": "${K_ANTH}", "requests_per_minute": 2, "tokens_per_minute": 1000},
                 {"key": "${K_STREAM}", "tokens_per_minute": 1000},
                 {"key": "${K_TINY}", "team": "tiny"},
+                {"key": "${K_RESP}", "tokens_per_minute": 500},
+                {"key": "${K_LONG}", "tokens_per_minute": 500},
+                {"key": "${K_EMBED}", "tokens_per_minute": 500},
+                {"key": "${K_RELOAD}", "tokens_per_minute": 1000},
             ],
             "teams": {
                 "spend": {"usd_per_day": 1.0},
@@ -245,6 +262,71 @@ def test_a_streamed_answer_is_corrected_by_its_usage(pair: tuple[Server, Server]
         time.sleep(0.1)
         after = client.chat.completions.with_raw_response.create(**ask, max_tokens=100)
         assert after.headers["x-ratelimit-remaining-tokens"] == str(1000 - usage.total_tokens - 101)
+
+
+def test_a_responses_request_counts_its_input_and_max_output_tokens(pair: tuple[Server, Server]) -> None:
+    """Measured as its door reads it, routed or not: not as `default_max_tokens` (1024, which would
+    never fit in 500) and a prompt of nothing."""
+    with openai.OpenAI(base_url=pair[0].url + "/v1", api_key=KEYS["K_RESP"], max_retries=0) as client:
+        routed = client.responses.with_raw_response.create(model="auto", input="hi", max_output_tokens=16)
+        assert routed.headers["x-ratelimit-remaining-tokens"] == str(500 - 1 - 16)
+    with openai.OpenAI(base_url=pair[1].url + "/v1", api_key=KEYS["K_LONG"], max_retries=0) as client:
+        direct = client.responses.with_raw_response.create(
+            model="gpt-4o", instructions="Be brief.", input="x" * 391, max_output_tokens=16
+        )
+        assert direct.headers["x-ratelimit-remaining-tokens"] == str(500 - 100 - 16)
+        with pytest.raises(openai.RateLimitError) as refused:  # 100,000 characters: 25,000 tokens
+            client.responses.create(model="gpt-4o", input="y" * 100_000, max_output_tokens=16)
+        assert "Requested 25016" in refused.value.message
+
+
+def test_an_embedding_request_counts_its_input_and_no_output(pair: tuple[Server, Server]) -> None:
+    with openai.OpenAI(base_url=pair[0].url + "/v1", api_key=KEYS["K_EMBED"], max_retries=0) as client:
+        texts = client.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input=["a" * 40, "b" * 20]
+        )
+        assert texts.headers["x-ratelimit-remaining-tokens"] == str(500 - 15)
+        usage = texts.parse().usage
+        time.sleep(0.1)  # the correction follows the answer
+        ids = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=[[1, 2, 3]])
+        assert ids.headers["x-ratelimit-remaining-tokens"] == str(500 - usage.total_tokens - 3)
+
+
+def test_a_request_in_flight_over_a_reload_settles_where_it_was_counted(
+    tmp_path: Path, openai_sim: Server, redis: RedisServer
+) -> None:
+    """A reload that turns Redis off while a request waits on its answer: the request's real tokens
+    replace its estimate in Redis, which counted it, not in the new limiter's store."""
+    cfg = config(openai_sim, redis.url)
+    gw = start_gateway(tmp_path, cfg, env={"SIM_OPENAI_KEY": SIM_KEY, **KEYS})
+    total = f"lim:limit:key:{static_key_id(KEYS['K_RELOAD'])}:tokens:total"
+    counted = redis_client.Redis.from_url(redis.url)
+    try:
+        httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 3}])
+        with (
+            openai.OpenAI(base_url=gw.url + "/v1", api_key=KEYS["K_RELOAD"], max_retries=0) as client,
+            ThreadPoolExecutor(1) as pool,
+        ):
+            ask = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi 0"}], "max_tokens": 100}
+            pending = pool.submit(lambda: client.chat.completions.create(**ask))
+            deadline = time.monotonic() + 10
+            while counted.get(total) is None:  # admitted: its estimate is counted
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            assert int(counted.get(total) or 0) == 1 + 100
+            (tmp_path / "gateway.yaml").write_text(
+                yaml.safe_dump({k: v for k, v in cfg.items() if k != "redis"})
+            )
+            gw.process.send_signal(signal.SIGHUP)
+            wait_for_reloads(gw, "applied", 1)
+            usage = pending.result().usage
+        assert usage is not None
+        deadline = time.monotonic() + 5
+        while int(counted.get(total) or 0) != usage.total_tokens and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert int(counted.get(total) or 0) == usage.total_tokens
+    finally:
+        gw.stop()
 
 
 def test_anthropic_clients_get_anthropic_shapes_and_headers(pair: tuple[Server, Server]) -> None:

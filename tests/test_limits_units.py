@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from classifier import extract_features
 from gateway.config import ConfigError, LimitsPolicy, Price, Settings, load, static_key_id
 from gateway.keyring import static_principals
 from gateway.limit_store import Budget, Correction, LocalStore, Verdict, Window
@@ -104,7 +105,7 @@ def test_redis_down_opens_or_closes_each_kind_by_config(
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
     async def admit() -> object:
-        return await limiter.admit(principal, policy, body, None, Price(), "openai")
+        return await limiter.admit(principal, policy, lambda: extract_features(body), Price(), "openai")
 
     if refused:
         with pytest.raises(LimitsUnavailable) as err:
@@ -124,7 +125,10 @@ def test_without_redis_each_process_counts_its_own() -> None:
     body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10}
 
     async def burst() -> list[object]:
-        calls = [limiter.admit(RATED, LimitsPolicy(), body, 2, Price(), "anthropic") for _ in range(7)]
+        measured = extract_features(body)
+        calls = [
+            limiter.admit(RATED, LimitsPolicy(), lambda: measured, Price(), "anthropic") for _ in range(7)
+        ]
         return await asyncio.gather(*calls, return_exceptions=True)
 
     results = asyncio.run(burst())
@@ -146,3 +150,47 @@ def test_budget_periods_end_at_utc_midnight_and_month_end() -> None:
     assert _period_end("month", calendar.timegm((2026, 2, 10, 0, 0, 0))) == calendar.timegm(
         (2026, 3, 1, 0, 0, 0)
     )
+
+
+class _Closing(LocalStore):
+    """A local store that says what happened to it, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def correct(self, correction: Correction) -> None:
+        self.events.append("correct")
+        super().correct(correction)
+
+    async def close(self) -> None:
+        self.events.append("close")
+
+
+def test_a_replaced_limiter_closes_its_store_only_once_its_requests_settled() -> None:
+    """After a reload replaced it, the requests it admitted are still corrected in its store, then it
+    closes; a request that never settles holds the close for `wait` seconds at most."""
+    measured = extract_features(
+        {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+    )
+    tokens = Principal(key_id="k", key_limits=Limits(tokens_per_minute=1000))
+
+    async def run() -> tuple[list[str], list[str]]:
+        store = _Closing()
+        limiter = Limiter(store, Recorder(Metrics()))
+        ticket = await limiter.admit(tokens, LimitsPolicy(), lambda: measured, Price(), "openai")
+        assert ticket is not None
+        closing = asyncio.create_task(limiter.close())
+        await asyncio.sleep(0.05)
+        assert not closing.done()
+        ticket.settle(5, 0.0)
+        await asyncio.wait_for(closing, 1)
+        stuck = _Closing()
+        never = Limiter(stuck, Recorder(Metrics()))
+        assert await never.admit(tokens, LimitsPolicy(), lambda: measured, Price(), "openai") is not None
+        await asyncio.wait_for(never.close(wait=0.05), 1)
+        return store.events, stuck.events
+
+    settled, stuck = asyncio.run(run())
+    assert settled == ["correct", "close"]
+    assert stuck == ["close"]

@@ -142,7 +142,8 @@ def test_a_replicas_own_queue_steers_requests_away(tmp_path: Path, sims: list[Se
         gateway.stop()
 
 
-def test_affinity_sends_a_shared_prefix_to_one_replica(tmp_path: Path, sims: list[Server]) -> None:
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_affinity_sends_a_shared_prefix_to_one_replica(tmp_path: Path, sims: list[Server], api: str) -> None:
     gateway = gateway_of(tmp_path, sims, affinity="prefix", affinity_prefix_chars=300)
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="unused", max_retries=0)
     try:
@@ -152,13 +153,16 @@ def test_affinity_sends_a_shared_prefix_to_one_replica(tmp_path: Path, sims: lis
             homes[prefix] = set()
             for question in range(5):
                 before = [received(sim) for sim in sims]
-                client.chat.completions.create(
-                    model="gpt-4o",
-                    messages=[
-                        {"role": "system", "content": system},
-                        {"role": "user", "content": f"question {question}"},
-                    ],
-                )
+                if api == "chat":
+                    client.chat.completions.create(
+                        model="gpt-4o",
+                        messages=[
+                            {"role": "system", "content": system},
+                            {"role": "user", "content": f"question {question}"},
+                        ],
+                    )
+                else:  # the same conversation as a Responses request: instructions and input
+                    client.responses.create(model="gpt-4o", instructions=system, input=f"question {question}")
                 after = [received(sim) for sim in sims]
                 homes[prefix].add(next(i for i in range(2) if after[i] > before[i]))
         assert all(len(replicas) == 1 for replicas in homes.values()), homes

@@ -342,14 +342,33 @@ def test_cost_and_metrics(gw: Server) -> None:
     assert grew("crossover_time_to_first_token_seconds_count", backend="openai") == 1  # the stream's
 
 
-def test_cut_stream_ends_with_an_error(gw: Server, openai_sim: Server) -> None:
+@pytest.mark.parametrize("model", ["gpt-4o", "gpt-4o-mini"], ids=["native", "chat"])
+def test_cut_stream_ends_with_an_error(gw: Server, openai_sim: Server, model: str) -> None:
     httpx.post(openai_sim.url + "/_sim/faults", json=[{"cut_after": 4}])
     with (
         openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0) as client,
-        pytest.raises(openai.APIError),
+        pytest.raises(openai.APIError) as raised,
     ):
-        for _ in client.responses.create(model="gpt-4o", input="one two three", stream=True):
+        for _ in client.responses.create(model=model, input="one two three", stream=True):
             pass
+    assert "backend" in raised.value.message
+    # The error is a Responses `error` event, numbered after the events before it.
+    before = samples(gw)
+    httpx.post(openai_sim.url + "/_sim/faults", json=[{"cut_after": 4}])
+    events = events_of(post(gw, {"model": model, "input": "one two three", "stream": True}))
+    name, error = events[-1]
+    assert name == "error" and error["code"] == "upstream_error" and error["message"]
+    assert_valid("ResponseErrorEvent", error)
+    assert [d["sequence_number"] for _, d in events] == list(range(len(events)))
+    # Its usage is estimated from the Responses input, as its door measures it: 13 characters, 4 tokens.
+    backend = "openai" if model == "gpt-4o" else "viachat"
+    after = samples(gw)
+    counted = "crossover_tokens_total"
+    assert (
+        value(after, counted, backend=backend, kind="input")
+        - value(before, counted, backend=backend, kind="input")
+        == 4
+    )
 
 
 def test_usage_of_translated_body_matches_the_backend(

@@ -24,8 +24,26 @@ def _responses_features(body: dict[str, Any]) -> Features:
     return extract_features(responses_chat_view(body))
 
 
+def _embeddings_features(body: dict[str, Any]) -> Features:
+    """An embedding request's input (a token id as the ~4 characters it stands for); it makes no output."""
+    given = body.get("input")
+    chars = 0
+    for item in given if isinstance(given, list) else [given]:
+        if isinstance(item, str):
+            chars += len(item)
+        elif isinstance(item, int):
+            chars += 4
+        elif isinstance(item, list):
+            chars += 4 * len(item)
+    return Features(
+        text="", total_chars=chars, turns=0, has_tools=False, response_format="text", max_tokens=0
+    )
+
+
 responses = Door("openai", "/responses", validate_responses, _responses_features, shadowed=False)
-embeddings = Door("openai", "/embeddings", validate_embeddings, features=None, shadowed=False)
+embeddings = Door(
+    "openai", "/embeddings", validate_embeddings, _embeddings_features, scored=False, shadowed=False
+)
 
 
 def _model_objects(request: Request) -> list[dict[str, Any]]:
