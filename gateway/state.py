@@ -13,7 +13,7 @@ from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
 from gateway.keyring import Keyring
 from gateway.limit_store import LocalStore, RedisStore
-from gateway.limits import Limiter
+from gateway.limits import DRAIN_SECONDS, Limiter
 from gateway.metrics import Metrics
 from gateway.online_threshold import OnlineThreshold
 from gateway.recorder import Recorder
@@ -72,10 +72,12 @@ class GatewayState:
         self.limiter = Limiter(store, self.recorder)
 
     @staticmethod
-    async def _disconnect(link: RedisLink, shared: Shared | None, limiter: Limiter) -> None:
+    async def _disconnect(
+        link: RedisLink, shared: Shared | None, limiter: Limiter, wait: float = DRAIN_SECONDS
+    ) -> None:
         if shared is not None:
             await shared.close()
-        await limiter.store.close()  # its last corrections first
+        await limiter.close(wait=wait)  # the requests it admitted settle first (at most `wait`)
         await link.close()
 
     def _windows(self) -> dict[str, tuple[str, OnlineThreshold]]:
@@ -277,7 +279,8 @@ class GatewayState:
         if self.keyring is not None:
             await self.keyring.close()
         if self.redis is not None:
-            await self._disconnect(self.redis, self.shared, self.limiter)
+            # At shutdown the server has already waited for its requests: a straggler gets 5 s.
+            await self._disconnect(self.redis, self.shared, self.limiter, wait=5.0)
         await self.runtime.close()
         for runtime in list(self._retired):
             await runtime.close()
