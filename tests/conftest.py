@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from tests.servers import Server, start_anthropic_sim, start_gateway, start_openai_sim, start_vllm
+from tests.servers import (
+    Server,
+    start_anthropic_sim,
+    start_gateway,
+    start_openai_sim,
+    start_vllm,
+    start_vllm_embedder,
+)
 from tests.services import RedisServer, redis_server
 
 SIM_KEY = "sk-sim-0123456789abcdefSECRET"
@@ -18,7 +25,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that reaches vLLM through any fixture (`gateway`, `cost_gateway`, ...) is a `vllm` test, so
     `-m "not vllm"` never starts vLLM, whether or not its author remembered the marker."""
     for item in items:
-        if "vllm" in getattr(item, "fixturenames", ()):
+        if {"vllm", "vllm_embed"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.vllm)
 
 
@@ -44,6 +51,15 @@ def anthropic_sim(tmp_session: Path) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def vllm(tmp_session: Path) -> Iterator[Server]:
     server = start_vllm(tmp_session)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_embed(tmp_session: Path) -> Iterator[Server]:
+    """A second vLLM, serving the tiny model for embeddings: one vLLM serves one runner (generate or
+    pooling). Only the tests that ask for it start it."""
+    server = start_vllm_embedder(tmp_session)
     yield server
     server.stop()
 

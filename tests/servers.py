@@ -132,21 +132,11 @@ def make_tiny_llama(out: Path) -> Path:
 
 
 def start_vllm(tmp: Path) -> Server:
-    if not VLLM_PYTHON.exists():
-        raise RuntimeError(f"no vLLM environment at {VLLM_PYTHON}; run .ci/setup-vllm (see README)")
     model = make_tiny_llama(tmp / "tiny-llama")
-    port = free_port()
-    cmd = [
-        str(VLLM_PYTHON),
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--served-model-name",
+    return serve_vllm(
+        tmp,
+        model,
         "tiny-llama",
-        "--load-format",
-        "dummy",
-        "--enforce-eager",
         "--dtype",
         "bfloat16",
         "--max-model-len",
@@ -157,6 +147,34 @@ def start_vllm(tmp: Path) -> Server:
         "--enable-auto-tool-choice",
         "--tool-call-parser",
         "pythonic",
+    )
+
+
+def start_vllm_embedder(tmp: Path) -> Server:
+    """The tiny Llama as an embedding model: vLLM pools its last hidden state (128 dimensions)."""
+    model = make_tiny_llama(tmp / "tiny-embedder")
+    # float32, not the generative server's bfloat16: vLLM 0.32's CPU worker dies with SIGILL (exit -4) on
+    # the first bfloat16 pooling request on these machines; float32 pools fine.
+    args = ("--runner", "pooling", "--convert", "embed", "--dtype", "float32", "--max-model-len", "512")
+    return serve_vllm(tmp, model, "tiny-embedder", *args)
+
+
+def serve_vllm(tmp: Path, model: Path, name: str, *args: str) -> Server:
+    if not VLLM_PYTHON.exists():
+        raise RuntimeError(f"no vLLM environment at {VLLM_PYTHON}; run .ci/setup-vllm (see README)")
+    port = free_port()
+    cmd = [
+        str(VLLM_PYTHON),
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        name,
+        "--load-format",
+        "dummy",
+        "--enforce-eager",
+        *args,
         "--host",
         "127.0.0.1",
         "--port",
@@ -168,4 +186,4 @@ def start_vllm(tmp: Path) -> Server:
         "VLLM_NO_USAGE_STATS": "1",
         "DO_NOT_TRACK": "1",
     }
-    return start(cmd, port, tmp / "vllm.log", "/v1/models", 300, env)
+    return start(cmd, port, tmp / f"{name}.log", "/v1/models", 300, env)

@@ -1,7 +1,6 @@
-"""`POST /v1/embeddings` through the gateway with the official SDK's `embeddings.create`, against the
-OpenAI simulator: the shared CPU vLLM serves a generative model, and the tiny dummy Llama started as a
-pooling model (`--runner pooling --convert embed`, vLLM 0.32 CPU) loses its worker on the first
-embedding request."""
+"""`POST /v1/embeddings` through the gateway with the official SDK's `embeddings.create`: against the
+OpenAI simulator, and against the real CPU vLLM serving the tiny dummy Llama as a pooling model
+(`vllm_embed`, a vLLM of its own: one vLLM serves either generation or pooling)."""
 
 from __future__ import annotations
 
@@ -14,11 +13,12 @@ import pytest
 
 from tests.conftest import ANTHROPIC_KEY, CLAUDE, SIM_KEY, sim_backend
 from tests.openai_schema import assert_valid
-from tests.servers import Server, start_gateway
+from tests.servers import Server, loopback_backend, start_gateway
 from tests.test_bad_input import check_error
 from tests.test_metrics import samples, value
 
 SMALL, LARGE = "text-embedding-3-small", "text-embedding-3-large"
+EMBEDDER = "tiny-embedder"  # vLLM's served name for the pooling model (tests/servers.py)
 PRICE = {"usd_per_million_input_tokens": 0.02, "usd_per_million_output_tokens": 0.0}
 
 
@@ -144,3 +144,52 @@ def test_bad_input(gw: Server, body: dict[str, Any], param: str) -> None:
 
 def test_unknown_model(gw: Server) -> None:
     check_error(post(gw, {"model": "no-such-embedder", "input": "x"}), 404, "model", "model_not_found")
+
+
+@pytest.fixture(scope="module")
+def vllm_gw(tmp_path_factory: pytest.TempPathFactory, vllm_embed: Server) -> Iterator[Server]:
+    config = {"backends": {"local": loopback_backend(vllm_embed.port)}}
+    server = start_gateway(tmp_path_factory.mktemp("vllm-embeddings"), config)
+    yield server
+    server.stop()
+
+
+def vllm_prompt_tokens(vllm_embed: Server, given: Any) -> int:
+    """What vLLM itself counts for `given`: its tokenizer's count for text, the ids' count for ids."""
+    prompts = [given] if isinstance(given, str | int) or isinstance(given[0], int) else given
+    total = 0
+    for prompt in prompts:
+        if isinstance(prompt, str):
+            body = {"model": EMBEDDER, "prompt": prompt}
+            total += httpx.post(vllm_embed.url + "/tokenize", json=body, timeout=20).json()["count"]
+        else:
+            total += len(prompt)
+    return total
+
+
+@pytest.mark.parametrize(
+    ("given", "count"),
+    # "hello world" is 4 tokens, a length that killed vLLM's worker (SIGILL) when it pooled in bfloat16.
+    [("hello world", 1), (["one two", "three four five six"], 2), ([5, 17, 42], 1)],
+    ids=["string", "strings", "token-ids"],
+)
+def test_real_vllm(vllm_gw: Server, vllm_embed: Server, given: Any, count: int) -> None:
+    """The SDK's call through the gateway to vLLM's pooling model: vLLM's own vectors (decoded from
+    the base64 the SDK asks for) and vLLM's token count, which the gateway meters as input tokens."""
+    before = samples(vllm_gw)
+    with openai.OpenAI(base_url=vllm_gw.url + "/v1", api_key="unused", max_retries=0) as client:
+        answer = client.embeddings.create(model=EMBEDDER, input=given)
+    after = samples(vllm_gw)
+    assert [d.index for d in answer.data] == list(range(count))
+    assert {len(d.embedding) for d in answer.data} == {128}  # the tiny model's hidden size
+    direct = httpx.post(
+        vllm_embed.url + "/v1/embeddings", json={"model": EMBEDDER, "input": given}, timeout=60
+    ).json()
+    for mine, theirs in zip(answer.data, direct["data"], strict=True):
+        assert mine.embedding == pytest.approx(theirs["embedding"], rel=1e-5, abs=1e-6)
+    tokens = vllm_prompt_tokens(vllm_embed, given)
+    assert answer.usage.prompt_tokens == tokens
+    grown = value(after, "crossover_tokens_total", model=EMBEDDER) - value(
+        before, "crossover_tokens_total", model=EMBEDDER
+    )
+    assert grown == tokens

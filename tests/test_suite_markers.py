@@ -28,5 +28,5 @@ def test_not_vllm_selects_no_test_that_needs_vllm() -> None:
         timeout=300,
     ).stdout
     assert "fixtures used by test_no_label_carries_a_user_string" in listing  # the listing is real
-    needing = [line for line in listing.splitlines() if line.startswith("vllm -- ")]
+    needing = [line for line in listing.splitlines() if line.startswith(("vllm -- ", "vllm_embed -- "))]
     assert needing == []
