@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -28,7 +29,7 @@ from gateway.config import Target
 from gateway.errors import ClientGone, error_response
 from gateway.inbound import read_json
 from gateway.limits import Ticket, limited
-from gateway.logs import RequestLine, log_request
+from gateway.logs import RequestLine, log_request, requests_log
 from gateway.policy import reachable
 from gateway.principal import Principal
 from gateway.recorder import Outcome
@@ -348,6 +349,8 @@ class Exchange:
         self, failure: Exception | None, refusal: Response | None, cost: float, usage: Usage | None
     ) -> None:
         """The request's log line and, when tracing, its span's end."""
+        if self.span is None and not requests_log.isEnabledFor(logging.INFO):
+            return  # neither is wanted: nothing to build
         status = (
             refusal.status_code
             if refusal is not None
