@@ -438,8 +438,7 @@ class Settings:
     keys_store: str | None = None  # virtual keys and teams; None: only the static keys
     admin_key: str | None = None
     request_log: RequestLog | None = None
-    # Static keys with `server.key_limits`: their team and limits (gateway/keyring.py adds the scopes).
-    principals: Mapping[str, Principal] = field(default_factory=dict)
+    principals: Mapping[str, Principal] = field(default_factory=dict)  # each of api_keys: who it is
     limits: LimitsPolicy = field(default_factory=LimitsPolicy)
 
 
@@ -603,6 +602,7 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
         if len(set(names)) != len(names):
             raise ConfigError(f"{path}.rules: rule names must be unique")
     baseline = _baseline(spec, routers, backends)
+    scopes = _key_scopes(spec.server.key_scopes, keys, backends, env)
     store = spec.server.keys_store
     keys_store = _resolve(store, "server.keys_store", env) or None if store is not None else None
     return Settings(
@@ -614,14 +614,14 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
         source=source,
         baseline=baseline,
         ops_usd_per_month=spec.accounting.ops_usd_per_month,
-        key_scopes=_key_scopes(spec.server.key_scopes, keys, backends, env),
+        key_scopes=scopes,
         http=spec.server.http,
         redis=_redis(spec.redis, env) if spec.redis is not None else None,
         tracing=_tracing(spec.tracing, env),
         keys_store=keys_store,
         admin_key=_admin_key(spec.server.admin_key, keys, env),
         request_log=_request_log(spec.request_log, keys_store, env),
-        principals=_principals(spec.server, keys, env),
+        principals=_principals(spec.server, keys, scopes, env),
         limits=LimitsPolicy(
             rate_limits_open=spec.limits.on_redis_down.rate_limits == "open",
             budgets_open=spec.limits.on_redis_down.budgets == "open",
@@ -664,26 +664,33 @@ def static_key_id(key: str) -> str:
     return "static-" + hashlib.sha256(key.encode()).hexdigest()[:8]
 
 
-def _principals(server: ServerSpec, keys: frozenset[str], env: Mapping[str, str]) -> dict[str, Principal]:
-    """Who each static key is, for keys with limits or a team (others are nobody in particular)."""
-    principals: dict[str, Principal] = {}
+def _principals(
+    server: ServerSpec, keys: frozenset[str], scopes: Mapping[str, frozenset[str]], env: Mapping[str, str]
+) -> dict[str, Principal]:
+    """Who each static key is: the backends its `key_scopes` entry allows, the team and limits of its
+    `key_limits` entry."""
+    limited: dict[str, Principal] = {}
     for i, entry in enumerate(server.key_limits):
         path = f"server.key_limits[{i}]"
         key = _secret(entry.key, f"{path}.key", env)
         if not key or key not in keys:
             raise ConfigError(f"{path}.key: must be one of server.api_keys")
-        if key in principals:
+        if key in limited:
             raise ConfigError(f"{path}.key: this key already has limits")
         if entry.team is not None and entry.team not in server.teams:
             raise ConfigError(f"{path}.team: {entry.team!r} is not one of server.teams")
         team = server.teams[entry.team] if entry.team is not None else None
-        principals[key] = Principal(
+        limited[key] = Principal(
             key_id=static_key_id(key),
             team=entry.team,
             key_limits=_limits(entry),
             team_limits=_limits(team) if team is not None else NO_LIMITS,
         )
-    return principals
+    return {
+        key: replace(limited.get(key) or Principal(key_id=static_key_id(key)), backends=scopes.get(key))
+        for key in keys
+        if key
+    }
 
 
 def _redis(spec: RedisSpec, env: Mapping[str, str]) -> Redis:

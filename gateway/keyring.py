@@ -20,25 +20,13 @@ import hmac
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
-from gateway.config import Settings, static_key_id
 from gateway.keys import KEY_TEXT, Keys, key_hash
 from gateway.principal import Principal
 from gateway.store import StoreError, open_store
 
 REFRESH_SECONDS = 0.25
 log = logging.getLogger("crossover")
-
-
-def static_principals(settings: Settings) -> dict[str, Principal]:
-    """`server.api_keys` as principals: a key's `key_scopes` entry is the backends it may reach, its
-    `server.key_limits` entry its team and limits."""
-    principals = {}
-    for key in settings.api_keys:
-        limited = settings.principals.get(key) or Principal(key_id=static_key_id(key))
-        principals[key] = replace(limited, backends=settings.key_scopes.get(key))
-    return principals
 
 
 def find_static(token: str, principals: Mapping[str, Principal]) -> Principal | None:

@@ -85,7 +85,8 @@ def authenticate(
 ) -> tuple[str | None, Principal | None]:
     """The gateway key the client sent, once checked, and who it is; (None, None) when the gateway
     asks for no key."""
-    if not runtime.principals and keyring is None:
+    static = runtime.settings.principals
+    if not static and keyring is None:
         return None, None
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer":
@@ -94,7 +95,7 @@ def authenticate(
     if token:
         principal = keyring.find(token) if keyring is not None else None
         if principal is None:
-            principal = find_static(token, runtime.principals)
+            principal = find_static(token, static)
     if principal is None:
         raise Unauthenticated(
             "Incorrect API key provided. Send the gateway key as 'Authorization: Bearer <key>' or 'x-api-key'.",

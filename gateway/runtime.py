@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from classifier import Classifier, load_classifier
 from gateway.config import Backend, ModelEntry, Price, Settings, Target
 from gateway.errors import ModelNotFound
-from gateway.keyring import static_principals
 from gateway.online_threshold import OnlineThreshold
 from gateway.policy import local_backends
 from gateway.replicas import ReplicaSet
@@ -83,7 +82,6 @@ class Runtime:
         self._discovered_at: dict[str, float] = {}
         self._discovery_locks = {name: asyncio.Lock() for name in settings.backends}
         self.in_flight = 0
-        self.principals = static_principals(settings)  # server.api_keys, resolved once per config
         self.local_backends = local_backends(settings)  # where local_only data may go
 
     def threshold(self, router: str) -> float:

@@ -12,7 +12,6 @@ import pytest
 
 from classifier import extract_features
 from gateway.config import ConfigError, LimitsPolicy, Price, Settings, load, static_key_id
-from gateway.keyring import static_principals
 from gateway.limit_store import Budget, Correction, LocalStore, Verdict, Window
 from gateway.limits import Limiter, LimitsUnavailable, RateLimited, _duration, _period_end
 from gateway.metrics import Metrics
@@ -37,7 +36,7 @@ def test_static_keys_get_their_limits_and_their_teams(tmp_path: Path) -> None:
         "  teams:\n    ml: {tokens_per_minute: 1000, usd_per_month: 100}\n"
         "limits:\n  on_redis_down: {rate_limits: closed}\n  default_max_tokens: 256\n",
     )
-    principals = static_principals(settings)
+    principals = settings.principals
     one = principals[ENV["K1"]]
     assert one == Principal(
         key_id=static_key_id(ENV["K1"]),
