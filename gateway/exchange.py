@@ -166,9 +166,10 @@ class Exchange:
                     self.state.recorder.policy_enforced("local_only", "shadow")  # never sampled
         return decision
 
-    async def admit(self, principal: Principal | None) -> None:
+    async def admit(self) -> None:
         """Count the decided request against its key's and team's rate limits and budgets, or refuse
         it (429); settled with what it really used when the exchange ends."""
+        principal = self.principal
         if not limited(principal):
             return
         assert principal is not None and self.decision is not None

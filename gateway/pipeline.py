@@ -67,7 +67,7 @@ class Door:
             scoring = self.features if self.scored else None
             decision = ex.decided(await route(ex, body, api_key, scoring), self.shadowed)
             # After routing: a budget reserves at the decided model's prices.
-            await ex.admit(ex.principal)
+            await ex.admit()
             explained = explanation(ex, decision) if _wants_explanation(ex.headers_in) else None
             headers = passthrough_headers(ex.request, self.dialect)
             answer = await ex.call(Plan.of(decision, Call(self.dialect, self.path, body, headers, ex.stream)))
