@@ -5,8 +5,9 @@ One route, POST /v1/chat/completions: the request body is sent unchanged to --up
 upstream's status, content type and body come back unchanged; a text/event-stream answer is relayed
 chunk by chunk as it arrives. No parsing, validation, routing, metrics or error mapping.
 
---client chooses the HTTP client to the upstream (aiohttp or httpx), both with a keep-alive pool
-sized like the gateway's (16,384 connections), so bench/run.sh can compare them under the same load.
+--client chooses the HTTP client to the upstream: aiohttp, httpx, or http1 (the gateway's own,
+providers/http1.py), each with a keep-alive pool sized like the gateway's (16,384 connections), so
+bench/run.sh can compare them under the same load.
 
     python3 bench/forwarder.py --client aiohttp --upstream http://127.0.0.1:18080/json/v1/chat/completions --port 18082
 """
@@ -118,16 +119,59 @@ def httpx_app(upstream: str) -> Starlette:
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
 
 
+def http1_app(upstream: str) -> Starlette:
+    from urllib.parse import urlsplit
+
+    from providers.http1 import Pool, PoolWaits, encode_head
+
+    pool: Pool | None = None
+    url = urlsplit(upstream)
+    head = encode_head("POST", url.path, {"host": url.netloc, **REQUEST_HEADERS})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nonlocal pool
+        pool = Pool(f"{url.scheme}://{url.netloc}", POOL, 5.0, 600.0, PoolWaits())
+        try:
+            yield
+        finally:
+            pool.close()
+
+    async def chat(request: Request) -> Response:
+        assert pool is not None
+        body = await request.body()
+        resp = await pool.request(b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body))
+        content_type = resp.headers.get("content-type", "application/json")
+        headers = {"content-type": content_type}
+        if _is_stream(content_type):
+
+            async def relay() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.chunks():
+                        yield chunk
+                finally:
+                    resp.release()
+
+            return StreamingResponse(relay(), status_code=resp.status, headers=headers)
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        return Response(data, status_code=resp.status, headers=headers)
+
+    return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--client", choices=["aiohttp", "httpx"], default="aiohttp")
+    parser.add_argument("--client", choices=["aiohttp", "httpx", "http1"], default="aiohttp")
     parser.add_argument(
         "--upstream", required=True, help="full URL, e.g. http://127.0.0.1:18080/json/v1/chat/completions"
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18082)
     args = parser.parse_args()
-    app = aiohttp_app(args.upstream) if args.client == "aiohttp" else httpx_app(args.upstream)
+    app = {"aiohttp": aiohttp_app, "httpx": httpx_app, "http1": http1_app}[args.client](args.upstream)
 
     import uvicorn
 

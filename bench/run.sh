@@ -16,6 +16,7 @@
 #                       whose team has a budget and a token limit, counted in a redis-server on loopback
 #   forwarder aiohttp   bench/forwarder.py: the floor for a Python forwarder on the same stack
 #   forwarder httpx     the same with httpx as the upstream client (JSON, c=10 only)
+#   forwarder http1     the same with the gateway's own client, providers/http1.py (JSON, c=10 only)
 #   litellm             optional (BENCH_LITELLM=1), JSON only
 # Prints a table and writes it as Markdown to bench/results/latest.md. Exits non-zero if a run saw
 # a non-200 answer, an incomplete body or a socket error (LiteLLM's runs only warn).
@@ -67,7 +68,7 @@ cd "$ROOT"   # so `python3 -m gateway.cli` runs this checkout's code
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 if ! "$PY" -c 'import gateway.cli, starlette, uvicorn, uvloop, httptools, aiohttp, httpx, orjson, yaml' 2>/dev/null; then
     log "installing the gateway and httpx with pip"
-    "$PY" -m pip install -q -e "$ROOT" httpx
+    "$PY" -m pip install -q -e "$ROOT" httpx aiohttp
 fi
 
 # ---- slow streams: bench/slow_streams.py (its own upstream, gateway and forwarder on 18084-18086) --
@@ -368,9 +369,10 @@ PYEOF
 limits_row
 if [ "$ONLY" = limits ]; then BENCH_STREAMS=0; fi
 
-# Bare forwarder: aiohttp on both modes, httpx on JSON at c=10 (the client comparison)
+# Bare forwarder: aiohttp on both modes; httpx and the gateway's own client (providers/http1.py) on
+# JSON at c=10 (the client comparison)
 FORWARDER="http://$HOST:$FORWARDER_PORT/v1/chat/completions"
-for spec in $([ "$ONLY" = limits ] || echo aiohttp:json aiohttp:sse httpx:json); do
+for spec in $([ "$ONLY" = limits ] || echo aiohttp:json aiohttp:sse httpx:json http1:json); do
     client=${spec%%:*}
     mode=${spec##*:}
     start_bg "forwarder-$client-$mode" "$PY" "$HERE/forwarder.py" --client "$client" \

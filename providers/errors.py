@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from time import time
 
-import aiohttp
 import orjson
 
 from providers.base import ErrorCode, UpstreamError
+from providers.http1 import ConnectFailed
 
 _KEY_LIKE = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-*]{6,}")
 
@@ -175,7 +174,7 @@ def error_from_response(
 
 
 def error_from_transport(backend: str, exc: BaseException) -> UpstreamError:
-    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+    if isinstance(exc, TimeoutError):
         return UpstreamError(
             504,
             f"backend '{backend}' timed out",
@@ -183,7 +182,7 @@ def error_from_transport(backend: str, exc: BaseException) -> UpstreamError:
             code=ErrorCode.UPSTREAM_TIMEOUT,
             retryable=True,
         )
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
         return UpstreamError(
             503,
             f"backend '{backend}' is unreachable",

@@ -1,23 +1,23 @@
-"""The transport every provider shares: one pooled aiohttp session per backend, failures mapped
-to UpstreamError once, and SSE bodies read as batches of events.
-
-aiohttp rather than httpx: on this machine its client forwarded several times more requests per
-second (bench/README.md).
+"""The transport every provider shares: one pool of HTTP/1.1 connections per backend
+(providers/http1.py), failures mapped to UpstreamError once, and SSE bodies read as batches of events.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 
 from providers.base import ErrorCode, UpstreamError
 from providers.errors import error_from_response, error_from_transport, redact
+from providers.http1 import Pool, PoolWaits, Response, TransportError, encode_head
 from providers.sse import Event, SSEDecoder
+
+__all__ = ["HttpClient", "HttpConfig", "PoolWaits", "SSEStream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,78 +35,65 @@ class HttpConfig:
     max_connections: int = 16384
 
 
-class PoolWaits:
-    """Requests waiting for a free pooled connection: how many now, and the seconds waited in all.
-    Read by whoever exports metrics (providers never import the gateway)."""
-
-    __slots__ = ("_taken", "queued", "seconds")
-
-    def __init__(self) -> None:
-        self.queued = 0
-        self.seconds = 0.0
-        self._taken = 0.0
-
-    def take(self) -> float:
-        """Seconds waited since the last call (for a counter)."""
-        seconds, self._taken = self.seconds - self._taken, self.seconds
-        return seconds
-
-
-class _Connector(aiohttp.TCPConnector):
-    """A TCPConnector that counts its queue. Not an aiohttp TraceConfig (connection_queued_start/end):
-    any trace config makes aiohttp send a dozen signals per request, measured at 4.4% of the
-    gateway's CPU under 1,000 concurrent streams, while this costs nothing until the pool is full.
-    It overrides a private method: tests/test_upstream_pool.py fails if aiohttp renames it."""
-
-    def __init__(self, waits: PoolWaits, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._pool_waits = waits
-
-    async def _wait_for_available_connection(self, *args: Any, **kwargs: Any) -> None:
-        waits = self._pool_waits
-        waits.queued += 1
-        started = time.monotonic()
-        try:
-            await super()._wait_for_available_connection(*args, **kwargs)
-        finally:  # cancelled while queued, too
-            waits.queued -= 1
-            waits.seconds += time.monotonic() - started
+_TRANSPORT_ERRORS = (TransportError, TimeoutError)
 
 
 class HttpClient:
     def __init__(self, config: HttpConfig) -> None:
         self.config = config
         self.base = config.base_url.rstrip("/")
-        self._session: aiohttp.ClientSession | None = None
+        url = urlsplit(self.base)
+        self._origin = f"{url.scheme}://{url.netloc.rpartition('@')[2]}"
+        self._pool: Pool | None = None
         self.pool_waits = PoolWaits()
         # Lower-cased once: every request carries headers of its own (its x-request-id).
         self._configured = {k.lower(): v for k, v in config.headers.items()}
+        # The head lines every request carries, encoded once.
+        self._fixed = encode_head("GET", "/", self._base_headers(self._configured)).partition(b"\r\n")[2]
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _base_headers(self, configured: Mapping[str, str]) -> dict[str, str]:
+        return {"host": urlsplit(self._origin).netloc, "content-type": "application/json", **configured}
+
+    def _connections(self) -> Pool:
         # Built lazily, inside the running loop, and reused for every call.
-        if self._session is None:
+        if self._pool is None:
             c = self.config
-            self._session = aiohttp.ClientSession(
-                connector=_Connector(self.pool_waits, limit=c.max_connections, ttl_dns_cache=300),
-                # sock_connect, not connect: aiohttp's `connect` also covers the wait for a free
-                # pooled connection, so a queued request failed as "timed out" after 5 s.
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=c.connect_timeout, sock_read=c.read_timeout
-                ),
-                headers={"Content-Type": "application/json", **c.headers},
-                skip_auto_headers=("User-Agent",),
+            self._pool = Pool(
+                self._origin, c.max_connections, c.connect_timeout, c.read_timeout, self.pool_waits
             )
-        return self._session
+        return self._pool
 
-    def _per_request(self, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
-        """A request's own headers on top of the configured ones; where both name one (a list header
-        such as `anthropic-beta`), the values are joined rather than the configured one replaced."""
-        if not headers:
-            return None
-        configured = self._configured
-        return {
-            k: f"{configured[k.lower()]},{v}" if k.lower() in configured else v for k, v in headers.items()
-        }
+    def _encode(self, method: str, url: str, body: Any, headers: Mapping[str, str] | None) -> bytes:
+        """The whole request on the wire. A request's own headers go on top of the configured ones;
+        where both name one (a list header such as `anthropic-beta`), the values are joined rather
+        than the configured one replaced."""
+        if not url.startswith(self._origin):
+            raise ValueError(f"{url!r} is not on {self._origin}")
+        target = url[len(self._origin) :] or "/"
+        data = b"" if body is None else orjson.dumps(body)
+        try:
+            if not headers:
+                head = encode_head(method, target, {}) + self._fixed
+            elif any(k.lower() in self._configured for k in headers):
+                merged = dict(self._configured)
+                for k, v in headers.items():
+                    merged[k.lower()] = f"{merged[k.lower()]},{v}" if k.lower() in merged else v
+                head = encode_head(method, target, self._base_headers(merged))
+            else:
+                request_line, _, own = encode_head(method, target, headers).partition(b"\r\n")
+                head = request_line + b"\r\n" + self._fixed + own
+        except ValueError as exc:
+            raise UpstreamError(400, str(exc), code=ErrorCode.INVALID_VALUE) from None
+        if body is None and method == "GET":
+            return head + b"\r\n"
+        return b"%scontent-length: %d\r\n\r\n%s" % (head, len(data), data)
+
+    async def _send(self, method: str, url: str, body: Any, headers: Mapping[str, str] | None) -> Response:
+        data = self._encode(method, url, body, headers)
+        try:
+            return await self._connections().request(data)
+        except _TRANSPORT_ERRORS as exc:
+            raise error_from_transport(self.config.name, exc) from None
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
         return error_from_response(self.config.name, status, headers, raw, self.config.secrets)
@@ -121,20 +108,25 @@ class HttpClient:
     ) -> tuple[int, bytes]:
         """One whole exchange; returns (status, body) and raises UpstreamError for status >= 400,
         except 404, which the caller may want to read as "not supported"."""
-        data = None if body is None else orjson.dumps(body)
-        kwargs: dict[str, Any] = {}
         if limit_seconds is not None:
-            kwargs["timeout"] = aiohttp.ClientTimeout(total=limit_seconds)
-        if headers:
-            kwargs["headers"] = self._per_request(headers)
+            try:
+                async with asyncio.timeout(limit_seconds):
+                    return await self.call(method, url, body, headers=headers)
+            except TimeoutError as exc:
+                raise error_from_transport(self.config.name, exc) from None
+        resp = await self._send(method, url, body, headers)
         try:
-            async with self._client().request(method, url, data=data, **kwargs) as resp:
-                raw = await resp.read()
-                if resp.status >= 400 and resp.status != 404:
-                    raise self.error(resp.status, resp.headers, raw)
-                return resp.status, raw
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            raw = await resp.read()
+        except _TRANSPORT_ERRORS as exc:
+            resp.close()
             raise error_from_transport(self.config.name, exc) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        if resp.status >= 400 and resp.status != 404:
+            raise self.error(resp.status, resp.headers, raw)
+        return resp.status, raw
 
     async def post_json(
         self, url: str, body: Any, headers: Mapping[str, str] | None = None
@@ -167,21 +159,19 @@ class HttpClient:
                 502, f"backend '{self.config.name}' returned an unreadable model list"
             ) from None
 
-    async def open_stream(
-        self, url: str, body: Any, headers: Mapping[str, str] | None = None
-    ) -> aiohttp.ClientResponse:
-        try:
-            resp = await self._client().post(url, data=orjson.dumps(body), headers=self._per_request(headers))
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise error_from_transport(self.config.name, exc) from None
-        if resp.status < 400 and resp.content_type.startswith("text/event-stream"):
+    async def open_stream(self, url: str, body: Any, headers: Mapping[str, str] | None = None) -> Response:
+        resp = await self._send("POST", url, body, headers)
+        if resp.status < 400 and resp.content_type == "text/event-stream":
             return resp
         try:
             raw = await resp.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
+            resp.close()
             raise error_from_transport(self.config.name, exc) from None
-        finally:
-            resp.release()
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
         if resp.status >= 400:
             raise self.error(resp.status, resp.headers, raw)
         # Say what it did: "failed (HTTP 502)" read as if the backend had failed, though it answered.
@@ -195,9 +185,9 @@ class HttpClient:
         )
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
 
 class SSEStream:
@@ -208,9 +198,7 @@ class SSEStream:
 
     __slots__ = ("_backend", "_done", "_resp", "_transform")
 
-    def __init__(
-        self, backend: str, resp: aiohttp.ClientResponse, transform: Callable[[Event], Event | None]
-    ) -> None:
+    def __init__(self, backend: str, resp: Response, transform: Callable[[Event], Event | None]) -> None:
         self._backend = backend
         self._resp = resp
         self._transform = transform
@@ -219,7 +207,7 @@ class SSEStream:
     async def __aiter__(self) -> AsyncIterator[list[Event]]:
         decoder = SSEDecoder()
         try:
-            async for chunk in self._resp.content.iter_any():
+            async for chunk in self._resp.chunks():
                 batch = []
                 for raw_event in decoder.feed(chunk):
                     event = self._transform(raw_event)
@@ -231,13 +219,13 @@ class SSEStream:
                     yield batch
                 if self._done:
                     return
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except _TRANSPORT_ERRORS as exc:
             raise error_from_transport(self._backend, exc) from None
         self._done = True  # the body ended: the upstream is done talking
 
     async def aclose(self) -> None:
         if self._done:
-            self._resp.release()
+            self._resp.release()  # back to the pool if the body was read to its end
         else:
             # Dropping the connection is what tells vLLM to abort generation and free its KV cache.
             self._resp.close()

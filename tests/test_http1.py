@@ -1,0 +1,321 @@
+"""The upstream transport's HTTP/1.1 (providers/http1.py) against servers that misbehave in the ways
+real ones do: keep-alive connections closed while idle, bodies framed three ways, silence, early
+closes. Each server is a real asyncio TCP server on loopback that writes the bytes given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import ipaddress
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from providers import http1
+from providers.base import UpstreamError
+from providers.http import HttpClient, HttpConfig
+
+Reply = Callable[[int, int, bytes], Awaitable[bytes | None]]  # (connection, request on it, head) -> bytes
+Make = Callable[..., Awaitable[tuple["Origin", HttpClient]]]
+
+
+def answer(body: bytes, *extra: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+        len(body),
+        b"".join(line + b"\r\n" for line in extra),
+        body,
+    )
+
+
+class Origin:
+    """A server that answers each request with what `reply` returns (None: close without a word)."""
+
+    def __init__(self, reply: Reply, close_after: bool = False) -> None:
+        self.reply = reply
+        self.close_after = close_after  # close each connection after its first answer
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed = asyncio.Event()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        connection, count = self.connections, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(line[15:])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                self.requests.append(head + await reader.readexactly(length))
+                count += 1
+                data = await self.reply(connection, count, head)
+                if data is None:
+                    return
+                writer.write(data)
+                await writer.drain()
+                if self.close_after:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.closed.set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1"
+
+
+@pytest.fixture
+async def origin_of() -> AsyncIterator[Make]:
+    made: list[tuple[Origin, HttpClient]] = []
+
+    async def make(
+        reply: Reply, read_timeout: float = 30.0, close_after: bool = False
+    ) -> tuple[Origin, HttpClient]:
+        origin = Origin(reply, close_after)
+        base = await origin.start()
+        client = HttpClient(HttpConfig(name="origin", base_url=base, read_timeout=read_timeout))
+        made.append((origin, client))
+        return origin, client
+
+    yield make
+    for origin, client in made:
+        await client.close()
+        origin.server.close()
+
+
+async def test_a_kept_alive_connection_carries_the_next_requests(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b'{"n":%d}' % count)
+
+    origin, client = await origin_of(reply)
+    for n in range(1, 4):
+        assert await client.call("POST", client.base + "/chat/completions", {"q": n}) == (
+            200,
+            b'{"n":%d}' % n,
+        )
+    assert origin.connections == 1
+    first = origin.requests[0]
+    assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"\r\ncontent-type: application/json\r\n" in first and first.endswith(b'\r\n\r\n{"q":1}')
+
+
+async def test_an_idle_connection_the_server_closed_is_replaced_without_failing_the_request(
+    origin_of: Make,
+) -> None:
+    # The race uvicorn's 5 s keep-alive timeout sets up: the server closes as the request goes out.
+    async def reply(connection: int, count: int, head: bytes) -> bytes | None:
+        return None if count == 2 else answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    assert (await client.call("POST", url, {}))[0] == 200
+    assert (await client.call("POST", url, {}))[0] == 200
+    assert origin.connections == 2 and len(origin.requests) == 3
+
+
+async def test_a_new_connection_closed_before_an_answer_is_a_502_and_is_not_sent_twice(
+    origin_of: Make,
+) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> None:
+        return None
+
+    origin, client = await origin_of(reply)
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", client.base + "/chat/completions", {})
+    assert caught.value.status == 502 and "closed the connection" in caught.value.message
+    assert len(origin.requests) == 1
+
+
+async def test_a_connection_closed_mid_body_is_a_502(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial'
+
+    _origin, client = await origin_of(reply, close_after=True)
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", client.base + "/chat/completions", {})
+    assert caught.value.status == 502
+
+
+async def test_bodies_framed_by_length_or_by_chunks_are_read_whole_and_keep_the_connection(
+    origin_of: Make,
+) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        if b"/chunked" in head:
+            return b'HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{"a\r\n5\r\n":12}\r\n0\r\n\r\n'
+        return answer(b'{"c":4}')
+
+    origin, client = await origin_of(reply)
+    assert await client.call("POST", client.base + "/chunked", {}) == (200, b'{"a":12}')
+    assert await client.call("POST", client.base + "/length", {}) == (200, b'{"c":4}')
+    assert origin.connections == 1
+
+
+async def test_a_body_ending_with_the_connection_is_read_to_its_end(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n{"b":3}'
+
+    origin, client = await origin_of(reply, close_after=True)
+    for _ in range(2):  # and the next request opens a new connection
+        assert await client.call("GET", client.base + "/models") == (200, b'{"b":3}')
+    assert origin.connections == 2
+
+
+async def test_silence_longer_than_the_read_timeout_is_a_504(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        await asyncio.sleep(5)
+        return answer(b"{}")
+
+    _origin, client = await origin_of(reply, read_timeout=0.3)
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", client.base + "/chat/completions", {})
+    assert caught.value.status == 504
+
+
+async def test_a_header_that_would_split_the_request_never_reaches_the_wire(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    for bad in ({"x-request-id": "a\r\nx-injected: 1"}, {"x\r\ny": "1"}, {"x-a": "b\nc"}, {"x:y": "1"}):
+        with pytest.raises(UpstreamError) as caught:
+            await client.call("POST", client.base + "/chat/completions", {}, headers=bad)
+        assert caught.value.status == 400
+    assert origin.requests == []
+
+
+async def test_an_unreachable_origin_is_a_503(unused_tcp_port: int) -> None:
+    client = HttpClient(HttpConfig(name="nowhere", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1"))
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", client.base + "/chat/completions", {})
+    assert caught.value.status == 503 and "unreachable" in caught.value.message
+    await client.close()
+
+
+async def test_a_stream_read_slowly_is_delivered_whole_and_in_order(origin_of: Make) -> None:
+    # 4 MiB in 64 KiB chunks, far above the high-water mark: reading pauses and resumes.
+    piece = bytes(range(256)) * 256
+
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(64))
+        return (
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+            + chunks
+            + b"0\r\n\r\n"
+        )
+
+    origin, client = await origin_of(reply)
+    resp = await client.open_stream(client.base + "/chat/completions", {})
+    received = bytearray()
+    async for chunk in resp.chunks():
+        received += chunk
+        await asyncio.sleep(0.001)
+    resp.release()
+    assert bytes(received) == piece * 64
+    assert (await client.call("POST", client.base + "/again", {}))[0] == 200
+    assert origin.connections == 1  # the stream read to its end left the connection reusable
+
+
+async def test_a_response_abandoned_mid_body_closes_its_connection(origin_of: Make) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+
+    origin, client = await origin_of(reply)
+    resp = await client.open_stream(client.base + "/chat/completions", {})
+    async for _ in resp.chunks():
+        break
+    resp.close()  # what tells vLLM to stop generating
+    await asyncio.wait_for(origin.closed.wait(), 5)
+
+
+async def test_an_idle_connection_older_than_the_keepalive_is_not_reused(
+    origin_of: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A load balancer may drop an idle connection silently; a request sent on it would wait out the
+    # read timeout.
+    monkeypatch.setattr(http1, "KEEPALIVE_SECONDS", 0.2)
+
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    await client.call("POST", url, {})
+    await client.call("POST", url, {})
+    assert origin.connections == 1
+    await asyncio.sleep(0.3)
+    await client.call("POST", url, {})
+    assert origin.connections == 2
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_an_https_origin_is_verified_against_the_trusted_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cert_file, key_file = _self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(answer(b'{"tls":true}'))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    base = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    try:
+        # Not trusted: the handshake fails, and the backend is unreachable rather than spoofed.
+        untrusted = HttpClient(HttpConfig(name="tls", base_url=base))
+        with pytest.raises(UpstreamError) as caught:
+            await untrusted.call("GET", base + "/models")
+        assert caught.value.status == 503
+        await untrusted.close()
+        # Trusted (SSL_CERT_FILE, as OpenSSL reads it): the exchange goes through.
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        trusted = HttpClient(HttpConfig(name="tls", base_url=base))
+        assert await trusted.call("GET", base + "/models") == (200, b'{"tls":true}')
+        await trusted.close()
+    finally:
+        server.close()
