@@ -2,12 +2,13 @@
 
 A request writes about a dozen metric children (decision, classifier time and score, request, latency,
 overhead, tokens, cost, in flight +1/-1, a team's counters). Through prometheus_client each write takes a
-lock (an mmap write with several workers) and checks its metric: ~10 us per request, 17 us in
-multiprocess mode (bench/recorder_cpu.py). Here a write is a dict update, and `fold` adds what
-accumulated to the children: counters by their sums, histograms by their bucket counts and sum, the
-in-flight gauge set to the count. `Metrics` folds before every reading of its registry (the buffer is
-its registry's first collector) and before every render, and the app folds every `FOLD_SECONDS`, so
-other workers' renders see this one's values at most that old (gateway/metrics.py).
+lock (an mmap write with several workers) and checks its metric: ~11 us per request, 21 us in
+multiprocess mode; here a write is a dict update, ~4 us per request in both (bench/recorder_cpu.py,
+cost computation included). `fold` adds what accumulated to the children: counters by their sums,
+histograms by their bucket counts and sum, the in-flight gauge set to the count. `Metrics` folds before
+every reading of its registry (`FoldFirst` is the registry's first collector) and before every render,
+and the app folds every `FOLD_SECONDS` and at shutdown, so other workers' renders see this one's values
+at most that old (gateway/metrics.py).
 
 Writes and folds run on the event loop's thread: a fold swaps the dicts out, so a write from another
 thread at that instant could be lost.

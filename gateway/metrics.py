@@ -11,8 +11,9 @@ The request path's writes (Recorder's `decided`, `answered`, `refused`, `serving
 buffered in plain Python and folded into these metrics in bulk (gateway/metric_buffer.py): before every
 reading of this process's registry and every render, so a worker's own /metrics is exact; every
 `FOLD_SECONDS` (1 s) from the app, so another worker's render sees this one's values at most ~1 s
-old (in multiprocess mode); and at shutdown, so a worker that stops gracefully loses nothing. A child's
-`_created` is when it was first folded, up to that second after its first write.
+old (in multiprocess mode); and at shutdown, so a worker that stops gracefully loses nothing (one
+killed with SIGKILL loses its last second of these writes). A child's `_created` is when it was first
+folded, up to that second after its first write.
 """
 
 from __future__ import annotations
