@@ -22,6 +22,7 @@ from gateway.api import admin, anthropic, dashboard, keys_admin, openai
 from gateway.config import Settings
 from gateway.dashboard import snapshot
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound, error_response
+from gateway.metric_buffer import FOLD_SECONDS
 from gateway.metrics import Metrics
 from gateway.request_id import REQUEST_ID_HEADER, request_id
 from gateway.runtime import Runtime
@@ -69,6 +70,14 @@ async def _probe_replicas(state: GatewayState) -> None:
                 log.error("probing replicas failed: %r", result)
         for replicas in due:
             state.live_replicas(replicas.backend.name, sum(r.load.up for r in replicas.replicas))
+
+
+async def _fold_metrics(metrics: Metrics) -> None:
+    """The request path's buffered metric writes into the metrics every second (gateway/metric_buffer.py):
+    what bounds the age of this worker's values in another worker's /metrics."""
+    while True:
+        await asyncio.sleep(FOLD_SECONDS)
+        metrics.fold()
 
 
 async def _housekeeping(state: GatewayState) -> None:
@@ -181,6 +190,7 @@ def create_app(
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[None]] = [
             loop.create_task(_housekeeping(state)),
+            loop.create_task(_fold_metrics(state.metrics)),
             loop.create_task(_probe_replicas(state)),
         ]
         if loader is not None:
@@ -196,6 +206,7 @@ def create_app(
             for task in tasks:
                 task.cancel()
             await state.close()
+            state.metrics.fold()  # the last requests' writes, before the worker's metrics file is all that stays
             if state.tracing is not None:
                 await asyncio.to_thread(state.tracing.close)  # a last export, which may wait on the network
 

@@ -6,6 +6,14 @@ With several workers, prometheus_client's multiprocess mode (PROMETHEUS_MULTIPRO
 `crossover serve`) aggregates the workers' values; see `render`. Gauges describe processes that are
 alive (`live*` modes): the supervisor marks a worker that exits dead, and its gauges leave the sums and
 maxima (gateway/supervisor.py). The start time stays the first worker's, as the counters cover it.
+
+The request path's writes (Recorder's `decided`, `answered`, `refused`, `serving`, `limit_checked`) are
+buffered in plain Python and folded into these metrics in bulk (gateway/metric_buffer.py): before every
+reading of this process's registry and every render, so a worker's own /metrics is exact; every
+`FOLD_SECONDS` (1 s) from the app, so another worker's render sees this one's values at most ~1 s
+old (in multiprocess mode); and at shutdown, so a worker that stops gracefully loses nothing (one
+killed with SIGKILL loses its last second of these writes). A child's `_created` is when it was first
+folded, up to that second after its first write.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from prometheus_client import (
     multiprocess,
 )
 
+from gateway.metric_buffer import FoldFirst, MetricBuffer
+
 # LLM requests span three orders of magnitude: tens of ms for a cached short answer, minutes for a long one.
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30)
@@ -38,6 +48,9 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        # The request path's writes, folded in before any reading (gateway/metric_buffer.py).
+        self.buffer = MetricBuffer()
+        r.register(FoldFirst(self.fold))
         self.requests = Counter(
             "crossover_requests",
             "Requests answered, by route and outcome.",
@@ -339,8 +352,14 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def fold(self) -> None:
+        """Add the buffered writes into the metrics: before a reading, and every `FOLD_SECONDS`."""
+        self.buffer.fold(self.at)
+        self.in_flight.set(self.buffer.in_flight)
+
     def render(self) -> bytes:
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+            self.fold()  # the other workers' values are at most FOLD_SECONDS old (the app's tick)
             merged = CollectorRegistry()
             multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
             return generate_latest(merged)

@@ -40,22 +40,24 @@ class Outcome:
 class Recorder:
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        # What every request writes goes through the buffer (gateway/metric_buffer.py): ~1/5 the CPU.
+        self.buffer = metrics.buffer
 
     def decided(self, router: str, decision: Decision, seconds: float | None) -> None:
         """A router decision; `seconds` when the classifier was asked (its time, rules included)."""
-        m = self.metrics
-        m.at(m.decisions, router, decision.route, decision.reason).inc()
+        m, b = self.metrics, self.buffer
+        b.count(m.decisions, (router, decision.route, decision.reason))
         if decision.rule is not None:
-            m.at(m.rule_matches, router, decision.rule).inc()
+            b.count(m.rule_matches, (router, decision.rule))
         if seconds is not None and decision.score is not None:
-            m.at(m.classifier_seconds, router).observe(seconds)
-            m.at(m.score, router).observe(decision.score)
+            b.observe(m.classifier_seconds, (router,), seconds)
+            b.observe(m.score, (router,), decision.score)
 
     # ---- the gateway's own state ----
 
     def serving(self, delta: int) -> None:
         """A request began (+1) or ended (-1)."""
-        self.metrics.in_flight.inc(delta)
+        self.buffer.in_flight += delta
 
     def reloaded(self, applied: bool) -> None:
         self.metrics.at(self.metrics.config_reloads, "applied" if applied else "rejected").inc()
@@ -117,20 +119,20 @@ class Recorder:
 
     def limit_checked(self, kind: str, result: str) -> None:
         """kind: "rate" or "budget"; result: "allowed", "limited", "open" or "closed"."""
-        self.metrics.at(self.metrics.limit_checks, kind, result).inc()
+        self.buffer.count(self.metrics.limit_checks, (kind, result))
 
     def refused(
         self, route: str, backend: str, model: str, status_class: str, gpu_usd: float, team: str | None = None
     ) -> None:
         """A request that ended in an error before any answer reached the client."""
-        m = self.metrics
-        m.at(m.requests, route, backend, model, status_class).inc()
+        m, b = self.metrics, self.buffer
+        b.count(m.requests, (route, backend, model, status_class))
         if gpu_usd:
-            m.at(m.cost, route, backend, model).inc(gpu_usd)
+            b.count(m.cost, (route, backend, model), gpu_usd)
         if team is not None:
-            m.at(m.team_requests, team, status_class).inc()
+            b.count(m.team_requests, (team, status_class))
             if gpu_usd:
-                m.at(m.team_cost, team).inc(gpu_usd)
+                b.count(m.team_cost, (team,), gpu_usd)
 
     def policy_enforced(self, policy: str, what: str) -> None:
         self.metrics.at(self.metrics.policy_enforced, policy, what).inc()
@@ -140,34 +142,35 @@ class Recorder:
 
     def answered(self, o: Outcome) -> tuple[float, float | None]:
         """Records the outcome; its cost and baseline cost in USD (None: no baseline or no usage)."""
-        m, route, backend, model = self.metrics, o.decision.route, o.backend, o.model.name
+        m, b, route, backend, model = self.metrics, self.buffer, o.decision.route, o.backend, o.model.name
         stream = "true" if o.stream else "false"
-        m.at(m.requests, route, backend, model, o.status_class).inc()
-        m.at(m.latency, route, backend, stream).observe(o.seconds)
-        m.at(m.overhead, route, stream).observe(o.overhead)
+        served = (route, backend, model)
+        b.count(m.requests, (*served, o.status_class))
+        b.observe(m.latency, (route, backend, stream), o.seconds)
+        b.observe(m.overhead, (route, stream), o.overhead)
         if o.first_token is not None:
-            m.at(m.ttft, route, backend).observe(o.first_token)
+            b.observe(m.ttft, (route, backend), o.first_token)
         if o.inter_token is not None:
-            m.at(m.inter_token, route, backend).observe(o.inter_token)
+            b.observe(m.inter_token, (route, backend), o.inter_token)
         cost, baseline = o.gpu_usd, None
         u = o.usage
         if u is not None:
             if o.usage_estimated:
-                m.at(m.estimated_usage, route, backend).inc()
-            m.at(m.tokens, route, backend, model, "input").inc(u.input)
-            m.at(m.tokens, route, backend, model, "output").inc(u.output)
+                b.count(m.estimated_usage, (route, backend))
+            b.count(m.tokens, (*served, "input"), u.input)
+            b.count(m.tokens, (*served, "output"), u.output)
             if u.cached:
-                m.at(m.tokens, route, backend, model, "cached").inc(u.cached)
+                b.count(m.tokens, (*served, "cached"), u.cached)
             cost += cost_usd(u, o.model.price)
             if o.baseline is not None:
                 baseline = cost_usd(u, o.baseline)
-                m.at(m.baseline_cost, route, backend, model).inc(baseline)
-        m.at(m.cost, route, backend, model).inc(cost)
+                b.count(m.baseline_cost, served, baseline)
+        b.count(m.cost, served, cost)
         if o.team is not None:
-            m.at(m.team_requests, o.team, o.status_class).inc()
-            m.at(m.team_cost, o.team).inc(cost)
+            b.count(m.team_requests, (o.team, o.status_class))
+            b.count(m.team_cost, (o.team,), cost)
             if baseline is not None:
-                m.at(m.team_baseline_cost, o.team).inc(baseline)
+                b.count(m.team_baseline_cost, (o.team,), baseline)
         return cost, baseline
 
     def shadow_judged(self, router: str, verdict: str, score: float | None) -> None:

@@ -28,6 +28,7 @@ from gateway.dashboard import History, Snapshot, delta, histogram_quantile, snap
 from gateway.metrics import LATENCY_BUCKETS, Metrics
 from tests.conftest import SIM_KEY
 from tests.servers import ROOT, Server, start_gateway
+from tests.workers import folded
 
 INF = math.inf
 BUCKETS = [(0.1, 2.0), (0.5, 6.0), (1.0, 8.0), (INF, 10.0)]  # 2 in (0, 0.1], 4 in (0.1, 0.5], 2, 2 above 1
@@ -434,7 +435,7 @@ def dollars(text: str) -> float:
 
 def test_dashboard_in_a_browser_shows_the_metrics(tmp_path: Path, gw: Server, openai_sim: Server) -> None:
     send_traffic(gw, openai_sim)
-    m = metric_values(gw)
+    m = folded(lambda: metric_values(gw), lambda m: total(m, "crossover_requests_total") == 14)
     requests = total(m, "crossover_requests_total")
     assert requests == 14
     by_route = {r: int(total(m, "crossover_requests_total", route=r)) for r in ("local", "api", "direct")}

@@ -6,11 +6,15 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from tests.servers import Server
+
+T = TypeVar("T")
 
 
 def worker_pids(server: Server) -> set[int]:
@@ -49,3 +53,15 @@ def wait_for_workers(server: Server, count: int = 2) -> None:
     while server.log_text().count("Application startup complete.") < count:
         assert time.monotonic() < deadline, "the workers did not all start"
         time.sleep(0.1)
+
+
+def folded(read: Callable[[], T], done: Callable[[T], bool], timeout: float = 10) -> T:
+    """`read()` again until `done` with it: a worker's buffered metric writes reach the other workers'
+    /metrics at its next fold, within FOLD_SECONDS (gateway/metric_buffer.py); the scraped worker's own
+    are always there."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        value = read()
+    return value
