@@ -2,8 +2,8 @@
 
 redis-py's pipeline costs tens of microseconds of Python per call (a pipeline object, a pooled
 connection, per-command bookkeeping): a fifth of a worker's CPU at full load. Here hiredis packs
-the commands and parses the replies, a batch is one write on one connection, and replies are
-matched to batches in order. Failures are raised as `ConnectionError` or `TimeoutError`, which
+a command and parses the replies, a command is one write on one connection, and replies are
+matched to commands in order. Failures are raised as `ConnectionError` or `TimeoutError`, which
 `RedisLink.run` takes for an outage; error replies are returned, as `hiredis.ReplyError`.
 """
 
@@ -24,24 +24,29 @@ class RedisWire(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._reader = hiredis.Reader()
-        # Batches sent, oldest first: (replies expected, replies so far, future, timeout handle).
-        self._waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]], asyncio.TimerHandle]] = deque()
+        # Batches sent, oldest first: (replies expected, replies so far, future, deadline).
+        self._waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]], float]] = deque()
+        # One timer watches the oldest batch's deadline: a timer per batch cost each request ~2 us.
+        self._watchdog: asyncio.TimerHandle | None = None
 
-    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies to `commands`, sent in one write."""
+    async def call(self, *command: Any) -> Any:
+        """The reply to one command."""
         if self._transport is None:
             await self._connect()
-        return await self._send(commands)
+        return (await self._send(hiredis.pack_command(command), 1))[0]
 
-    def _send(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+    def _send(self, payload: bytes, replies: int) -> asyncio.Future[list[Any]]:
+        """Write `payload` (`replies` commands) at once; its future gets their replies."""
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionError("the connection to Redis is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Any]] = loop.create_future()
-        timer = loop.call_later(self._timeout, self._timed_out)
-        self._waiting.append((len(commands), [], future, timer))
-        transport.write(b"".join(hiredis.pack_command(command) for command in commands))
+        deadline = loop.time() + self._timeout
+        self._waiting.append((replies, [], future, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
+        transport.write(payload)
         return future
 
     async def _connect(self) -> None:
@@ -77,7 +82,8 @@ class RedisWire(asyncio.Protocol):
         if o.get("db"):
             hello.append(("SELECT", o["db"]))
         if hello:
-            for reply in await self._send(hello):
+            payload = b"".join(hiredis.pack_command(command) for command in hello)
+            for reply in await self._send(payload, len(hello)):
                 if isinstance(reply, hiredis.ReplyError):
                     raise ConnectionError("Redis refused the connection's set-up")
 
@@ -92,11 +98,10 @@ class RedisWire(asyncio.Protocol):
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
                 continue  # a reply to a batch that timed out
-            expected, replies, future, timer = self._waiting[0]
+            expected, replies, future, _ = self._waiting[0]
             replies.append(reply)
             if len(replies) == expected:
                 self._waiting.popleft()
-                timer.cancel()
                 if not future.done():
                     future.set_result(replies)
 
@@ -104,14 +109,20 @@ class RedisWire(asyncio.Protocol):
         self._transport = None
         self._fail(ConnectionError("the connection to Redis was lost"))
 
-    def _timed_out(self) -> None:
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop, deadline = asyncio.get_running_loop(), self._waiting[0][3]
+        if loop.time() + 0.001 < deadline:  # the oldest batch came later than the one it was set for
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
         self._fail(TimeoutError("Redis did not answer in time"))
         self._drop()  # later replies would answer the wrong batches
 
     def _fail(self, exc: Exception) -> None:
         while self._waiting:
-            _, _, future, timer = self._waiting.popleft()
-            timer.cancel()
+            _, _, future, _ = self._waiting.popleft()
             if not future.done():
                 future.set_exception(exc)
 
@@ -121,4 +132,7 @@ class RedisWire(asyncio.Protocol):
             self._transport = None
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._drop()
