@@ -170,7 +170,7 @@ while a <= #ARGV do
   for i = 1, cw do
     local counted, real = ARGV[a], ARGV[a + 1]
     -- else it has left the window already
-    if redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
+    if counted ~= real and redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
       redis.call('ZADD', KEYS[k], at, id .. ':' .. real)
       redis.call('INCRBY', KEYS[k + 1], tonumber(real) - tonumber(counted))
     end
@@ -287,7 +287,7 @@ class RedisStore:
             args += (w.limit, w.amount)
         for b in budgets:
             keys.append(self._spent(b.name))
-            args += (repr(b.limit), repr(b.reserve), b.ttl)
+            args += (b.limit, b.reserve, b.ttl)  # hiredis writes a float as repr() does, faster
         reply = await self._run(keys, args)
         if reply is None:
             return None
@@ -298,11 +298,10 @@ class RedisStore:
     def correct(self, correction: Correction) -> None:
         """Waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most do): one call
         per request, not two."""
-        keys, args = self._pending_keys, self._pending_args
-        windows = [(name, counted, real) for name, counted, real in correction.windows if counted != real]
-        budgets = [(name, delta) for name, delta in correction.budgets if delta]
+        windows, budgets = correction.windows, correction.budgets
         if not windows and not budgets:
-            return  # nothing to replace
+            return  # a key limited in requests only: nothing to replace
+        keys, args = self._pending_keys, self._pending_args
         args += (correction.rid, correction.counted_at, len(windows))
         for name, counted, real in windows:
             keys += self._keys(name)
@@ -310,7 +309,7 @@ class RedisStore:
         args.append(len(budgets))
         for name, delta in budgets:
             keys.append(self._spent(name))
-            args.append(repr(delta))
+            args.append(delta)
         if self._later is None:
             self._later = asyncio.get_running_loop().call_later(CORRECT_AFTER_SECONDS, self._flush)
 
@@ -326,12 +325,12 @@ class RedisStore:
 
     async def _eval(self, *keys_and_args: Any) -> Any:
         reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
-        if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-            # A new or restarted Redis: nothing ran; load the script and send again.
-            await self._wire.call("SCRIPT", "LOAD", SCRIPT)
-            reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
-        if isinstance(reply, hiredis.ReplyError):
-            raise ResponseError(str(reply))
+        if type(reply) is hiredis.ReplyError:
+            if str(reply).startswith("NOSCRIPT"):  # a new or restarted Redis: nothing ran; load, resend
+                await self._wire.call("SCRIPT", "LOAD", SCRIPT)
+                reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
+            if type(reply) is hiredis.ReplyError:
+                raise ResponseError(str(reply))
         return reply
 
     def _flush(self) -> None:

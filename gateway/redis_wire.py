@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
@@ -24,26 +25,29 @@ class RedisWire(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._reader = hiredis.Reader()
-        # Batches sent, oldest first: (replies expected, replies so far, future, deadline).
-        self._waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]], float]] = deque()
-        # One timer watches the oldest batch's deadline: a timer per batch cost each request ~2 us.
+        # Commands sent, oldest first: (future of the reply, deadline).
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # One timer watches the oldest command's deadline: a timer per command cost ~2 us each.
         self._watchdog: asyncio.TimerHandle | None = None
 
-    async def call(self, *command: Any) -> Any:
-        """The reply to one command."""
+    def call(self, *command: Any) -> Awaitable[Any]:
+        """The reply to `command`: once connected, a future written at once (no coroutine)."""
         if self._transport is None:
-            await self._connect()
-        return (await self._send(hiredis.pack_command(command), 1))[0]
+            return self._connect_and_call(command)
+        return self._send(hiredis.pack_command(command))
 
-    def _send(self, payload: bytes, replies: int) -> asyncio.Future[list[Any]]:
-        """Write `payload` (`replies` commands) at once; its future gets their replies."""
+    async def _connect_and_call(self, command: tuple[Any, ...]) -> Any:
+        await self._connect()
+        return await self._send(hiredis.pack_command(command))
+
+    def _send(self, payload: bytes) -> asyncio.Future[Any]:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionError("the connection to Redis is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
+        future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self._timeout
-        self._waiting.append((replies, [], future, deadline))
+        self._waiting.append((future, deadline))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
         transport.write(payload)
@@ -81,11 +85,9 @@ class RedisWire(asyncio.Protocol):
             )
         if o.get("db"):
             hello.append(("SELECT", o["db"]))
-        if hello:
-            payload = b"".join(hiredis.pack_command(command) for command in hello)
-            for reply in await self._send(payload, len(hello)):
-                if isinstance(reply, hiredis.ReplyError):
-                    raise ConnectionError("Redis refused the connection's set-up")
+        for command in hello:
+            if isinstance(await self._send(hiredis.pack_command(command)), hiredis.ReplyError):
+                raise ConnectionError("Redis refused the connection's set-up")
 
     # ---- asyncio.Protocol ----
 
@@ -97,13 +99,10 @@ class RedisWire(asyncio.Protocol):
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
-                continue  # a reply to a batch that timed out
-            expected, replies, future, _ = self._waiting[0]
-            replies.append(reply)
-            if len(replies) == expected:
-                self._waiting.popleft()
-                if not future.done():
-                    future.set_result(replies)
+                continue  # a reply to a command that timed out
+            future = self._waiting.popleft()[0]
+            if not future.done():
+                future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -113,16 +112,16 @@ class RedisWire(asyncio.Protocol):
         self._watchdog = None
         if not self._waiting:
             return
-        loop, deadline = asyncio.get_running_loop(), self._waiting[0][3]
-        if loop.time() + 0.001 < deadline:  # the oldest batch came later than the one it was set for
+        loop, deadline = asyncio.get_running_loop(), self._waiting[0][1]
+        if loop.time() + 0.001 < deadline:  # the oldest command came later than the one it was set for
             self._watchdog = loop.call_at(deadline, self._watch)
             return
         self._fail(TimeoutError("Redis did not answer in time"))
-        self._drop()  # later replies would answer the wrong batches
+        self._drop()  # later replies would answer the wrong commands
 
     def _fail(self, exc: Exception) -> None:
         while self._waiting:
-            _, _, future, _ = self._waiting.popleft()
+            future = self._waiting.popleft()[0]
             if not future.done():
                 future.set_exception(exc)
 
