@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from hashlib import sha1
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import hiredis
 from redis.exceptions import ResponseError
@@ -33,8 +33,9 @@ WINDOW_MS = 60_000
 CORRECT_AFTER_SECONDS = 0.02
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
+# Named tuples, not frozen dataclasses: a request makes several, and a frozen dataclass's __init__
+# costs twice a tuple's.
+class Window(NamedTuple):
     """A rate limit to count against: `name` is its log (e.g. "key:static-ab12:tokens")."""
 
     name: str
@@ -42,29 +43,28 @@ class Window:
     amount: int  # what this request counts: 1 request, or its estimated tokens
 
 
-@dataclass(frozen=True, slots=True)
-class Budget:
+class Budget(NamedTuple):
     name: str  # e.g. "team:ml:day:2026-12-01": a new period starts a new sum
     limit: float  # USD
     reserve: float  # this request's estimated cost
-    ttl: int  # seconds the sum is kept after its last change (past the period's end)
+    ttl: int  # seconds the sum is kept after its period's first spend (past the period's end)
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     over: Literal["rate", "budget"] | None  # None: admitted and counted
     remaining: tuple[int, ...]  # per window: what is left (after this request, when admitted)
     wait_ms: tuple[int, ...]  # per window: until its oldest counted entry leaves the window
     over_at: int = -1  # the window (rate) or budget (budget) that refused
+    counted_at: int = 0  # when the store counted it (ms on its clock): where its correction goes
 
 
-@dataclass(frozen=True, slots=True)
-class Correction:
+class Correction(NamedTuple):
     """A request's real amounts, once it ended: tokens per window, cost per budget."""
 
     rid: str
     windows: tuple[tuple[str, int, int], ...]  # (window, amount counted, real amount)
     budgets: tuple[tuple[str, float], ...]  # (budget, real cost - reserved)
+    counted_at: int = 0  # the check's `Verdict.counted_at`
 
 
 class LimitStore(Protocol):
@@ -153,100 +153,108 @@ class LocalStore:
 
 # ---- in Redis -----------------------------------------------------------------------------------
 
-# KEYS: per window its log (a sorted set of "rid:amount" by time) and its total; then per budget its sum.
-# ARGV: rid, window ms, windows, [limit, amount] per window, budgets, [limit, reserve, ttl] per budget.
-# Returns {over (0, 1 rate, 2 budget), over_at (1-based), [remaining, wait ms] per window}.
-CHECK = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local rid, span, nw = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local nb = tonumber(ARGV[4 + 2 * nw])
-local used = {}
-for i = 1, nw do
-  local log, total = KEYS[2 * i - 1], KEYS[2 * i]
-  local gone = redis.call('ZRANGEBYSCORE', log, '-inf', now - span)
-  local sum = tonumber(redis.call('GET', total) or '0')
-  if #gone > 0 then
-    for _, m in ipairs(gone) do sum = sum - tonumber(string.match(m, ':(%-?%d+)$')) end
-    redis.call('ZREMRANGEBYSCORE', log, '-inf', now - span)
-    redis.call('SET', total, sum, 'PX', span)
-  end
-  used[i] = sum
-end
-local over, at = 0, 0
-for j = 1, nb do
-  local k = 4 + 2 * nw + 3 * j
-  local spent = tonumber(redis.call('GET', KEYS[2 * nw + j]) or '0')
-  if spent + tonumber(ARGV[k - 1]) > tonumber(ARGV[k - 2]) then over, at = 2, j break end
-end
-if over == 0 then
-  for i = 1, nw do
-    if used[i] + tonumber(ARGV[4 + 2 * i - 1]) > tonumber(ARGV[4 + 2 * i - 2]) then over, at = 1, i break end
-  end
-end
-if over == 0 then
-  for i = 1, nw do
-    local log, total, amount = KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[4 + 2 * i - 1])
-    redis.call('ZADD', log, now, rid .. ':' .. amount)
-    redis.call('PEXPIRE', log, span)
-    used[i] = redis.call('INCRBY', total, amount)
-    redis.call('PEXPIRE', total, span)
-  end
-  for j = 1, nb do
-    local k = 4 + 2 * nw + 3 * j
-    redis.call('INCRBYFLOAT', KEYS[2 * nw + j], ARGV[k - 1])
-    redis.call('EXPIRE', KEYS[2 * nw + j], ARGV[k])
-  end
-end
-local out = {over, at}
-for i = 1, nw do
-  local first = redis.call('ZRANGE', KEYS[2 * i - 1], 0, 0, 'WITHSCORES')
-  out[#out + 1] = tonumber(ARGV[4 + 2 * i - 2]) - used[i]
-  out[#out + 1] = first[2] and (tonumber(first[2]) + span - now) or 0
-end
-return out
-"""
-
-# A request's corrections. KEYS: its window logs and totals, then its budget sums.
-# ARGV: rid, windows, [counted, real] per window, budgets, [delta] per budget.
-CORRECT = """
-local a, k = 1, 1
+# One script does a request's check and the corrections waiting to be sent, first: one call per
+# request, as few commands as the counting allows (Redis's CPU per call is mostly its commands').
+# KEYS: per window its log (a sorted set of "rid:amount" by time) and its total; per budget its sum;
+#   then the corrections' keys.
+# ARGV: rid, window ms, windows, budgets, [limit, amount] per window, [limit, reserve, ttl] per budget;
+#   then per correction: rid, when it was counted, windows, [counted, real] per window, budgets,
+#   [delta] per budget.
+# Returns {over (0, 1 rate, 2 budget), over_at (1-based), now, [remaining, wait ms] per window}.
+SCRIPT = """
+local rid, span, nw, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local k, a = 2 * nw + nb + 1, 5 + 2 * nw + 3 * nb
 while a <= #ARGV do
-  local rid, nw = ARGV[a], tonumber(ARGV[a + 1])
-  a = a + 2
-  for i = 1, nw do
-    local log, total, counted, real = KEYS[k], KEYS[k + 1], ARGV[a], ARGV[a + 1]
-    local at = redis.call('ZSCORE', log, rid .. ':' .. counted)
-    if at then
-      redis.call('ZREM', log, rid .. ':' .. counted)
-      redis.call('ZADD', log, at, rid .. ':' .. real)
-      redis.call('INCRBY', total, tonumber(real) - tonumber(counted))
+  local id, at, cw = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
+  a = a + 3
+  for i = 1, cw do
+    local counted, real = ARGV[a], ARGV[a + 1]
+    -- else it has left the window already
+    if counted ~= real and redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
+      redis.call('ZADD', KEYS[k], at, id .. ':' .. real)
+      redis.call('INCRBY', KEYS[k + 1], tonumber(real) - tonumber(counted))
     end
     a, k = a + 2, k + 2
   end
-  local nb = tonumber(ARGV[a])
+  local cb = tonumber(ARGV[a])
   a = a + 1
-  for j = 1, nb do
+  for j = 1, cb do
     if redis.call('EXISTS', KEYS[k]) == 1 then redis.call('INCRBYFLOAT', KEYS[k], ARGV[a]) end
     a, k = a + 1, k + 1
   end
 end
-return 0
+if nw + nb == 0 then return {0, 0, 0} end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local used, first, spent = {}, {}, {}
+for i = 1, nw do
+  local log, total = KEYS[2 * i - 1], KEYS[2 * i]
+  local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+  local sum = 0
+  -- An empty log counts nothing, whatever its total says (the total may outlive it).
+  if oldest[2] then
+    sum = tonumber(redis.call('GET', total) or '0')
+    if tonumber(oldest[2]) <= now - span then
+      for _, m in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', now - span)) do
+        sum = sum - tonumber(string.match(m, ':(%-?%d+)$'))
+      end
+      redis.call('ZREMRANGEBYSCORE', log, '-inf', now - span)
+      redis.call('SET', total, sum, 'PX', span)
+      oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
+    end
+  end
+  used[i], first[i] = sum, oldest[2]
+end
+local over, at = 0, 0
+for j = 1, nb do
+  local b = 2 + 2 * nw + 3 * j  -- its limit, reserve and ttl: ARGV[b], [b + 1], [b + 2]
+  spent[j] = redis.call('GET', KEYS[2 * nw + j])
+  if tonumber(spent[j] or '0') + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then over, at = 2, j break end
+end
+if over == 0 then
+  for i = 1, nw do
+    if used[i] + tonumber(ARGV[4 + 2 * i]) > tonumber(ARGV[3 + 2 * i]) then over, at = 1, i break end
+  end
+end
+if over == 0 then
+  for i = 1, nw do
+    local log, amount = KEYS[2 * i - 1], ARGV[4 + 2 * i]
+    redis.call('ZADD', log, now, rid .. ':' .. amount)
+    redis.call('PEXPIRE', log, span)
+    used[i] = used[i] + tonumber(amount)
+    redis.call('SET', KEYS[2 * i], used[i], 'PX', span)
+    first[i] = first[i] or now
+  end
+  for j = 1, nb do
+    local b = 2 + 2 * nw + 3 * j
+    redis.call('INCRBYFLOAT', KEYS[2 * nw + j], ARGV[b + 1])
+    -- Kept `ttl` from the period's first spend: past the period's end either way.
+    if not spent[j] then redis.call('EXPIRE', KEYS[2 * nw + j], ARGV[b + 2]) end
+  end
+end
+local out = {over, at, now}
+for i = 1, nw do
+  out[#out + 1] = tonumber(ARGV[3 + 2 * i]) - used[i]
+  out[#out + 1] = first[i] and (tonumber(first[i]) + span - now) or 0
+end
+return out
 """
+SCRIPT_SHA = sha1(SCRIPT.encode()).hexdigest()
 
 
 class RedisStore:
     """Counts shared by every process that uses the same Redis.
 
-    Every call is pipelined on one connection (gateway/redis_wire.py): a connection per request ran
+    Every call goes on one pipelined connection (gateway/redis_wire.py): a connection per request ran
     out of redis-py's pool under a burst."""
 
     def __init__(self, link: RedisLink, window_ms: int = WINDOW_MS) -> None:
         self.link = link  # its keys' namespace, and what an outage means
         self._wire = RedisWire(link.settings.url, link.settings.timeout)
         self.window_ms = window_ms
-        self._scripts = {CHECK: sha1(CHECK.encode()).hexdigest(), CORRECT: sha1(CORRECT.encode()).hexdigest()}
-        self._pending: list[tuple[str, list[str], list[Any]]] = []  # corrections not sent yet
+        # Corrections not sent yet, as the script's keys and arguments.
+        self._pending_keys: list[str] = []
+        self._pending_args: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._names: dict[str, tuple[str, str]] = {}
         self._sums: dict[str, str] = {}
@@ -273,79 +281,64 @@ class RedisStore:
 
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
         keys: list[str] = []
-        args: list[Any] = [rid, self.window_ms, len(windows)]
+        args: list[Any] = [rid, self.window_ms, len(windows), len(budgets)]
         for w in windows:
             keys += self._keys(w.name)
             args += (w.limit, w.amount)
-        args.append(len(budgets))
         for b in budgets:
             keys.append(self._spent(b.name))
-            args += (repr(b.limit), repr(b.reserve), b.ttl)
-        reply = await self._call(CHECK, keys, args)
+            args += (b.limit, b.reserve, b.ttl)  # hiredis writes a float as repr() does, faster
+        reply = await self._run(keys, args)
         if reply is None:
             return None
-        code, at, rest = int(reply[0]), int(reply[1]) - 1, reply[2:]
+        code = reply[0]
         over: Literal["rate", "budget"] | None = "rate" if code == 1 else "budget" if code == 2 else None
-        return Verdict(over, tuple(int(x) for x in rest[::2]), tuple(int(x) for x in rest[1::2]), at)
+        return Verdict(over, tuple(reply[3::2]), tuple(reply[4::2]), reply[1] - 1, reply[2])
 
     def correct(self, correction: Correction) -> None:
-        keys: list[str] = []
-        args: list[Any] = [correction.rid, len(correction.windows)]
-        for name, counted, real in correction.windows:
+        """Waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most do): one call
+        per request, not two."""
+        windows, budgets = correction.windows, correction.budgets
+        if not windows and not budgets:
+            return  # a key limited in requests only: nothing to replace
+        keys, args = self._pending_keys, self._pending_args
+        args += (correction.rid, correction.counted_at, len(windows))
+        for name, counted, real in windows:
             keys += self._keys(name)
             args += (counted, real)
-        args.append(len(correction.budgets))
-        for name, delta in correction.budgets:
+        args.append(len(budgets))
+        for name, delta in budgets:
             keys.append(self._spent(name))
-            args.append(repr(delta))
-        self._enqueue(CORRECT, keys, args)
-
-    async def _call(self, lua: str, keys: list[str], args: list[Any]) -> Any:
-        """Written at once by the calling task, with the corrections waiting (a hop through the event
-        loop per call cost a loaded worker a millisecond); None while Redis is unreachable."""
-        batch, self._pending = [*self._pending, (lua, keys, args)], []
-        if self._later is not None:
-            self._later.cancel()
-            self._later = None
-        replies = await self.link.run(lambda _: self._pipeline(batch), None)
-        return None if replies is None else replies[-1]
-
-    def _enqueue(self, lua: str, keys: list[str], args: list[Any]) -> None:
-        """A correction waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most
-        do: one round trip per request, not two)."""
-        self._pending.append((lua, keys, args))
+            args.append(delta)
         if self._later is None:
             self._later = asyncio.get_running_loop().call_later(CORRECT_AFTER_SECONDS, self._flush)
 
+    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+        """The script's reply, for `keys` and `args` and the corrections waiting, written at once by
+        the calling task (a hop through the event loop per call cost a loaded worker a millisecond);
+        None while Redis is unreachable (the corrections are lost: the estimates stand)."""
+        if self._pending_args:
+            keys += self._pending_keys
+            args += self._pending_args
+            self._pending_keys, self._pending_args = [], []
+        return await self.link.run(lambda _: self._eval(len(keys), *keys, *args), None)
+
+    async def _eval(self, *keys_and_args: Any) -> Any:
+        reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
+        if type(reply) is hiredis.ReplyError:
+            if str(reply).startswith("NOSCRIPT"):  # a new or restarted Redis: nothing ran; load, resend
+                await self._wire.call("SCRIPT", "LOAD", SCRIPT)
+                reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
+            if type(reply) is hiredis.ReplyError:
+                raise ResponseError(str(reply))
+        return reply
+
     def _flush(self) -> None:
         self._later = None
-        batch, self._pending = self._pending, []
-        if batch:
-            task = asyncio.get_running_loop().create_task(self._send(batch))
+        if self._pending_args:
+            task = asyncio.get_running_loop().create_task(self._run([], ["", 0, 0, 0]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-
-    async def _send(self, batch: list[tuple[str, list[str], list[Any]]]) -> None:
-        # Lost while Redis is down: the reserved estimates stand (on the safe side for budgets).
-        await self.link.run(lambda _: self._pipeline(batch), None)
-
-    async def _pipeline(self, batch: list[tuple[str, list[str], list[Any]]]) -> list[Any]:
-        replies = await self._execute(batch)
-        missing = [i for i, reply in enumerate(replies) if _noscript(reply)]
-        if missing:  # a new or restarted Redis: load the scripts, then send again only what did not run
-            await self._wire.execute([("SCRIPT", "LOAD", lua) for lua in self._scripts])
-            again = await self._execute([batch[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        for reply in replies:
-            if isinstance(reply, hiredis.ReplyError):
-                raise ResponseError(str(reply))
-        return replies
-
-    def _execute(self, batch: list[tuple[str, list[str], list[Any]]]) -> Awaitable[list[Any]]:
-        return self._wire.execute(
-            [("EVALSHA", self._scripts[lua], len(keys), *keys, *args) for lua, keys, args in batch]
-        )
 
     async def close(self) -> None:
         if self._later is not None:
@@ -354,7 +347,3 @@ class RedisStore:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         self._wire.close()
-
-
-def _noscript(reply: Any) -> bool:
-    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")

@@ -27,7 +27,7 @@ from classifier.features import estimate_tokens
 from gateway.config import LimitsPolicy, Price
 from gateway.errors import GatewayError
 from gateway.limit_store import Budget, Correction, LimitStore, Verdict, Window
-from gateway.principal import NO_LIMITS, Principal
+from gateway.principal import Principal
 from gateway.recorder import Recorder
 from providers.base import Dialect, ErrorCode
 
@@ -86,9 +86,10 @@ class Ticket:
 
     limiter: Limiter  # the one that admitted it: a reload may have replaced it (and its store) since
     rid: str
-    tokens: tuple[tuple[str, int], ...]  # (window, tokens counted)
-    budgets: tuple[tuple[str, float], ...]  # (budget, USD reserved)
+    tokens: Sequence[Window]  # its token windows, with what they counted
+    budgets: Sequence[Budget]  # with what they reserved
     headers: dict[str, str]
+    counted_at: int  # the store's `Verdict.counted_at`
 
     def settle(self, tokens: int, usd: float) -> None:
         """The request ended having used `tokens` (prompt + completion) and cost `usd`: corrected in
@@ -97,7 +98,7 @@ class Ticket:
 
 
 def limited(principal: Principal | None) -> bool:
-    return principal is not None and (principal.key_limits != NO_LIMITS or principal.team_limits != NO_LIMITS)
+    return principal is not None and principal.limited
 
 
 class Limiter:
@@ -160,9 +161,8 @@ class Limiter:
             self._count(windows, budgets, "rate")
             raise _over_rate(windows, verdict, headers)
         self._count(windows, budgets, None)
-        tokens = tuple((w.name, w.amount) for w in windows[len(plan.requests) :])
         self._open += 1
-        return Ticket(self, rid, tokens, tuple((b.name, b.reserve) for b in budgets), headers)
+        return Ticket(self, rid, windows[len(plan.requests) :], budgets, headers, verdict.counted_at)
 
     def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
         """Correct `ticket`, one of this limiter's, by what its request used (see `Ticket.settle`)."""
@@ -170,8 +170,9 @@ class Limiter:
         self.store.correct(
             Correction(
                 ticket.rid,
-                tuple((name, counted, tokens) for name, counted in ticket.tokens),
-                tuple((name, usd - reserved) for name, reserved in ticket.budgets),
+                tuple((w.name, w.amount, tokens) for w in ticket.tokens),
+                tuple((b.name, usd - b.reserve) for b in ticket.budgets),
+                ticket.counted_at,
             )
         )
         self._open -= 1
@@ -235,11 +236,22 @@ def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int
     return min(range(first, first + count), key=lambda i: verdict.remaining[i] / max(windows[i].limit, 1))
 
 
+# Per kind: (limit, remaining, reset) header names in OpenAI's and in Anthropic's form; named once.
+_HEADER_NAMES = {
+    kind: (
+        (f"x-ratelimit-limit-{kind}", f"x-ratelimit-remaining-{kind}", f"x-ratelimit-reset-{kind}"),
+        tuple(f"anthropic-ratelimit-{kind}-{part}" for part in ("limit", "remaining", "reset")),
+    )
+    for kind in ("requests", "tokens")
+}
+
+
 def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: Dialect) -> dict[str, str]:
     """OpenAI's x-ratelimit-* (or Anthropic's anthropic-ratelimit-*) for requests and tokens; reset is
     when the oldest request counted in the window leaves it."""
     headers: dict[str, str] = {}
-    now = time.time()
+    anthropic = dialect == "anthropic"
+    now = time.time() if anthropic else 0.0
     n = len(plan.requests)
     for kind, at in (
         ("requests", _binding(windows, verdict, 0, n)),
@@ -247,16 +259,14 @@ def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: 
     ):
         if at is None:
             continue
-        limit, left, wait = windows[at].limit, max(verdict.remaining[at], 0), verdict.wait_ms[at]
-        if dialect == "anthropic":
-            reset = datetime.fromtimestamp(now + wait / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-            headers[f"anthropic-ratelimit-{kind}-limit"] = str(limit)
-            headers[f"anthropic-ratelimit-{kind}-remaining"] = str(left)
-            headers[f"anthropic-ratelimit-{kind}-reset"] = reset
+        limit, remaining, reset = _HEADER_NAMES[kind][anthropic]
+        wait = verdict.wait_ms[at]
+        headers[limit] = str(windows[at].limit)
+        headers[remaining] = str(max(verdict.remaining[at], 0))
+        if anthropic:
+            headers[reset] = datetime.fromtimestamp(now + wait / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         else:
-            headers[f"x-ratelimit-limit-{kind}"] = str(limit)
-            headers[f"x-ratelimit-remaining-{kind}"] = str(left)
-            headers[f"x-ratelimit-reset-{kind}"] = _duration(wait)
+            headers[reset] = _duration(wait)
     return headers
 
 

@@ -31,3 +31,14 @@ class Principal:
     local_only: bool = False  # its data never goes to an external API (route, fallback, shadow)
     key_limits: Limits = field(default=NO_LIMITS)
     team_limits: Limits = field(default=NO_LIMITS)
+    # Worked out once, not per request (comparing Limits, hashing all fields: ~1 us a request).
+    limited: bool = field(default=False, init=False, repr=False, compare=False)  # has any limits
+    _hash: int = field(default=0, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limited", self.key_limits != NO_LIMITS or self.team_limits != NO_LIMITS)
+        fields = (self.key_id, self.team, self.routers, self.backends, self.models, self.local_only)
+        object.__setattr__(self, "_hash", hash((*fields, self.key_limits, self.team_limits)))
+
+    def __hash__(self) -> int:
+        return self._hash

@@ -2,8 +2,8 @@
 
 redis-py's pipeline costs tens of microseconds of Python per call (a pipeline object, a pooled
 connection, per-command bookkeeping): a fifth of a worker's CPU at full load. Here hiredis packs
-the commands and parses the replies, a batch is one write on one connection, and replies are
-matched to batches in order. Failures are raised as `ConnectionError` or `TimeoutError`, which
+a command and parses the replies, a command is one write on one connection, and replies are
+matched to commands in order. Failures are raised as `ConnectionError` or `TimeoutError`, which
 `RedisLink.run` takes for an outage; error replies are returned, as `hiredis.ReplyError`.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
@@ -24,24 +25,32 @@ class RedisWire(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._connecting: asyncio.Future[None] | None = None
         self._reader = hiredis.Reader()
-        # Batches sent, oldest first: (replies expected, replies so far, future, timeout handle).
-        self._waiting: deque[tuple[int, list[Any], asyncio.Future[list[Any]], asyncio.TimerHandle]] = deque()
+        # Commands sent, oldest first: (future of the reply, deadline).
+        self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # One timer watches the oldest command's deadline: a timer per command cost ~2 us each.
+        self._watchdog: asyncio.TimerHandle | None = None
 
-    async def execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies to `commands`, sent in one write."""
+    def call(self, *command: Any) -> Awaitable[Any]:
+        """The reply to `command`: once connected, a future written at once (no coroutine)."""
         if self._transport is None:
-            await self._connect()
-        return await self._send(commands)
+            return self._connect_and_call(command)
+        return self._send(hiredis.pack_command(command))
 
-    def _send(self, commands: list[tuple[Any, ...]]) -> asyncio.Future[list[Any]]:
+    async def _connect_and_call(self, command: tuple[Any, ...]) -> Any:
+        await self._connect()
+        return await self._send(hiredis.pack_command(command))
+
+    def _send(self, payload: bytes) -> asyncio.Future[Any]:
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ConnectionError("the connection to Redis is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[Any]] = loop.create_future()
-        timer = loop.call_later(self._timeout, self._timed_out)
-        self._waiting.append((len(commands), [], future, timer))
-        transport.write(b"".join(hiredis.pack_command(command) for command in commands))
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + self._timeout
+        self._waiting.append((future, deadline))
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(deadline, self._watch)
+        transport.write(payload)
         return future
 
     async def _connect(self) -> None:
@@ -76,10 +85,9 @@ class RedisWire(asyncio.Protocol):
             )
         if o.get("db"):
             hello.append(("SELECT", o["db"]))
-        if hello:
-            for reply in await self._send(hello):
-                if isinstance(reply, hiredis.ReplyError):
-                    raise ConnectionError("Redis refused the connection's set-up")
+        for command in hello:
+            if isinstance(await self._send(hiredis.pack_command(command)), hiredis.ReplyError):
+                raise ConnectionError("Redis refused the connection's set-up")
 
     # ---- asyncio.Protocol ----
 
@@ -91,27 +99,29 @@ class RedisWire(asyncio.Protocol):
         self._reader.feed(data)
         while (reply := self._reader.gets()) is not False:
             if not self._waiting:
-                continue  # a reply to a batch that timed out
-            expected, replies, future, timer = self._waiting[0]
-            replies.append(reply)
-            if len(replies) == expected:
-                self._waiting.popleft()
-                timer.cancel()
-                if not future.done():
-                    future.set_result(replies)
+                continue  # a reply to a command that timed out
+            future = self._waiting.popleft()[0]
+            if not future.done():
+                future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._fail(ConnectionError("the connection to Redis was lost"))
 
-    def _timed_out(self) -> None:
+    def _watch(self) -> None:
+        self._watchdog = None
+        if not self._waiting:
+            return
+        loop, deadline = asyncio.get_running_loop(), self._waiting[0][1]
+        if loop.time() + 0.001 < deadline:  # the oldest command came later than the one it was set for
+            self._watchdog = loop.call_at(deadline, self._watch)
+            return
         self._fail(TimeoutError("Redis did not answer in time"))
-        self._drop()  # later replies would answer the wrong batches
+        self._drop()  # later replies would answer the wrong commands
 
     def _fail(self, exc: Exception) -> None:
         while self._waiting:
-            _, _, future, timer = self._waiting.popleft()
-            timer.cancel()
+            future = self._waiting.popleft()[0]
             if not future.done():
                 future.set_exception(exc)
 
@@ -121,4 +131,7 @@ class RedisWire(asyncio.Protocol):
             self._transport = None
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         self._drop()

@@ -98,7 +98,11 @@ def test_corrections_replace_estimates(run: Callable[..., None]) -> None:
         assert first is not None and first.over is None and first.remaining == (40,)
         refused = await store.check("r2", [tokens], [budget])
         assert refused is not None and refused.over == "budget"
-        store.correct(Correction("r1", (("key:a:tokens", 60, 10),), (("key:a:day:2026-12-01", 0.1 - 0.6),)))
+        store.correct(
+            Correction(
+                "r1", (("key:a:tokens", 60, 10),), (("key:a:day:2026-12-01", 0.1 - 0.6),), first.counted_at
+            )
+        )
         await asyncio.sleep(0.05)  # Redis's corrections go out in the next event-loop turn
         second = await store.check("r3", [tokens], [budget])  # 10 + 60 tokens, 0.1 + 0.6 USD
         assert second is not None and second.over is None and second.remaining == (30,)
@@ -121,20 +125,74 @@ def test_the_window_slides(run: Callable[..., None]) -> None:
     run(scenario, window_ms=300)
 
 
+def test_a_log_that_expired_counts_nothing_though_its_total_outlived_it(run: Callable[..., None]) -> None:
+    """A refused check that drops old entries keeps the window's total a window longer than its log:
+    once the log has expired, what is left of that total must not count."""
+
+    async def scenario(store: LimitStore) -> None:
+        def tokens(amount: int) -> list[Window]:
+            return [Window("key:a:tokens", 10, amount)]
+
+        started = time.monotonic()
+        assert (await store.check("a1", tokens(5), [])) is not None
+        await asyncio.sleep(0.3)
+        assert (await store.check("a2", tokens(5), [])) is not None  # leaves the window at ~1.3 s
+        await asyncio.sleep(1.05 - (time.monotonic() - started))
+        refused = await store.check("a3", tokens(9), [])  # a1 has left: 5 + 9 > 10
+        assert refused is not None and refused.over == "rate" and refused.remaining == (5,)
+        await asyncio.sleep(1.5 - (time.monotonic() - started))  # a2 has left too
+        assert time.monotonic() - started < 2.0  # before the total set by a3's check expires
+        again = await store.check("a4", tokens(9), [])
+        assert again is not None and again.over is None and again.remaining == (1,)
+
+    run(scenario, window_ms=1000)
+
+
 def test_a_script_redis_does_not_know_yet_is_loaded_and_nothing_runs_twice(redis: RedisServer) -> None:
     async def scenario(store: LimitStore) -> None:
-        window = Window("key:a:requests", 10, 1)
-        first = await store.check("r1", [window], [])  # Redis learns the check script only
-        assert first is not None and first.remaining == (9,)
-        # The first correction rides with a check: Redis does not know its script, the check it does.
-        store.correct(Correction("r1", (), ()))
-        second = await store.check("r2", [window], [])
-        assert second is not None and second.remaining == (8,)  # counted once, not again on the resend
+        window = Window("key:a:tokens", 100, 60)
+        first = await store.check("r1", [window], [])
+        assert first is not None and first.remaining == (40,)
         redis_client.Redis.from_url(redis.url).script_flush()  # as a restarted Redis
-        third = await store.check("r3", [window], [])
-        assert third is not None and third.remaining == (7,)
+        # The correction rides with the next check: Redis does not know the script, so neither ran;
+        # both run once after it is loaded.
+        store.correct(Correction("r1", (("key:a:tokens", 60, 10),), (), first.counted_at))
+        second = await store.check("r2", [Window("key:a:tokens", 100, 5)], [])
+        assert second is not None and second.remaining == (85,)
 
     _run("redis", redis.url, 60_000, scenario)
+
+
+def test_corrections_wait_for_a_check_and_all_go_in_one_call_on_close(redis: RedisServer) -> None:
+    """Settling does not delay a response: corrections ride with the next check, or go together a
+    little later, and closing the store sends those still waiting."""
+    server = redis_client.Redis.from_url(redis.url)
+
+    def evalsha_calls() -> int:
+        stats: dict[str, int] = server.info("commandstats").get("cmdstat_evalsha", {"calls": 0})
+        return stats["calls"]
+
+    async def scenario(store: LimitStore) -> None:
+        budget = Budget("team:t:day:2026-12-01", 100.0, 0.5, 60)
+        verdicts = [
+            await store.check(f"r{i}", [Window("key:a:tokens", 1000, 60)], [budget]) for i in range(5)
+        ]
+        server.config_resetstat()
+        for i, verdict in enumerate(verdicts):
+            assert verdict is not None and verdict.over is None
+            real = (("key:a:tokens", 60, 10 + i),)
+            store.correct(
+                Correction(f"r{i}", real, (("team:t:day:2026-12-01", 0.25 - 0.5),), verdict.counted_at)
+            )
+        assert evalsha_calls() == 0  # nothing sent yet
+        await store.close()
+        assert evalsha_calls() == 1
+
+    _run("redis", redis.url, 60_000, scenario)
+    assert server.get("t:limit:key:a:tokens:total") == str(10 + 11 + 12 + 13 + 14).encode()
+    assert float(server.get("t:spent:team:t:day:2026-12-01") or 0) == pytest.approx(5 * 0.25)
+    members = {m.decode() for m in server.zrange("t:limit:key:a:tokens", 0, -1)}
+    assert members == {f"r{i}:{10 + i}" for i in range(5)}
 
 
 def test_the_wire_authenticates_selects_the_database_and_takes_a_refusal_for_an_outage() -> None:
@@ -183,7 +241,7 @@ def test_a_caller_cancelled_while_connecting_is_cancelled_not_told_of_an_outage(
         wire = RedisWire(f"redis://:pw@127.0.0.1:{silent.getsockname()[1]}/0", 5.0)
 
         async def scenario() -> None:
-            call = asyncio.ensure_future(wire.execute([("PING",)]))
+            call = asyncio.ensure_future(wire.call("PING"))
             await asyncio.sleep(0.1)
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
