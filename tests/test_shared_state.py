@@ -173,6 +173,9 @@ def test_gpu_cost_is_metered_once_whatever_the_processes(
     assert total == pytest.approx(per_second * wall, rel=0.02)
 
 
+PACE_PER_SECOND = 250
+
+
 def test_the_api_share_holds_across_both_gateways(tmp_path: Path, sim: Server, redis: RedisServer) -> None:
     """The harder half of the traffic reaches one gateway, the easier the other: with one shared window
     both use one threshold, so the share holds overall and the API gets the hard requests (each gateway
@@ -209,8 +212,13 @@ def test_the_api_share_holds_across_both_gateways(tmp_path: Path, sim: Server, r
     in_turns = [text for pair in zip(easy, hard, strict=True) for text in pair]
     routes: dict[str, list[str]] = {"easy": [], "hard": []}
     with gateways(tmp_path, config) as servers, httpx.Client(timeout=30) as client:
-        # In turns, so both gateways' requests arrive at the same rate through the whole run.
+        # In turns, so both gateways' requests arrive at the same rate through the whole run; paced at
+        # 250 a second, so the run (8 s) is long against the shared window's lag (it learns requests
+        # 0.5-1 s late): unpaced, a faster gateway made the run 3 s, and a third of it went by a stale
+        # threshold (a share of 0.35-0.38).
+        started = time.monotonic()
         for i, text in enumerate(in_turns):
+            time.sleep(max(0.0, started + i / PACE_PER_SECOND - time.monotonic()))
             body = {"model": "share", "messages": [{"role": "user", "content": text}]}
             answer = client.post(servers[i % 2].url + "/v1/chat/completions", json=body)
             routes["easy" if i % 2 == 0 else "hard"].append(answer.headers["x-crossover-route"])
