@@ -141,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self.received = False  # any byte of the current response
+        self.expecting = False  # a request is out and its final response not yet whole
+        self._informational = False  # the message being parsed is a 1xx, not the response
 
     # ---- one exchange ----
 
@@ -148,7 +150,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.head, self._head_bytes, self.status = [], 0, 0
         self.has_head = self.complete = self.keep_alive = self.received = False
-        self.body, self.buffered, self.streaming = [], 0, False
+        self.body, self.buffered, self.streaming, self.expecting = [], 0, False, True
         self._last_read = self.loop.time()
         self._timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
         self.transport.write(data)
@@ -223,7 +225,7 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(Disconnected(f"unreadable HTTP response: {exc}"))
             self.close()
 
@@ -243,6 +245,12 @@ class _Connection(asyncio.Protocol):
 
     # ---- httptools callbacks ----
 
+    def on_message_begin(self) -> None:
+        # A response nobody asked for (after the answer, or on an idle connection): the connection is
+        # out of step with its requests and must carry no other. Raising stops the parser here.
+        if not self.expecting:
+            raise Disconnected("the server sent a response that no request asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > MAX_HEAD_BYTES:
@@ -250,7 +258,12 @@ class _Connection(asyncio.Protocol):
         self.head.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # informational (103 Early Hints): the answer follows
+            self._informational = True
+            self.head = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.has_head = True
         self._wake()
@@ -264,7 +277,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        if self._informational:
+            self._informational = False
+            return
+        self.complete, self.expecting = True, False
         self._disarm()
         self._wake()
 
