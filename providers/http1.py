@@ -172,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.body, self.buffered = [], 0
         if self._paused and self.transport is not None:
             self._paused = False
+            self._last_read = self.loop.time()  # the silence while paused was ours
             self.transport.resume_reading()
         return data
 
@@ -194,7 +195,9 @@ class _Connection(asyncio.Protocol):
     def _check_silence(self) -> None:
         self._timer = None
         silence = self.loop.time() - self._last_read
-        if silence < self.pool.read_timeout:
+        if self._paused:  # the reader is slow, not the server (aiohttp stopped its timer here too)
+            self._timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
+        elif silence < self.pool.read_timeout:
             self._timer = self.loop.call_later(self.pool.read_timeout - silence, self._check_silence)
         else:
             self._fail(TimeoutError(f"no data for {self.pool.read_timeout:g} s"))
