@@ -231,6 +231,14 @@ class _Connection(asyncio.Protocol):
         except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(Disconnected(f"unreadable HTTP response: {exc}"))
             self.close()
+            return
+        if not self.has_head:
+            # Counted here, not per header: the parser buffers a header until its end, which an
+            # endless one never reaches while the server keeps the read timer from firing.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(Disconnected(f"response head over {MAX_HEAD_BYTES} bytes"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -255,9 +263,6 @@ class _Connection(asyncio.Protocol):
             raise Disconnected("the server sent a response that no request asked for")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise Disconnected(f"response head over {MAX_HEAD_BYTES} bytes")
         self.head.append((name, value))
 
     def on_headers_complete(self) -> None:
