@@ -183,12 +183,13 @@ class _Connection(asyncio.Protocol):
         else:
             self.close()
 
-    def close(self) -> None:
+    def close(self, free_slot: bool = True) -> None:
         self._disarm()
         if self.transport is not None:
             self.transport.close()  # connection_lost tells the pool
             self.transport = None
-            self.pool.dropped(self)
+            if free_slot:
+                self.pool.dropped(self)
 
     # ---- read timeout: silence between reads ----
 
@@ -372,9 +373,14 @@ class Pool:
             finally:
                 self.waits.queued -= 1
                 self.waits.seconds += time.monotonic() - started
-            if handed is not None:
+            if handed is not None and not fresh:
                 handed.reused = True
                 return handed
+            if handed is not None:
+                # A retry must go on a new connection: this one, just released, may be closing too
+                # (a server that closes after each answer). Its slot is this request's to open one in.
+                handed.close(free_slot=False)
+                self._open -= 1  # taken again at once by _connect: no waiter can come between
         return await self._connect()
 
     async def _connect(self) -> _Connection:
