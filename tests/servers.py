@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -13,6 +14,15 @@ from typing import Any
 
 import httpx
 import yaml
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request's head and its Content-Length body, for raw servers in tests."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next((int(line[15:]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+    return head, await reader.readexactly(length)
+
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(

@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from providers import http1
 from providers.base import UpstreamError
 from providers.http import HttpClient, HttpConfig
+from tests.servers import read_request
 
 Reply = Callable[[int, int, bytes], Awaitable[bytes | None]]  # (connection, request on it, head) -> bytes
 Make = Callable[..., Awaitable[tuple["Origin", HttpClient]]]
@@ -51,16 +52,8 @@ class Origin:
         connection, count = self.connections, 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line[15:])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                self.requests.append(head + await reader.readexactly(length))
+                head, body = await read_request(reader)
+                self.requests.append(head + body)
                 count += 1
                 data = await self.reply(connection, count, head)
                 if data is None:
