@@ -446,3 +446,20 @@ async def test_a_connection_the_server_closed_with_its_answer_is_not_handed_to_a
     calls = (client.call("POST", client.base + "/chat/completions", {}) for _ in range(4))
     assert await asyncio.wait_for(asyncio.gather(*calls), 5) == [(200, b"{}")] * 4
     assert len(origin.requests) == 4
+
+
+async def test_a_reused_connection_closed_after_its_answer_began_is_not_sent_again(origin_of: Make) -> None:
+    # The server had read the request: sending it again could generate (and bill) twice.
+    async def reply(connection: int, count: int, head: bytes) -> bytes | None:
+        if count == 2:
+            origin.writers[-1].write(b"HTTP/1.1 200 OK\r\ncontent-le")
+            return None  # and the connection closes
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    assert (await client.call("POST", url, {}))[0] == 200
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", url, {})
+    assert caught.value.status == 502
+    assert len(origin.requests) == 2 and origin.connections == 1
