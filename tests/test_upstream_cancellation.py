@@ -1,8 +1,9 @@
 """A backend pool of one connection, seen through the gateway while its clients walk away at each
 point of an upstream exchange: while queued for the connection, while the backend has not answered,
 and in the middle of a stream. Each must leave the slot free (a leak shows as the next request
-hanging) and never hand the next request a connection still carrying the old answer. The backend
-is a raw HTTP/1.1 server on loopback, so that it can be slow where the test needs it."""
+hanging) and never hand the next request a connection still carrying the old answer. And a client
+slow to read slows the backend down, rather than the gateway buffering the stream. The backend is a
+raw HTTP/1.1 server on loopback, so that it can be slow (or fast) where the test needs it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 
 from tests.servers import Server, free_port, read_request, start_gateway
 
+FLOOD = 64 * 1024 * 1024
 CHUNK = orjson.dumps(
     {
         "id": "c",
@@ -49,6 +51,7 @@ class Backend:
 
     def __init__(self) -> None:
         self.port = free_port()
+        self.flooded = self.flood_events = 0  # the flood written so far: bytes, events
         started = threading.Event()
         self.thread = threading.Thread(target=asyncio.run, args=(self._run(started),), daemon=True)
         self.thread.start()
@@ -67,6 +70,9 @@ class Backend:
                 _, raw = await read_request(reader)
                 body = orjson.loads(raw)
                 text = body["messages"][-1]["content"]
+                if body.get("stream") and text == "flood":
+                    await self._flood(writer)
+                    continue
                 if body.get("stream"):
                     writer.write(
                         b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -89,14 +95,35 @@ class Backend:
                 await writer.drain()
         writer.close()
 
+    async def _flood(self, writer: asyncio.StreamWriter) -> None:
+        """As fast as the connection takes them: 64 MiB of events (backpressure decides the pace)."""
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        event = b"data: %s\n\n" % CHUNK
+        batch = b"%x\r\n%s\r\n" % (len(event) * 512, event * 512)
+        while self.flooded < FLOOD:
+            writer.write(batch)
+            self.flooded += len(batch)
+            self.flood_events += 512
+            await writer.drain()
+        done = b"data: [DONE]\n\n"
+        writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.stopping.set)
         self.thread.join(5)
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def backend() -> Iterator[Backend]:
     backend = Backend()
+    yield backend
+    backend.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory, backend: Backend) -> Iterator[Server]:
     config = {
         "backends": {
             "raw": {
@@ -110,7 +137,6 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     server = start_gateway(tmp_path_factory.mktemp("cancel"), config)
     yield server
     server.stop()
-    backend.stop()
 
 
 def _chat(text: str, stream: bool = False) -> dict[str, object]:
@@ -154,3 +180,18 @@ def test_a_client_gone_while_queued_for_the_connection_frees_nothing_it_did_not_
             httpx.post(gateway.url + "/v1/chat/completions", json=_chat("queued"), timeout=0.5)
         holder.join()
         _answered(gateway, f"after queued {n}")
+
+
+def test_a_slow_client_slows_the_backend_instead_of_filling_the_gateway(
+    gateway: Server, backend: Backend
+) -> None:
+    with httpx.stream(
+        "POST", gateway.url + "/v1/chat/completions", json=_chat("flood", True), timeout=30
+    ) as r:
+        lines = r.iter_lines()
+        next(lines)
+        threading.Event().wait(2)  # the client stops reading; the flood fills the buffers on the way
+        assert backend.flooded < FLOOD / 2
+        received = sum(1 for line in lines if line.startswith("data: {"))
+    assert received + 1 == backend.flood_events  # all of it, in the end
+    _answered(gateway, "after the flood")
