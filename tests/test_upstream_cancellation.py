@@ -16,7 +16,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.servers import Server, free_port, read_request, start_gateway
+from tests.servers import Server, free_port, read_request, start_gateway, until
 
 FLOOD = 64 * 1024 * 1024
 CHUNK = orjson.dumps(
@@ -70,6 +70,22 @@ class Backend:
                 _, raw = await read_request(reader)
                 body = orjson.loads(raw)
                 text = body["messages"][-1]["content"]
+                if text == "garbage":  # not HTTP at all
+                    writer.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+                    await writer.drain()
+                    break
+                if text == "hint":  # 103 Early Hints before the answer
+                    writer.write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+                if body.get("stream") and text == "cut":  # three events, then the connection drops
+                    writer.write(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+                    )
+                    event = b"data: %s\n\n" % CHUNK
+                    writer.write(b"%x\r\n%s\r\n" % (len(event), event) * 3)
+                    await writer.drain()
+                    break
                 if body.get("stream") and text == "flood":
                     await self._flood(writer)
                     continue
@@ -195,3 +211,29 @@ def test_a_slow_client_slows_the_backend_instead_of_filling_the_gateway(
         received = sum(1 for line in lines if line.startswith("data: {"))
     assert received + 1 == backend.flood_events  # all of it, in the end
     _answered(gateway, "after the flood")
+
+
+def _requests_counted(gateway: Server) -> float:
+    text = httpx.get(gateway.url + "/metrics").text
+    return sum(
+        float(line.rpartition(" ")[2])
+        for line in text.splitlines()
+        if line.startswith("crossover_requests_total{")
+    )
+
+
+def test_each_misbehaviour_of_the_backend_is_one_outcome_and_leaves_the_connection_free(
+    gateway: Server,
+) -> None:
+    before = _requests_counted(gateway)
+    statuses = []
+    for text in ("garbage", "hint", "cut", "garbage", "hint", "cut"):
+        resp = httpx.post(gateway.url + "/v1/chat/completions", json=_chat(text, text == "cut"), timeout=10)
+        if text == "hint":
+            assert resp.json()["choices"][0]["message"]["content"] == "hint"
+        else:
+            resp.read()
+        statuses.append(resp.status_code)
+    assert statuses[:3] == [502, 200, 200]  # a cut stream has begun: its failure is told inside it
+    _answered(gateway, "after the misbehaviour")
+    assert until(lambda: _requests_counted(gateway) - before == 7)
