@@ -20,7 +20,7 @@ from cryptography.x509.oid import NameOID
 
 from providers import http1
 from providers.base import UpstreamError
-from providers.http import HttpClient, HttpConfig
+from providers.http import HttpClient, HttpConfig, SSEStream
 from tests.servers import read_request
 
 Reply = Callable[[int, int, bytes], Awaitable[bytes | None]]  # (connection, request on it, head) -> bytes
@@ -463,3 +463,27 @@ async def test_a_reused_connection_closed_after_its_answer_began_is_not_sent_aga
         await client.call("POST", url, {})
     assert caught.value.status == 502
     assert len(origin.requests) == 2 and origin.connections == 1
+
+
+async def test_a_stream_closed_twice_gives_its_connection_back_once(origin_of: Make) -> None:
+    # The relay and the exchange both close a stream (aiohttp's release was idempotent): a connection
+    # given back twice was taken by two requests at once, and one got the other's answer.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        n = len(origin.requests)
+        if n == 1:
+            event = b'data: {"a":1}\n\n'
+            return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (
+                len(event),
+                event,
+            )
+        await asyncio.sleep(0.05)
+        return answer(b'{"n":%d}' % n)
+
+    origin, client = await origin_of(reply)
+    stream = SSEStream("origin", await client.open_stream(client.base + "/chat/completions", {}), lambda e: e)
+    assert [len(batch) async for batch in stream] == [1]
+    await stream.aclose()
+    await stream.aclose()
+    url = client.base + "/chat/completions"
+    answers = await asyncio.wait_for(asyncio.gather(*(client.call("POST", url, {}) for _ in range(2))), 5)
+    assert sorted(answers) == [(200, b'{"n":2}'), (200, b'{"n":3}')]

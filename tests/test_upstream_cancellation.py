@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import orjson
@@ -103,6 +104,8 @@ class Backend:
                     continue
                 if text == "slow":
                     await asyncio.sleep(3)
+                if text.startswith("overlap"):  # long enough for the next request to come meanwhile
+                    await asyncio.sleep(0.3)
                 answer = _completion(text)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
@@ -237,3 +240,12 @@ def test_each_misbehaviour_of_the_backend_is_one_outcome_and_leaves_the_connecti
     assert statuses[:3] == [502, 200, 200]  # a cut stream has begun: its failure is told inside it
     _answered(gateway, "after the misbehaviour")
     assert until(lambda: _requests_counted(gateway) - before == 7)
+
+
+def test_a_stream_read_to_its_end_gives_its_connection_back_once(gateway: Server) -> None:
+    # The relay and the exchange both close the stream; given back twice, the one connection went
+    # to two requests at once.
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=_chat("s", True), timeout=30) as r:
+        assert sum(1 for line in r.iter_lines() if line.startswith("data: {")) == 100
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda n: _answered(gateway, f"overlap {n}"), range(2)))
