@@ -69,12 +69,15 @@ class Response:
     """A response whose head has arrived; its body is read with `read()` or `chunks()`, then the
     response is `release()`d (its connection goes back to the pool if reusable) or `close()`d."""
 
-    __slots__ = ("_conn", "_headers", "status")
+    __slots__ = ("_conn", "_headers", "_let_go", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self.status = conn.status
         self._headers: dict[str, str] | None = None
+        # Released or closed: later calls do nothing. Given back twice (the relay and the exchange
+        # both close a stream), the connection went to two requests at once.
+        self._let_go = False
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -111,10 +114,14 @@ class Response:
                 await conn.wait()
 
     def release(self) -> None:
-        self._conn.done()
+        if not self._let_go:
+            self._let_go = True
+            self._conn.done()
 
     def close(self) -> None:
-        self._conn.close()
+        if not self._let_go:
+            self._let_go = True
+            self._conn.close()
 
 
 class _Connection(asyncio.Protocol):
