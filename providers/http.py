@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 
@@ -43,11 +44,16 @@ class HttpClient:
         self.config = config
         self.base = config.base_url.rstrip("/")
         url = urlsplit(self.base)
+        self._prefix = f"{url.scheme}://{url.netloc}"  # what the URLs given start with
         self._origin = f"{url.scheme}://{url.netloc.rpartition('@')[2]}"
         self._pool: Pool | None = None
         self.pool_waits = PoolWaits()
         # Lower-cased once: every request carries headers of its own (its x-request-id).
         self._configured = {k.lower(): v for k, v in config.headers.items()}
+        if url.username is not None and "authorization" not in self._configured:
+            # Credentials in the URL (a proxy's basic auth), sent as aiohttp sent them.
+            user_pass = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
+            self._configured["authorization"] = "Basic " + base64.b64encode(user_pass).decode()
         # The head lines every request carries, encoded once.
         self._fixed = encode_head("GET", "/", self._base_headers(self._configured)).partition(b"\r\n")[2]
 
@@ -67,9 +73,9 @@ class HttpClient:
         """The whole request on the wire. A request's own headers go on top of the configured ones;
         where both name one (a list header such as `anthropic-beta`), the values are joined rather
         than the configured one replaced."""
-        if not url.startswith(self._origin):
-            raise ValueError(f"{url!r} is not on {self._origin}")
-        target = url[len(self._origin) :] or "/"
+        if not url.startswith(self._prefix):
+            raise ValueError(f"a URL not on {self._origin}")  # not the URL: it may hold credentials
+        target = url[len(self._prefix) :] or "/"
         data = b"" if body is None else orjson.dumps(body)
         try:
             if not headers:

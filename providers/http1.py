@@ -69,12 +69,15 @@ class Response:
     """A response whose head has arrived; its body is read with `read()` or `chunks()`, then the
     response is `release()`d (its connection goes back to the pool if reusable) or `close()`d."""
 
-    __slots__ = ("_conn", "_headers", "status")
+    __slots__ = ("_conn", "_headers", "_let_go", "status")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self.status = conn.status
         self._headers: dict[str, str] | None = None
+        # Released or closed: later calls do nothing. Given back twice (the relay and the exchange
+        # both close a stream), the connection went to two requests at once.
+        self._let_go = False
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -111,10 +114,14 @@ class Response:
                 await conn.wait()
 
     def release(self) -> None:
-        self._conn.done()
+        if not self._let_go:
+            self._let_go = True
+            self._conn.done()
 
     def close(self) -> None:
-        self._conn.close()
+        if not self._let_go:
+            self._let_go = True
+            self._conn.close()
 
 
 class _Connection(asyncio.Protocol):
@@ -141,6 +148,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
         self.received = False  # any byte of the current response
+        self.expecting = False  # a request is out and its final response not yet whole
+        self._informational = False  # the message being parsed is a 1xx, not the response
 
     # ---- one exchange ----
 
@@ -148,7 +157,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.head, self._head_bytes, self.status = [], 0, 0
         self.has_head = self.complete = self.keep_alive = self.received = False
-        self.body, self.buffered, self.streaming = [], 0, False
+        self.body, self.buffered, self.streaming, self.expecting = [], 0, False, True
         self._last_read = self.loop.time()
         self._timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
         self.transport.write(data)
@@ -170,6 +179,7 @@ class _Connection(asyncio.Protocol):
         self.body, self.buffered = [], 0
         if self._paused and self.transport is not None:
             self._paused = False
+            self._last_read = self.loop.time()  # the silence while paused was ours
             self.transport.resume_reading()
         return data
 
@@ -180,19 +190,22 @@ class _Connection(asyncio.Protocol):
         else:
             self.close()
 
-    def close(self) -> None:
+    def close(self, free_slot: bool = True) -> None:
         self._disarm()
         if self.transport is not None:
             self.transport.close()  # connection_lost tells the pool
             self.transport = None
-            self.pool.dropped(self)
+            if free_slot:
+                self.pool.dropped(self)
 
     # ---- read timeout: silence between reads ----
 
     def _check_silence(self) -> None:
         self._timer = None
         silence = self.loop.time() - self._last_read
-        if silence < self.pool.read_timeout:
+        if self._paused:  # the reader is slow, not the server (aiohttp stopped its timer here too)
+            self._timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
+        elif silence < self.pool.read_timeout:
             self._timer = self.loop.call_later(self.pool.read_timeout - silence, self._check_silence)
         else:
             self._fail(TimeoutError(f"no data for {self.pool.read_timeout:g} s"))
@@ -223,9 +236,17 @@ class _Connection(asyncio.Protocol):
         self.received = True
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(Disconnected(f"unreadable HTTP response: {exc}"))
             self.close()
+            return
+        if not self.has_head:
+            # Counted here, not per header: the parser buffers a header until its end, which an
+            # endless one never reaches while the server keeps the read timer from firing.
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._fail(Disconnected(f"response head over {MAX_HEAD_BYTES} bytes"))
+                self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -243,14 +264,22 @@ class _Connection(asyncio.Protocol):
 
     # ---- httptools callbacks ----
 
+    def on_message_begin(self) -> None:
+        # A response nobody asked for (after the answer, or on an idle connection): the connection is
+        # out of step with its requests and must carry no other. Raising stops the parser here.
+        if not self.expecting:
+            raise Disconnected("the server sent a response that no request asked for")
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value)
-        if self._head_bytes > MAX_HEAD_BYTES:
-            raise Disconnected(f"response head over {MAX_HEAD_BYTES} bytes")
         self.head.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # informational (103 Early Hints): the answer follows
+            self._informational = True
+            self.head = []
+            return
+        self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         self.has_head = True
         self._wake()
@@ -264,7 +293,10 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        if self._informational:
+            self._informational = False
+            return
+        self.complete, self.expecting = True, False
         self._disarm()
         self._wake()
 
@@ -348,9 +380,14 @@ class Pool:
             finally:
                 self.waits.queued -= 1
                 self.waits.seconds += time.monotonic() - started
-            if handed is not None:
+            if handed is not None and not fresh:
                 handed.reused = True
                 return handed
+            if handed is not None:
+                # A retry must go on a new connection: this one, just released, may be closing too
+                # (a server that closes after each answer). Its slot is this request's to open one in.
+                handed.close(free_slot=False)
+                self._open -= 1  # taken again at once by _connect: no waiter can come between
         return await self._connect()
 
     async def _connect(self) -> _Connection:

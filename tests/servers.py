@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request's head and its Content-Length body, for raw servers in tests."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    length = next((int(line[15:]) for line in lines if line.lower().startswith(b"content-length:")), 0)
+    return head, await reader.readexactly(length)
+
+
+def until(check: Callable[[], bool], seconds: float = 15.0) -> bool:
+    """Whether `check` came true within `seconds` (polled every 0.1 s)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.1)
+    return False
+
 
 ROOT = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from providers import http1
 from providers.base import UpstreamError
-from providers.http import HttpClient, HttpConfig
+from providers.http import HttpClient, HttpConfig, SSEStream
+from tests.servers import read_request
 
 Reply = Callable[[int, int, bytes], Awaitable[bytes | None]]  # (connection, request on it, head) -> bytes
 Make = Callable[..., Awaitable[tuple["Origin", HttpClient]]]
@@ -43,22 +44,16 @@ class Origin:
         self.connections = 0
         self.requests: list[bytes] = []
         self.closed = asyncio.Event()
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.writers.append(writer)
         connection, count = self.connections, 0
         try:
             while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(
-                    (
-                        int(line[15:])
-                        for line in head.split(b"\r\n")
-                        if line.lower().startswith(b"content-length:")
-                    ),
-                    0,
-                )
-                self.requests.append(head + await reader.readexactly(length))
+                head, body = await read_request(reader)
+                self.requests.append(head + body)
                 count += 1
                 data = await self.reply(connection, count, head)
                 if data is None:
@@ -83,11 +78,14 @@ async def origin_of() -> AsyncIterator[Make]:
     made: list[tuple[Origin, HttpClient]] = []
 
     async def make(
-        reply: Reply, read_timeout: float = 30.0, close_after: bool = False
+        reply: Reply, read_timeout: float = 30.0, close_after: bool = False, max_connections: int = 16384
     ) -> tuple[Origin, HttpClient]:
         origin = Origin(reply, close_after)
         base = await origin.start()
-        client = HttpClient(HttpConfig(name="origin", base_url=base, read_timeout=read_timeout))
+        config = HttpConfig(
+            name="origin", base_url=base, read_timeout=read_timeout, max_connections=max_connections
+        )
+        client = HttpClient(config)
         made.append((origin, client))
         return origin, client
 
@@ -319,3 +317,173 @@ async def test_an_https_origin_is_verified_against_the_trusted_certificates(
         await trusted.close()
     finally:
         server.close()
+
+
+async def test_bytes_after_a_whole_response_are_not_read_into_it_nor_into_the_next(origin_of: Make) -> None:
+    # A broken server (or a proxy) sending a second response nobody asked for: it must not be read
+    # into this answer, nor be taken for the next request's.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        n = len(origin.requests)  # across connections
+        return answer(b'{"n":%d}' % n) + (answer(b'{"stray":1}') if n == 1 else b"")
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    assert await client.call("POST", url, {}) == (200, b'{"n":1}')
+    assert (await asyncio.wait_for(client.call("POST", url, {}), 5))[1] == b'{"n":2}'  # its own answer
+
+
+async def test_bytes_arriving_on_an_idle_connection_retire_it(origin_of: Make) -> None:
+    # Half a response arriving while the connection is idle would be completed by the next request's
+    # answer, which would then be read as that half's body.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        if connection == 1 and count == 1:
+            asyncio.get_running_loop().call_later(0.05, stray.set)
+        return answer(b'{"c":%d}' % connection)
+
+    stray = asyncio.Event()
+    origin, client = await origin_of(reply, read_timeout=2)
+    url = client.base + "/chat/completions"
+    assert await client.call("POST", url, {}) == (200, b'{"c":1}')
+    await stray.wait()
+    # What the server's writer would send: the head of a response and part of its body.
+    transport = next(iter(origin.writers)).transport
+    transport.write(b'HTTP/1.1 200 OK\r\ncontent-length: 40\r\n\r\n{"stray":')
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(client.call("POST", url, {}), 5) == (200, b'{"c":2}')
+
+
+async def test_an_informational_response_is_skipped_for_the_final_one(origin_of: Make) -> None:
+    # 103 Early Hints (RFC 8297) come before the answer on the same connection; aiohttp skipped them.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        origin.writers[-1].write(b"HTTP/1.1 103 Early Hints\r\nlink: </a>; rel=preload\r\n\r\n")
+        await asyncio.sleep(0.05)  # the hint goes out while the answer is being made
+        return answer(b'{"n":%d}' % count)
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    assert await client.call("POST", url, {}) == (200, b'{"n":1}')
+    assert await asyncio.wait_for(client.call("POST", url, {}), 5) == (200, b'{"n":2}')
+    assert origin.connections == 1
+
+
+async def test_a_stream_its_reader_is_slow_to_take_is_not_a_backend_timeout(origin_of: Make) -> None:
+    # Reading pauses while the gateway's client is slow: that silence is ours, not the backend's
+    # (aiohttp stopped its read timer while paused).
+    piece = b"x" * (2 * http1.HIGH_WATER)
+
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (
+            2 * len(piece),
+            piece + piece,
+        )
+
+    _origin, client = await origin_of(reply, read_timeout=0.3)
+    resp = await client.open_stream(client.base + "/chat/completions", {})
+    received = 0
+    async for chunk in resp.chunks():
+        if not received:
+            await asyncio.sleep(1.0)  # the client is slow to take the first piece
+        received += len(chunk)
+    resp.release()
+    assert received == 2 * len(piece)
+
+
+async def test_a_head_that_never_ends_is_refused_once_too_large(unused_tcp_port: int) -> None:
+    # One header value without end: the parser would buffer it all, and the read timer never fires
+    # on a server that keeps talking.
+    sent = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal sent
+        with contextlib.suppress(ConnectionError):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nx-endless: ")
+            while sent < 64 * http1.MAX_HEAD_BYTES:
+                writer.write(b"a" * 65536)
+                sent += 65536
+                await writer.drain()
+            await asyncio.sleep(30)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", unused_tcp_port)
+    client = HttpClient(
+        HttpConfig(name="o", base_url=f"http://127.0.0.1:{unused_tcp_port}/v1", read_timeout=2)
+    )
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await client.call("POST", client.base + "/chat/completions", {})
+        assert caught.value.status == 502
+        assert sent < 64 * http1.MAX_HEAD_BYTES
+    finally:
+        await client.close()
+        server.close()
+
+
+async def test_credentials_in_the_base_url_are_sent_as_basic_auth(origin_of: Make) -> None:
+    # A backend behind a proxy's basic auth, as aiohttp took it from the URL.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b"{}")
+
+    origin, plain = await origin_of(reply)
+    base = plain.base.replace("http://", "http://user:s3cret@")
+    client = HttpClient(HttpConfig(name="o", base_url=base, secrets=("s3cret",)))
+    try:
+        assert await client.call("POST", client.base + "/chat/completions", {}) == (200, b"{}")
+        assert b"\r\nauthorization: Basic dXNlcjpzM2NyZXQ=\r\n" in origin.requests[0]
+    finally:
+        await client.close()
+
+
+async def test_a_connection_the_server_closed_with_its_answer_is_not_handed_to_a_waiting_request(
+    origin_of: Make,
+) -> None:
+    # A server that closes after each answer without saying `connection: close`: the closing
+    # connection went to the next queued request, whose retry got the next closing one, and failed.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply, close_after=True, max_connections=1)
+    calls = (client.call("POST", client.base + "/chat/completions", {}) for _ in range(4))
+    assert await asyncio.wait_for(asyncio.gather(*calls), 5) == [(200, b"{}")] * 4
+    assert len(origin.requests) == 4
+
+
+async def test_a_reused_connection_closed_after_its_answer_began_is_not_sent_again(origin_of: Make) -> None:
+    # The server had read the request: sending it again could generate (and bill) twice.
+    async def reply(connection: int, count: int, head: bytes) -> bytes | None:
+        if count == 2:
+            origin.writers[-1].write(b"HTTP/1.1 200 OK\r\ncontent-le")
+            return None  # and the connection closes
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    url = client.base + "/chat/completions"
+    assert (await client.call("POST", url, {}))[0] == 200
+    with pytest.raises(UpstreamError) as caught:
+        await client.call("POST", url, {})
+    assert caught.value.status == 502
+    assert len(origin.requests) == 2 and origin.connections == 1
+
+
+async def test_a_stream_closed_twice_gives_its_connection_back_once(origin_of: Make) -> None:
+    # The relay and the exchange both close a stream (aiohttp's release was idempotent): a connection
+    # given back twice was taken by two requests at once, and one got the other's answer.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        n = len(origin.requests)
+        if n == 1:
+            event = b'data: {"a":1}\n\n'
+            return b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n%s" % (
+                len(event),
+                event,
+            )
+        await asyncio.sleep(0.05)
+        return answer(b'{"n":%d}' % n)
+
+    origin, client = await origin_of(reply)
+    stream = SSEStream("origin", await client.open_stream(client.base + "/chat/completions", {}), lambda e: e)
+    assert [len(batch) async for batch in stream] == [1]
+    await stream.aclose()
+    await stream.aclose()
+    url = client.base + "/chat/completions"
+    answers = await asyncio.wait_for(asyncio.gather(*(client.call("POST", url, {}) for _ in range(2))), 5)
+    assert sorted(answers) == [(200, b'{"n":2}'), (200, b'{"n":3}')]

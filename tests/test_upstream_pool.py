@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +16,7 @@ import pytest
 
 from providers.http import HttpClient, HttpConfig
 from tests.conftest import SIM_KEY
-from tests.servers import Server, start_gateway
+from tests.servers import Server, start_gateway, until
 
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -44,15 +43,6 @@ def _sample(gateway: Server, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def _until(check: Callable[[], bool], seconds: float = 15.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_request_waiting_for_a_pooled_connection_shows_in_the_metrics(
     gateway: Server, openai_sim: Server
 ) -> None:
@@ -61,13 +51,13 @@ def test_a_request_waiting_for_a_pooled_connection_shows_in_the_metrics(
     httpx.post(openai_sim.url + "/_sim/faults", json=[{"delay": 7}])
     with ThreadPoolExecutor(2) as pool:
         first = pool.submit(httpx.post, gateway.url + "/v1/chat/completions", json=CHAT, timeout=30)
-        assert _until(lambda: len(httpx.get(openai_sim.url + "/_sim/requests").json()) == 1)
+        assert until(lambda: len(httpx.get(openai_sim.url + "/_sim/requests").json()) == 1)
         second = pool.submit(httpx.post, gateway.url + "/v1/chat/completions", json=CHAT, timeout=30)
-        assert _until(lambda: _sample(gateway, "crossover_upstream_pool_queued") == 1)
+        assert until(lambda: _sample(gateway, "crossover_upstream_pool_queued") == 1)
         assert first.result().status_code == 200 and second.result().status_code == 200
-    assert _until(lambda: _sample(gateway, "crossover_upstream_pool_queued") == 0)
+    assert until(lambda: _sample(gateway, "crossover_upstream_pool_queued") == 0)
     # The second request waited from its arrival until the first one's 7 s delay had passed.
-    assert _until(lambda: _sample(gateway, "crossover_upstream_pool_wait_seconds_total") >= 1.0)
+    assert until(lambda: _sample(gateway, "crossover_upstream_pool_wait_seconds_total") >= 1.0)
 
 
 async def test_a_request_cancelled_while_queued_leaves_the_queue(openai_sim: Server) -> None:
