@@ -460,6 +460,10 @@ def _resolve(value: str, path: str, env: Mapping[str, str]) -> str:
     raise ConfigError(f"{path}: environment variable {name} is not set")
 
 
+_HEAD_BREAKING = re.compile(r"[\r\n\x00]")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: what a header name may be
+
+
 class _Env(dict[str, str]):
     """The environment, noting every variable the file needs and does not find, so that one error names
     them all (and offline tools, which need no secrets, can go on without them)."""
@@ -475,6 +479,24 @@ def _secret(value: str, path: str, env: Mapping[str, str]) -> str:
             f"{path}: secrets are not written in the file; use an environment reference like ${{NAME}}"
         )
     return _resolve(value, path, env)
+
+
+def _header_safe(value: str, path: str) -> str:
+    """A text sent in a backend request's head: a line break would split the request, so it is refused
+    here, by its path (never its value: it may be a key). A secret mounted from a file often ends with
+    one."""
+    if _HEAD_BREAKING.search(value):
+        raise ConfigError(
+            f"{path}: holds a line break or NUL, which an HTTP header cannot carry "
+            "(a secret read from a file often ends with a newline)"
+        )
+    return value
+
+
+def _header_name(name: str, path: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(f"{path}: {name!r} is not an HTTP header name")
+    return name
 
 
 def _target(spec: str, path: str, backends: Mapping[str, Backend]) -> Target:
@@ -551,13 +573,20 @@ def _build(spec: ConfigFile, env: Mapping[str, str], source: Path | None) -> Set
             name=name,
             kind=b.kind,
             base_url=urls[0],
-            api_key=_secret(b.api_key, f"{path}.api_key", env) or None if b.api_key else None,
+            api_key=_header_safe(_secret(b.api_key, f"{path}.api_key", env), f"{path}.api_key") or None
+            if b.api_key
+            else None,
             models=models,
             discover_models=b.discover_models,
             connect_timeout=b.timeout.connect,
             read_timeout=b.timeout.read,
             max_connections=b.max_connections,
-            headers={k: _resolve(v, f"{path}.headers.{k}", env) for k, v in b.headers.items()},
+            headers={
+                _header_name(k, f"{path}.headers"): _header_safe(
+                    _resolve(v, f"{path}.headers.{k}", env), f"{path}.headers.{k}"
+                )
+                for k, v in b.headers.items()
+            },
             options=own.model_validate(b.model_dump(include=set(own.model_fields))),
             gpu_usd_per_hour=gpu_usd_per_hour(b),
             scrape_metrics=getattr(b, "scrape_metrics", False),

@@ -77,6 +77,20 @@ def test_secret_written_in_the_file_is_refused() -> None:
     assert "sk-live-123" not in message
 
 
+def test_a_key_or_header_that_would_split_a_backend_request_is_refused_by_its_path() -> None:
+    # A secret mounted from a file often ends with a newline; sent, it would split the request's head.
+    message = error_for(minimal(), env={"OPENAI_API_KEY": "sk-test-secret\n"})
+    assert message.startswith("backends.openai.api_key: holds a line break")
+    assert "sk-test-secret" not in message
+    data = minimal()
+    data["backends"]["openai"]["headers"] = {"x-team": "${TEAM}"}
+    assert error_for(data, {**ENV, "TEAM": "a\r\nx-evil: 1"}).startswith(
+        "backends.openai.headers.x-team: holds"
+    )
+    data["backends"]["openai"]["headers"] = {"x team": "a"}
+    assert error_for(data) == "backends.openai.headers: 'x team' is not an HTTP header name"
+
+
 @pytest.mark.parametrize("threshold", [-0.1, 1.5, "high"])
 def test_threshold_outside_unit_interval(threshold: object) -> None:
     data = minimal()
