@@ -1,4 +1,4 @@
-"""A lean, pipelined connection to Redis for what every request does (its limits check).
+"""A lean, auto-pipelined connection to Redis for what every request does (its limits check).
 
 redis-py's pipeline costs tens of microseconds of Python per call (a pipeline object, a pooled
 connection, per-command bookkeeping): a fifth of a worker's CPU at full load. Here hiredis packs
@@ -29,6 +29,10 @@ class RedisWire(asyncio.Protocol):
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         # One timer watches the oldest command's deadline: a timer per command cost ~2 us each.
         self._watchdog: asyncio.TimerHandle | None = None
+        # Commands held while replies are awaited, written together when the next reply arrives: under
+        # load, one write and one Redis wake-up carry several requests' checks (the `crossover w1
+        # limits` bench row went from 0.58x to 0.72x of w1), and alone a command still goes at once.
+        self._held: list[bytes] = []
 
     def call(self, *command: Any) -> Awaitable[Any]:
         """The reply to `command`: once connected, a future written at once (no coroutine)."""
@@ -47,10 +51,14 @@ class RedisWire(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self._timeout
-        self._waiting.append((future, deadline))
+        waiting = self._waiting
+        if waiting:
+            self._held.append(payload)
+        else:
+            transport.write(payload)
+        waiting.append((future, deadline))
         if self._watchdog is None:
             self._watchdog = loop.call_at(deadline, self._watch)
-        transport.write(payload)
         return future
 
     async def _connect(self) -> None:
@@ -103,6 +111,9 @@ class RedisWire(asyncio.Protocol):
             future = self._waiting.popleft()[0]
             if not future.done():
                 future.set_result(reply)
+        if self._held and self._transport is not None:
+            held, self._held = self._held, []
+            self._transport.write(b"".join(held))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -120,6 +131,7 @@ class RedisWire(asyncio.Protocol):
         self._drop()  # later replies would answer the wrong commands
 
     def _fail(self, exc: Exception) -> None:
+        self._held.clear()
         while self._waiting:
             future = self._waiting.popleft()[0]
             if not future.done():
