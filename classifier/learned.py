@@ -50,7 +50,7 @@ def structural_features(features: Features) -> list[float]:
     n = len(text)
     code = count_marks(text, CODE_MARKS, 3)
     math_marks = count_marks(text, MATH_MARKS, 3)
-    digits = sum(text.count(d) for d in string.digits) if n else 0
+    digits = sum(map(text.count, string.digits)) if n else 0
     return [
         math.log1p(features.total_chars),
         math.log1p(n),
