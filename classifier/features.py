@@ -37,8 +37,9 @@ def estimate_tokens(chars: int) -> int:
 
 def count_marks(text: str, marks: tuple[str, ...], cap_each: int) -> int:
     """Occurrences of each mark, each counted at most `cap_each` times (str.count: C speed; map, not a
-    generator, keeps the loop in C too: 3x faster on a short prompt)."""
-    found = [*map(text.count, marks)]
+    generator, keeps the loop in C too: 3x faster on a short prompt). Most marks are absent, and `in`
+    finds that for less than a count does."""
+    found = [*map(text.count, filter(text.__contains__, marks))]
     total = sum(found)
     if total <= cap_each:  # no mark reached the cap (the usual case): min() per mark would cost ~half
         return total

@@ -55,11 +55,21 @@ _MULTISTEP_WORDS = frozenset(
     ]
 )
 # Everything but letters and hyphens becomes a space, so `split()` yields lower-case words.
-_WORDS_ONLY = str.maketrans({c: " " for c in string.punctuation.replace("-", "") + string.digits + "\t\n\r"})
+_SEPARATORS = string.punctuation.replace("-", "") + string.digits + "\t\n\r"
+_WORDS_ONLY = str.maketrans({c: " " for c in _SEPARATORS})
+# The same for ASCII text (most prompts) as bytes: str.translate looks each character up in a dict
+# (~1 us on a one-line prompt), bytes.translate in a table.
+_ASCII_WORDS_ONLY = bytes.maketrans(_SEPARATORS.encode(), b" " * len(_SEPARATORS))
 
 
 _TERMS = ("length", "code", "math", "multi_step", "turns", "tools", "response_format", "max_tokens")
 _FORMAT_WEIGHTS = {"json_schema": 1.0, "json_object": 0.5}
+
+
+def _words_only(low: str) -> str:
+    if low.isascii():
+        return low.encode().translate(_ASCII_WORDS_ONLY).decode()
+    return low.translate(_WORDS_ONLY)
 
 
 def _capped(n: int, cap: int) -> int:
@@ -86,7 +96,7 @@ class HeuristicClassifier:
         """The values of the terms named in _TERMS, in that order."""
         text = features.text
         low = text.lower()
-        words = frozenset(low.translate(_WORDS_ONLY).split())
+        words = frozenset(_words_only(low).split())
         code = count_marks(text, CODE_MARKS, 2)
         math_cues = count_marks(text, MATH_MARKS, 2) + len(words & _MATH_WORDS)
         steps = len(words & _MULTISTEP_WORDS) + ("step by step" in low)
