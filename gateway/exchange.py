@@ -229,7 +229,8 @@ class Exchange:
 
     def _overhead(self, seconds: float) -> float:
         """Of `seconds` since arrival, the gateway's own: not waiting on backends."""
-        return max(seconds - self.tally.upstream_seconds, 0.0)
+        own = seconds - self.tally.upstream_seconds
+        return 0.0 if own < 0.0 else own  # max(own, 0.0) without the builtin's call (~0.1 µs)
 
     async def respond(self, content: bytes, headers: dict[str, str], usage: Usage | None = None) -> None:
         self.tally.usage = usage
