@@ -10,9 +10,8 @@ prompt costs a few tens of microseconds. Names and order are part of the artifac
 from __future__ import annotations
 
 import math
-import string
 
-from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_marks
+from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_digits, count_marks
 
 # Word cues, counted as substrings of the lower-cased text (" prove" also counts "proves", which is
 # wanted). Each group is capped at CAP so one repetitive prompt cannot dominate its feature.
@@ -88,7 +87,7 @@ def cue_vector(features: Features) -> list[float]:
     n = len(text)
     low = text.lower()
     words = low.count(" ") + 1 if n else 0
-    digits = sum(map(text.count, string.digits)) if n else 0
+    digits = count_digits(text) if n else 0
     return [
         math.log1p(features.total_chars),
         math.log1p(n),

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import repeat
-from typing import Any
+from typing import Any, Final
 
 # Scoring looks at the end of long prompts only: the question usually sits there, and it bounds the
 # cost of an 8k-token prompt.
@@ -37,18 +38,36 @@ def estimate_tokens(chars: int) -> int:
 
 def count_marks(text: str, marks: tuple[str, ...], cap_each: int) -> int:
     """Occurrences of each mark, each counted at most `cap_each` times (str.count: C speed; map, not a
-    generator, keeps the loop in C too: 3x faster on a short prompt)."""
-    return sum(map(min, map(text.count, marks), repeat(cap_each, len(marks))))
+    generator, keeps the loop in C too: 3x faster on a short prompt). Most marks are absent, and `in`
+    finds that for less than a count does."""
+    found = [*map(text.count, filter(text.__contains__, marks))]
+    total = sum(found)
+    if total <= cap_each:  # no mark reached the cap (the usual case): min() per mark would cost ~half
+        return total
+    return sum(map(min, found, repeat(cap_each, len(found))))
 
 
-@dataclass(frozen=True, slots=True)
+_ASCII_DIGITS = string.digits.encode()
+
+
+def count_digits(text: str) -> int:
+    """The ASCII digits in `text`. ASCII text (most prompts) loses them in one pass of bytes.translate,
+    5x faster than ten counts (which other text still takes)."""
+    if text.isascii():
+        return len(text) - len(text.encode().translate(None, _ASCII_DIGITS))
+    return sum(map(text.count, string.digits))
+
+
+# Read-only through `Final` (mypy), not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, ~3x the cost of a plain one (~1 us of every request). Hashable as before.
+@dataclass(slots=True, unsafe_hash=True)
 class Features:
-    text: str  # the last user turn (or completion prompt), cut to MAX_SCORED_CHARS from the end
-    total_chars: int  # every text part of every message
-    turns: int  # user turns
-    has_tools: bool
-    response_format: str  # "text", "json_object" or "json_schema"
-    max_tokens: int | None
+    text: Final[str]  # the last user turn (or completion prompt), cut to MAX_SCORED_CHARS from the end
+    total_chars: Final[int]  # every text part of every message
+    turns: Final[int]  # user turns
+    has_tools: Final[bool]
+    response_format: Final[str]  # "text", "json_object" or "json_schema"
+    max_tokens: Final[int | None]
 
 
 def _content_text(content: Any) -> str:
@@ -78,7 +97,8 @@ def _only_tool_results(content: Any) -> bool:
 
 def extract_features(request: Mapping[str, Any]) -> Features:
     """Works for chat requests (`messages`) and completion requests (`prompt`)."""
-    total = len(_content_text(request.get("system")))  # Anthropic's top-level system prompt
+    system = request.get("system")  # Anthropic's top-level system prompt
+    total = len(_content_text(system)) if system is not None else 0
     turns = 0
     last_user = ""
     messages = request.get("messages")
@@ -86,13 +106,14 @@ def extract_features(request: Mapping[str, Any]) -> Features:
         for message in messages:
             if not isinstance(message, dict):
                 continue
-            text = _content_text(message.get("content"))
+            content = message.get("content")
+            text = content if isinstance(content, str) else _content_text(content)  # str: the usual case
             total += len(text)
             if message.get("role") == "user":
                 turns += 1
                 # In an agent loop the newest user turn may hold only tool results: the task is
                 # still the last turn a person wrote, so keep scoring that one.
-                if text and not _only_tool_results(message.get("content")):
+                if text and (text is content or not _only_tool_results(content)):
                     last_user = text
     else:
         prompt = request.get("prompt")
@@ -103,11 +124,11 @@ def extract_features(request: Mapping[str, Any]) -> Features:
     response_format = request.get("response_format")
     kind = response_format.get("type") if isinstance(response_format, dict) else None
     max_tokens = request.get("max_completion_tokens", request.get("max_tokens"))
-    return Features(
-        text=last_user[-MAX_SCORED_CHARS:],
-        total_chars=total,
-        turns=turns,
-        has_tools=bool(request.get("tools") or request.get("functions")),
-        response_format=kind if kind in ("json_object", "json_schema") else "text",
-        max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+    return Features(  # positional: keywords cost ~0.3 us more a call
+        last_user[-MAX_SCORED_CHARS:],
+        total,
+        turns,
+        bool(request.get("tools") or request.get("functions")),
+        kind if kind in ("json_object", "json_schema") else "text",
+        max_tokens if isinstance(max_tokens, int) else None,
     )

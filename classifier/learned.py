@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import string
 import threading
 import unicodedata
 from array import array
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from classifier.base import DEFAULT_THRESHOLD
-from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_marks
+from classifier.features import CODE_MARKS, MATH_MARKS, Features, count_digits, count_marks
 
 DEFAULT_ARTIFACT = Path(__file__).parent / "models" / "learned-v1"
 
@@ -50,7 +49,7 @@ def structural_features(features: Features) -> list[float]:
     n = len(text)
     code = count_marks(text, CODE_MARKS, 3)
     math_marks = count_marks(text, MATH_MARKS, 3)
-    digits = sum(text.count(d) for d in string.digits) if n else 0
+    digits = count_digits(text) if n else 0
     return [
         math.log1p(features.total_chars),
         math.log1p(n),

@@ -124,7 +124,8 @@ class Exchange:
 
     async def read_json(self) -> dict[str, Any]:
         """The body; from here on, what the connection says next can only be a disconnect."""
-        self.body = await read_json(self.request, self.runtime.settings.max_body_bytes)
+        limit = self.runtime.settings.max_body_bytes
+        self.body = await read_json(self._receive, self.request.scope, self.headers_in, limit)
         self.stream = self.body.get("stream") is True
         self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_SECONDS, self._arm)
         return self.body
@@ -228,7 +229,8 @@ class Exchange:
 
     def _overhead(self, seconds: float) -> float:
         """Of `seconds` since arrival, the gateway's own: not waiting on backends."""
-        return max(seconds - self.tally.upstream_seconds, 0.0)
+        own = seconds - self.tally.upstream_seconds
+        return 0.0 if own < 0.0 else own  # max(own, 0.0) without the builtin's call (~0.1 µs)
 
     async def respond(self, content: bytes, headers: dict[str, str], usage: Usage | None = None) -> None:
         self.tally.usage = usage
