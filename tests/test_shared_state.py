@@ -251,7 +251,15 @@ def test_a_redis_outage_under_load_fails_no_request_and_the_state_is_rebuilt(
         "redis": {"url": redis.url, "timeout_ms": 100, "retry_seconds": 0.5},
         "backends": {"local": local, "api": sim_backend(sim, {"name": "gpt-4o"})},
         "routers": {
-            "share": {"local": "local", "api": "api", "classifier": "heuristic", "target_api_share": 0.3}
+            # A window larger than the run's requests: its length then says whether the requests seen
+            # before the outage were written back (at the default 1,000, a fast run fills it after).
+            "share": {
+                "local": "local",
+                "api": "api",
+                "classifier": "heuristic",
+                "target_api_share": 0.3,
+                "share_window": 100_000,
+            }
         },
     }
     statuses: list[int] = []
