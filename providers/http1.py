@@ -32,6 +32,11 @@ HIGH_WATER: Final = 256 * 1024  # buffered body bytes above which reading pauses
 # dropped it without a word (AWS's NAT gateway after 350 s), and a request sent on it would wait out the
 # read timeout. aiohttp's default, which this replaced.
 KEEPALIVE_SECONDS: Final = 15.0
+# A stream read to its last event ([DONE]) may still owe its body's closing bytes (the last chunk's
+# terminator): the connection waits this long, dropping at most DRAIN_BYTES, to be reused rather than
+# closed. Over TLS to a commercial API a new connection costs a handshake on the next stream's first token.
+DRAIN_SECONDS: Final = 1.0
+DRAIN_BYTES: Final = 64 * 1024
 DNS_TTL_SECONDS: Final = 300.0  # a host's addresses are looked up again after this (aiohttp's setting here)
 _FORBIDDEN = frozenset(b"\r\n\x00")
 
@@ -150,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of the current response
         self.expecting = False  # a request is out and its final response not yet whole
         self._informational = False  # the message being parsed is a 1xx, not the response
+        self._draining = False  # released before its body's end: the rest is read and dropped
 
     # ---- one exchange ----
 
@@ -184,14 +190,24 @@ class _Connection(asyncio.Protocol):
         return data
 
     def done(self) -> None:
-        """The caller is finished with the response: keep the connection if it can carry another."""
-        if self.complete and self.keep_alive and self.error is None and self.transport is not None:
+        """The caller is finished with the response: keep the connection if it can carry another,
+        once the body's end has arrived (see DRAIN_SECONDS)."""
+        if not (self.keep_alive and self.error is None and self.transport is not None):
+            self.close()
+        elif self.complete:
             self.pool.put(self)
         else:
-            self.close()
+            self._draining = True
+            self.body, self.buffered, self.streaming = [], 0, False
+            if self._paused:
+                self._paused = False
+                self.transport.resume_reading()
+            self._disarm()
+            self._timer = self.loop.call_later(DRAIN_SECONDS, self.close)
 
     def close(self, free_slot: bool = True) -> None:
         self._disarm()
+        self._draining = False
         if self.transport is not None:
             self.transport.close()  # connection_lost tells the pool
             self.transport = None
@@ -285,6 +301,11 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._draining:
+            self.buffered += len(body)  # dropped, only counted
+            if self.buffered > DRAIN_BYTES:
+                raise Disconnected("a released response's rest is too long to drain")
+            return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER and self.streaming and not self._paused and self.transport is not None:
@@ -298,6 +319,9 @@ class _Connection(asyncio.Protocol):
             return
         self.complete, self.expecting = True, False
         self._disarm()
+        if self._draining:
+            self._draining = False
+            self.pool.put(self)
         self._wake()
 
 

@@ -38,8 +38,11 @@ def answer(body: bytes, *extra: bytes) -> bytes:
 class Origin:
     """A server that answers each request with what `reply` returns (None: close without a word)."""
 
-    def __init__(self, reply: Reply, close_after: bool = False) -> None:
+    def __init__(
+        self, reply: Reply, close_after: bool = False, tail: tuple[float, bytes] | None = None
+    ) -> None:
         self.reply = reply
+        self.tail = tail  # (seconds, bytes): written that long after each answer
         self.close_after = close_after  # close each connection after its first answer
         self.connections = 0
         self.requests: list[bytes] = []
@@ -60,6 +63,9 @@ class Origin:
                     return
                 writer.write(data)
                 await writer.drain()
+                if self.tail is not None:
+                    await asyncio.sleep(self.tail[0])
+                    writer.write(self.tail[1])
                 if self.close_after:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -78,9 +84,13 @@ async def origin_of() -> AsyncIterator[Make]:
     made: list[tuple[Origin, HttpClient]] = []
 
     async def make(
-        reply: Reply, read_timeout: float = 30.0, close_after: bool = False, max_connections: int = 16384
+        reply: Reply,
+        read_timeout: float = 30.0,
+        close_after: bool = False,
+        max_connections: int = 16384,
+        tail: tuple[float, bytes] | None = None,
     ) -> tuple[Origin, HttpClient]:
-        origin = Origin(reply, close_after)
+        origin = Origin(reply, close_after, tail)
         base = await origin.start()
         config = HttpConfig(
             name="origin", base_url=base, read_timeout=read_timeout, max_connections=max_connections
@@ -487,3 +497,46 @@ async def test_a_stream_closed_twice_gives_its_connection_back_once(origin_of: M
     url = client.base + "/chat/completions"
     answers = await asyncio.wait_for(asyncio.gather(*(client.call("POST", url, {}) for _ in range(2))), 5)
     assert sorted(answers) == [(200, b'{"n":2}'), (200, b'{"n":3}')]
+
+
+async def _stream_to_done(client: HttpClient) -> None:
+    """Reads a stream up to its [DONE] event, as the OpenAI-compatible provider does, then lets it go."""
+    resp = await client.open_stream(client.base + "/chat/completions", {})
+    stream = SSEStream("origin", resp, lambda event: None if event.data == b"[DONE]" else event)
+    async for _ in stream:
+        pass
+    await stream.aclose()
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+DONE_CHUNK = b"%x\r\n%s\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n")
+
+
+async def test_a_stream_let_go_at_its_last_event_keeps_its_connection_once_its_end_arrives(
+    origin_of: Make,
+) -> None:
+    # The last chunk's terminator comes 50 ms after [DONE]: waiting for it keeps the connection (over
+    # TLS, the next stream's first token would otherwise wait for a handshake).
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return SSE_HEAD + DONE_CHUNK
+
+    origin, client = await origin_of(reply, tail=(0.05, b"0\r\n\r\n"))
+    for _ in range(3):
+        await _stream_to_done(client)
+        await asyncio.sleep(0.1)
+    assert origin.connections == 1 and len(origin.requests) == 3
+
+
+async def test_a_stream_whose_end_never_comes_is_closed_after_the_drain_time(
+    origin_of: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "DRAIN_SECONDS", 0.1)
+
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return SSE_HEAD + DONE_CHUNK  # and never the terminator
+
+    origin, client = await origin_of(reply)
+    await _stream_to_done(client)
+    await asyncio.wait_for(origin.closed.wait(), 5)  # the gateway gave up on it
+    await _stream_to_done(client)
+    assert origin.connections == 2
