@@ -431,24 +431,33 @@ class Pool:
         return conn
 
     async def _open_one(self) -> _Connection:
-        """A connection to the first of the host's addresses that takes one."""
+        """A connection to the first of the host's addresses that takes one. Each but the last gets its
+        share of the connect timeout, so an address that drops packets (an IPv6 route that goes
+        nowhere) does not use it all; one that failed goes to the back of the list for the next
+        connections, as a cached DNS answer keeps its order (aiohttp tried addresses in parallel)."""
         if self.loop.time() - self._resolved_at > DNS_TTL_SECONDS:
             infos = await self.loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
             self._addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
             self._resolved_at = self.loop.time()
-        failure: OSError = OSError(f"no address for {self.host}")
-        for address in self._addresses:
+        addresses = list(self._addresses)
+        failure: Exception = OSError(f"no address for {self.host}")
+        for i, address in enumerate(addresses):
+            share = None if i == len(addresses) - 1 else self.connect_timeout / len(addresses)
             try:
-                _, conn = await self.loop.create_connection(
-                    lambda: _Connection(self),
-                    address,
-                    self.port,
-                    ssl=self.ssl,
-                    server_hostname=self.host if self.ssl is not None else None,
-                )
+                async with asyncio.timeout(share):
+                    _, conn = await self.loop.create_connection(
+                        lambda: _Connection(self),
+                        address,
+                        self.port,
+                        ssl=self.ssl,
+                        server_hostname=self.host if self.ssl is not None else None,
+                    )
                 return conn
-            except OSError as exc:
+            except (OSError, TimeoutError) as exc:
                 failure = exc
+                if address in self._addresses and len(self._addresses) > 1:
+                    self._addresses.remove(address)
+                    self._addresses.append(address)
         raise failure
 
     def put(self, conn: _Connection) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -540,3 +541,34 @@ async def test_a_stream_whose_end_never_comes_is_closed_after_the_drain_time(
     await asyncio.wait_for(origin.closed.wait(), 5)  # the gateway gave up on it
     await _stream_to_done(client)
     assert origin.connections == 2
+
+
+async def test_an_address_that_drops_connections_gets_its_share_of_the_timeout_and_goes_last(
+    origin_of: Make,
+) -> None:
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return answer(b"{}")
+
+    origin, client = await origin_of(reply)
+    port = origin.server.sockets[0].getsockname()[1]
+    # 127.0.0.2 on the same port: a listener that never accepts, its queue full, so a connection
+    # attempt hangs as on a route that drops packets.
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.2", port))
+    blackhole.listen(0)
+    fillers = [socket.create_connection(("127.0.0.2", port), timeout=1)]
+    client = HttpClient(
+        HttpConfig(name="origin", base_url=f"http://localhost:{port}/v1", connect_timeout=1.0)
+    )
+    try:
+        pool = client._connections()
+        # The DNS answer, as if resolved: the dead address first (an IPv6 one, typically).
+        pool._addresses, pool._resolved_at = ["127.0.0.2", "127.0.0.1"], pool.loop.time()
+        # The dead address had half of the 1 s, then the live one answered (with the whole second, the
+        # dead one would have used it up: a 504).
+        assert (await client.call("POST", client.base + "/chat/completions", {}))[0] == 200
+        assert pool._addresses == ["127.0.0.1", "127.0.0.2"]  # the live one first from now on
+    finally:
+        await client.close()
+        for s in (blackhole, *fillers):
+            s.close()
