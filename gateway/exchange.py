@@ -462,6 +462,7 @@ class Exchange:
                 seconds=time.perf_counter() - self.started,
                 ttft_seconds=o.first_token if o is not None else None,
                 status=status,
+                path=self.request.scope["path"],
             )
         )
 

@@ -44,6 +44,7 @@ class Row:
     seconds: float
     ttft_seconds: float | None
     status: str  # 2xx, 4xx, 5xx or cancelled
+    path: str | None  # the endpoint asked, e.g. /v1/messages (None in rows written before it was kept)
 
 
 COLUMNS = tuple(f.name for f in fields(Row))

@@ -333,6 +333,7 @@ def test_request_log_and_team_metrics_and_no_key_anywhere(setup: Setup) -> None:
     ]
     assert found[0].router == "auto" and found[0].reason == "header" and found[2].router is None
     assert found[3].request_id == "req-42"
+    assert {r.path for r in found} == {"/v1/chat/completions"}
     assert all(r.input_tokens and r.output_tokens and r.usd is not None and r.seconds > 0 for r in found)
     assert found[1].usd == pytest.approx(found[1].baseline_usd)  # the API answered: cost is the baseline
     api_cost = sum(r.usd or 0 for r in found)

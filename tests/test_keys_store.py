@@ -132,7 +132,7 @@ def test_keyring_sees_changes_and_expiry(store_url: str) -> None:
 
 def _row(n: int, at: float) -> Row:
     return Row(at, f"req-{n}", "key_1", "eng", "auto", "local", "score", "local", "tiny", 10, 20, 0, 0.0, 0.01,
-               0.5, 0.1, "2xx")  # fmt: skip
+               0.5, 0.1, "2xx", "/v1/chat/completions")  # fmt: skip
 
 
 def test_request_log_batches_bounds_and_prunes(store_url: str) -> None:

@@ -97,6 +97,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX request_log_at ON request_log (at)",
         "CREATE INDEX request_log_team ON request_log (team, at)",
     ),
+    # the endpoint each request asked (chat, messages, responses, embeddings)
+    ("ALTER TABLE request_log ADD COLUMN path TEXT",),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
