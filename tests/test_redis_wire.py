@@ -7,6 +7,11 @@ import asyncio
 
 import redis as redis_client
 
+from gateway.config import Redis
+from gateway.limit_store import RedisStore, Window
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder
+from gateway.redis_link import RedisLink
 from gateway.redis_wire import RedisWire
 from tests.services import redis_server
 
@@ -50,3 +55,34 @@ def test_a_caller_cancelled_while_connecting_does_not_fail_the_others() -> None:
                 await asyncio.sleep(0)  # the aborted transport closes its socket on the next turn
 
         assert asyncio.run(scenario()) == b"PONG"
+
+
+def test_a_server_that_does_not_speak_redis_is_an_outage_without_a_traceback() -> None:
+    """A Redis URL pointing at another service (here one answering as HTTP does): hiredis's protocol
+    error escaped the protocol, and the loop logged it with a traceback on every retry."""
+
+    async def scenario() -> tuple[object, list[dict[str, object]]]:
+        async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read(1)
+            writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+            await writer.drain()
+            await reader.read()  # until the wire hangs up
+            writer.close()
+
+        loop = asyncio.get_running_loop()
+        escaped: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _, context: escaped.append(context))
+        server = await asyncio.start_server(http, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        link = RedisLink(Redis(f"redis://127.0.0.1:{port}/0", "t", 2.0, 5.0), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("r1", [Window("key:a:requests", 3, 1)], [])
+        await store.close()
+        await link.close()
+        server.close()
+        await server.wait_closed()
+        return verdict, escaped
+
+    verdict, escaped = asyncio.run(scenario())
+    assert verdict is None  # Redis is unreachable: the limits' local answer
+    assert escaped == []
