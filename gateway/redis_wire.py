@@ -108,12 +108,17 @@ class RedisWire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        while (reply := self._reader.gets()) is not False:
-            if not self._waiting:
-                continue  # a reply to a command that timed out
-            future = self._waiting.popleft()[0]
-            if not future.done():
-                future.set_result(reply)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if not self._waiting:
+                    continue  # a reply to a command that timed out
+                future = self._waiting.popleft()[0]
+                if not future.done():
+                    future.set_result(reply)
+        except hiredis.ProtocolError:  # not Redis (a URL with another service's port): an outage, not a bug
+            self._fail(ConnectionError("the server at the Redis URL does not speak Redis"))
+            self._drop()
+            return
         if self._held and self._transport is not None:
             held, self._held = self._held, []
             self._transport.write(b"".join(held))

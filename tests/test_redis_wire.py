@@ -65,9 +65,8 @@ def test_a_server_that_does_not_speak_redis_is_an_outage_without_a_traceback() -
         async def http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.read(1)
             writer.write(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-            await writer.drain()
-            await reader.read()  # until the wire hangs up
             writer.close()
+            await writer.wait_closed()
 
         loop = asyncio.get_running_loop()
         escaped: list[dict[str, object]] = []
