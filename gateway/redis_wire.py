@@ -23,7 +23,7 @@ class RedisWire(asyncio.Protocol):
         self._options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         self._timeout = timeout
         self._transport: asyncio.Transport | None = None
-        self._connecting: asyncio.Future[None] | None = None
+        self._connecting: asyncio.Task[None] | None = None
         self._reader = hiredis.Reader()
         # Commands sent, oldest first: (future of the reply, deadline).
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
@@ -36,12 +36,13 @@ class RedisWire(asyncio.Protocol):
 
     def call(self, *command: Any) -> Awaitable[Any]:
         """The reply to `command`: once connected, a future written at once (no coroutine)."""
-        if self._transport is None:
+        if self._transport is None or self._connecting is not None:  # not before AUTH and SELECT
             return self._connect_and_call(command)
         return self._send(hiredis.pack_command(command))
 
     async def _connect_and_call(self, command: tuple[Any, ...]) -> Any:
-        await self._connect()
+        if self._transport is None or self._connecting is not None:  # else connected since the call
+            await self._connect()
         return await self._send(hiredis.pack_command(command))
 
     def _send(self, payload: bytes) -> asyncio.Future[Any]:
@@ -62,23 +63,25 @@ class RedisWire(asyncio.Protocol):
         return future
 
     async def _connect(self) -> None:
-        if self._connecting is not None:  # another call is connecting: wait for it
-            await asyncio.shield(self._connecting)
-            return
-        connecting = self._connecting = asyncio.get_running_loop().create_future()
+        # The set-up is a task of its own: a caller that leaves (its client gone) must not cancel it
+        # under the others waiting on it.
+        connecting = self._connecting
+        if connecting is None:
+            connecting = self._connecting = asyncio.ensure_future(self._set_up())
+            connecting.add_done_callback(self._set_up_done)
+        await asyncio.shield(connecting)
+
+    def _set_up_done(self, task: asyncio.Task[None]) -> None:
+        self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: the callers are told, not the loop
+
+    async def _set_up(self) -> None:
         try:
             await asyncio.wait_for(self._open(), self._timeout)
-        except BaseException as exc:
-            failure = ConnectionError(f"cannot connect to Redis: {type(exc).__name__}")
-            connecting.set_exception(failure)
-            connecting.exception()  # retrieved: the waiters are told, not the loop
-            self._connecting = None
+        except BaseException as exc:  # refused, timed out, or cancelled by close()
             self._drop()
-            if isinstance(exc, asyncio.CancelledError):
-                raise  # the caller's own cancellation (its client left), not an outage
-            raise failure from None
-        connecting.set_result(None)
-        self._connecting = None
+            raise ConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from None
 
     async def _open(self) -> None:
         loop, o = asyncio.get_running_loop(), self._options
@@ -105,12 +108,17 @@ class RedisWire(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
-        while (reply := self._reader.gets()) is not False:
-            if not self._waiting:
-                continue  # a reply to a command that timed out
-            future = self._waiting.popleft()[0]
-            if not future.done():
-                future.set_result(reply)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                if not self._waiting:
+                    continue  # a reply to a command that timed out
+                future = self._waiting.popleft()[0]
+                if not future.done():
+                    future.set_result(reply)
+        except hiredis.ProtocolError:  # not Redis (a URL with another service's port): an outage, not a bug
+            self._fail(ConnectionError("the server at the Redis URL does not speak Redis"))
+            self._drop()
+            return
         if self._held and self._transport is not None:
             held, self._held = self._held, []
             self._transport.write(b"".join(held))
@@ -143,6 +151,8 @@ class RedisWire(asyncio.Protocol):
             self._transport = None
 
     def close(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None

@@ -156,6 +156,7 @@ class _Connection(asyncio.Protocol):
         self.expecting = False  # a request is out and its final response not yet whole
         self._informational = False  # the message being parsed is a 1xx, not the response
         self._draining = False  # released before its body's end: the rest is read and dropped
+        self._drained = False  # the drained body ended: back to the pool once the bytes read are parsed
 
     # ---- one exchange ----
 
@@ -207,7 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def close(self, free_slot: bool = True) -> None:
         self._disarm()
-        self._draining = False
+        self._draining = self._drained = False
         if self.transport is not None:
             self.transport.close()  # connection_lost tells the pool
             self.transport = None
@@ -256,6 +257,11 @@ class _Connection(asyncio.Protocol):
             self._fail(Disconnected(f"unreadable HTTP response: {exc}"))
             self.close()
             return
+        if self._drained:
+            # Not from on_message_complete: bytes behind the end (a response nobody asked for) would
+            # close it after a queued request had been handed it.
+            self._drained = False
+            self.pool.put(self)
         if not self.has_head:
             # Counted here, not per header: the parser buffers a header until its end, which an
             # endless one never reaches while the server keeps the read timer from firing.
@@ -320,8 +326,7 @@ class _Connection(asyncio.Protocol):
         self.complete, self.expecting = True, False
         self._disarm()
         if self._draining:
-            self._draining = False
-            self.pool.put(self)
+            self._draining, self._drained = False, True
         self._wake()
 
 

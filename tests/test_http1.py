@@ -572,3 +572,20 @@ async def test_an_address_that_drops_connections_gets_its_share_of_the_timeout_a
         await client.close()
         for s in (blackhole, *fillers):
             s.close()
+
+
+async def test_a_drained_connection_that_turns_out_unusable_is_not_handed_to_a_waiting_request(
+    origin_of: Make,
+) -> None:
+    # The body's end arrives with a response nobody asked for behind it: the drained connection was
+    # given to the queued request at the end, then closed for the stray bytes, and the request was
+    # sent on a closed connection.
+    async def reply(connection: int, count: int, head: bytes) -> bytes:
+        return SSE_HEAD + DONE_CHUNK if connection == 1 else answer(b"{}")
+
+    stray = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    origin, client = await origin_of(reply, max_connections=1, tail=(0.05, b"0\r\n\r\n" + stray))
+    await _stream_to_done(client)
+    call = client.call("POST", client.base + "/chat/completions", {})  # queued while it drains
+    assert await asyncio.wait_for(call, 5) == (200, b"{}")
+    assert origin.connections == 2
