@@ -161,10 +161,13 @@ class _Connection(asyncio.Protocol):
     # ---- one exchange ----
 
     def send(self, data: bytes) -> None:
-        assert self.transport is not None
         self.head, self._head_bytes, self.status = [], 0, 0
         self.has_head = self.complete = self.keep_alive = self.received = False
         self.body, self.buffered, self.streaming, self.expecting = [], 0, False, True
+        if self.transport is None or self.transport.is_closing():
+            # Closed between being handed over and its taker running: nothing was sent, so the pool
+            # sends the request again on a new connection (Pool.request).
+            raise Disconnected("the connection closed before the request went out")
         self._last_read = self.loop.time()
         self._timer = self.loop.call_later(self.pool.read_timeout, self._check_silence)
         self.transport.write(data)
