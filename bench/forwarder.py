@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,6 +32,36 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def _is_stream(content_type: str) -> bool:
     return content_type.startswith("text/event-stream")
+
+
+class _Released(Protocol):
+    """aiohttp's response and providers/http1.py's: the same four members."""
+
+    status: int
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+
+async def _answer(resp: _Released, content_type: str | None, chunks: AsyncIterator[bytes]) -> Response:
+    """The upstream's answer as it came: relayed chunk by chunk if a stream, else read whole."""
+    headers = {"content-type": content_type or "application/json"}
+    if _is_stream(headers["content-type"]):
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in chunks:
+                    yield chunk
+            finally:
+                resp.release()
+
+        return StreamingResponse(relay(), status_code=resp.status, headers=headers)
+    try:
+        data = await resp.read()
+    finally:
+        resp.release()
+    return Response(data, status_code=resp.status, headers=headers)
 
 
 def aiohttp_app(upstream: str) -> Starlette:
@@ -55,23 +86,7 @@ def aiohttp_app(upstream: str) -> Starlette:
         assert session is not None
         body = await request.body()
         resp = await session.post(upstream, data=body, headers=REQUEST_HEADERS)
-        content_type = resp.headers.get("Content-Type", "application/json")
-        headers = {"content-type": content_type}
-        if _is_stream(content_type):
-
-            async def relay() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in resp.content.iter_any():
-                        yield chunk
-                finally:
-                    resp.release()
-
-            return StreamingResponse(relay(), status_code=resp.status, headers=headers)
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-        return Response(data, status_code=resp.status, headers=headers)
+        return await _answer(resp, resp.headers.get("Content-Type"), resp.content.iter_any())
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
 
@@ -141,23 +156,7 @@ def http1_app(upstream: str) -> Starlette:
         assert pool is not None
         body = await request.body()
         resp = await pool.request(b"%scontent-length: %d\r\n\r\n%s" % (head, len(body), body))
-        content_type = resp.headers.get("content-type", "application/json")
-        headers = {"content-type": content_type}
-        if _is_stream(content_type):
-
-            async def relay() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in resp.chunks():
-                        yield chunk
-                finally:
-                    resp.release()
-
-            return StreamingResponse(relay(), status_code=resp.status, headers=headers)
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-        return Response(data, status_code=resp.status, headers=headers)
+        return await _answer(resp, resp.headers.get("content-type"), resp.chunks())
 
     return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"])], lifespan=lifespan)
 
