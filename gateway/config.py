@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from gateway.principal import NO_LIMITS, Limits, Principal
 from gateway.rules import Rule
 from gateway.tracing_config import TracingSettings, TracingSpec, sdk_missing, tracing_settings
+from providers.http1 import breaks_head
 from providers.kind import Kind, Options
 from providers.registry import KINDS
 
@@ -460,7 +461,6 @@ def _resolve(value: str, path: str, env: Mapping[str, str]) -> str:
     raise ConfigError(f"{path}: environment variable {name} is not set")
 
 
-_HEAD_BREAKING = re.compile(r"[\r\n\x00]")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: what a header name may be
 
 
@@ -485,7 +485,7 @@ def _header_safe(value: str, path: str) -> str:
     """A text sent in a backend request's head: a line break would split the request, so it is refused
     here, by its path (never its value: it may be a key). A secret mounted from a file often ends with
     one."""
-    if _HEAD_BREAKING.search(value):
+    if breaks_head(value):
         raise ConfigError(
             f"{path}: holds a line break or NUL, which an HTTP header cannot carry "
             "(a secret read from a file often ends with a newline)"

@@ -15,7 +15,7 @@ import orjson
 
 from providers.base import ErrorCode, UpstreamError
 from providers.errors import error_from_response, error_from_transport, redact
-from providers.http1 import Pool, PoolWaits, Response, TransportError, encode_head
+from providers.http1 import Pool, PoolWaits, Response, TransportError, encode_headers, request_line
 from providers.sse import Event, SSEDecoder
 
 __all__ = ["HttpClient", "HttpConfig", "PoolWaits", "SSEStream"]
@@ -45,7 +45,7 @@ class HttpClient:
         self.base = config.base_url.rstrip("/")
         url = urlsplit(self.base)
         self._prefix = f"{url.scheme}://{url.netloc}"  # what the URLs given start with
-        self._origin = f"{url.scheme}://{url.netloc.rpartition('@')[2]}"
+        self._origin = f"{url.scheme}://{url.netloc.rpartition('@')[2]}"  # the pool's: no credentials
         self._pool: Pool | None = None
         self.pool_waits = PoolWaits()
         # Lower-cased once: every request carries headers of its own (its x-request-id).
@@ -54,11 +54,12 @@ class HttpClient:
             # Credentials in the URL (a proxy's basic auth), sent as aiohttp sent them.
             user_pass = f"{unquote(url.username)}:{unquote(url.password or '')}".encode()
             self._configured["authorization"] = "Basic " + base64.b64encode(user_pass).decode()
-        # The head lines every request carries, encoded once.
-        self._fixed = encode_head("GET", "/", self._base_headers(self._configured)).partition(b"\r\n")[2]
+        self._host = url.netloc.rpartition("@")[2]
+        # The header lines every request carries, encoded once.
+        self._fixed = encode_headers(self._base_headers(self._configured))
 
     def _base_headers(self, configured: Mapping[str, str]) -> dict[str, str]:
-        return {"host": urlsplit(self._origin).netloc, "content-type": "application/json", **configured}
+        return {"host": self._host, "content-type": "application/json", **configured}
 
     def _connections(self) -> Pool:
         # Built lazily, inside the running loop, and reused for every call.
@@ -79,15 +80,15 @@ class HttpClient:
         data = b"" if body is None else orjson.dumps(body)
         try:
             if not headers:
-                head = encode_head(method, target, {}) + self._fixed
+                lines = self._fixed
             elif any(k.lower() in self._configured for k in headers):
                 merged = dict(self._configured)
                 for k, v in headers.items():
                     merged[k.lower()] = f"{merged[k.lower()]},{v}" if k.lower() in merged else v
-                head = encode_head(method, target, self._base_headers(merged))
+                lines = encode_headers(self._base_headers(merged))
             else:
-                request_line, _, own = encode_head(method, target, headers).partition(b"\r\n")
-                head = request_line + b"\r\n" + self._fixed + own
+                lines = self._fixed + encode_headers(headers)
+            head = request_line(method, target) + lines
         except ValueError as exc:
             raise UpstreamError(400, str(exc), code=ErrorCode.INVALID_VALUE) from None
         if body is None and method == "GET":
@@ -100,6 +101,19 @@ class HttpClient:
             return await self._connections().request(data)
         except _TRANSPORT_ERRORS as exc:
             raise error_from_transport(self.config.name, exc) from None
+
+    async def _read(self, resp: Response) -> bytes:
+        """The whole body; the connection goes back to the pool, or is closed if the read failed."""
+        try:
+            raw = await resp.read()
+        except _TRANSPORT_ERRORS as exc:
+            resp.close()
+            raise error_from_transport(self.config.name, exc) from None
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return raw
 
     def error(self, status: int, headers: Mapping[str, str], raw: bytes) -> UpstreamError:
         return error_from_response(self.config.name, status, headers, raw, self.config.secrets)
@@ -121,15 +135,7 @@ class HttpClient:
             except TimeoutError as exc:
                 raise error_from_transport(self.config.name, exc) from None
         resp = await self._send(method, url, body, headers)
-        try:
-            raw = await resp.read()
-        except _TRANSPORT_ERRORS as exc:
-            resp.close()
-            raise error_from_transport(self.config.name, exc) from None
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
+        raw = await self._read(resp)
         if resp.status >= 400 and resp.status != 404:
             raise self.error(resp.status, resp.headers, raw)
         return resp.status, raw
@@ -169,15 +175,7 @@ class HttpClient:
         resp = await self._send("POST", url, body, headers)
         if resp.status < 400 and resp.content_type == "text/event-stream":
             return resp
-        try:
-            raw = await resp.read()
-        except _TRANSPORT_ERRORS as exc:
-            resp.close()
-            raise error_from_transport(self.config.name, exc) from None
-        except BaseException:
-            resp.close()
-            raise
-        resp.release()
+        raw = await self._read(resp)
         if resp.status >= 400:
             raise self.error(resp.status, resp.headers, raw)
         # Say what it did: "failed (HTTP 502)" read as if the backend had failed, though it answered.

@@ -38,7 +38,7 @@ KEEPALIVE_SECONDS: Final = 15.0
 DRAIN_SECONDS: Final = 1.0
 DRAIN_BYTES: Final = 64 * 1024
 DNS_TTL_SECONDS: Final = 300.0  # a host's addresses are looked up again after this (aiohttp's setting here)
-_FORBIDDEN = frozenset(b"\r\n\x00")
+_FORBIDDEN = frozenset(b"\r\n\x00")  # what would end a header line, or the head, early
 
 
 class TransportError(Exception):
@@ -187,11 +187,15 @@ class _Connection(asyncio.Protocol):
     def take(self) -> bytes:
         data = self.body[0] if len(self.body) == 1 else b"".join(self.body)
         self.body, self.buffered = [], 0
+        self._resume()
+        return data
+
+    def _resume(self) -> None:
+        """Reading again, if it was paused for a slow reader."""
         if self._paused and self.transport is not None:
             self._paused = False
             self._last_read = self.loop.time()  # the silence while paused was ours
             self.transport.resume_reading()
-        return data
 
     def done(self) -> None:
         """The caller is finished with the response: keep the connection if it can carry another,
@@ -203,9 +207,7 @@ class _Connection(asyncio.Protocol):
         else:
             self._draining = True
             self.body, self.buffered, self.streaming = [], 0, False
-            if self._paused:
-                self._paused = False
-                self.transport.resume_reading()
+            self._resume()
             self._disarm()
             self._timer = self.loop.call_later(DRAIN_SECONDS, self.close)
 
@@ -500,13 +502,27 @@ class Pool:
             conn.close()
 
 
-def encode_head(method: str, target: str, headers: Mapping[str, str]) -> bytes:
-    """A request line and header lines (without the blank line ending the head). Refuses a name or
-    value that would split the head: such text must never reach the wire."""
-    lines = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+def breaks_head(text: str) -> bool:
+    """Whether `text` would end a header line, or the head, early: it must never reach the wire."""
+    return not _FORBIDDEN.isdisjoint(text.encode())
+
+
+def request_line(method: str, target: str) -> bytes:
+    return f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
+
+
+def encode_headers(headers: Mapping[str, str]) -> bytes:
+    """Header lines (without the blank line ending the head). Refuses a name or value that would split
+    the head: such text must never reach the wire."""
+    lines = []
     for name, value in headers.items():
         line = f"{name}: {value}\r\n".encode()
         if _FORBIDDEN.intersection(line[:-2]) or not name or ":" in name:
             raise ValueError(f"header {name!r} has characters not allowed in HTTP")
         lines.append(line)
     return b"".join(lines)
+
+
+def encode_head(method: str, target: str, headers: Mapping[str, str]) -> bytes:
+    """A request line and its header lines (without the blank line ending the head)."""
+    return request_line(method, target) + encode_headers(headers)
