@@ -108,11 +108,16 @@ def _check(body: dict[str, Any], param: str, kinds: tuple[type, ...], expected: 
             raise _wrong_type(param, expected, value)
 
 
+def _required(body: dict[str, Any], param: str, kinds: tuple[type, ...], expected: str) -> Any:
+    """`body[param]`, which must be there and of one of `kinds`."""
+    if param not in body:
+        raise _missing(param)
+    _check(body, param, kinds, expected)
+    return body[param]
+
+
 def _check_common(body: dict[str, Any]) -> None:
-    if "model" not in body:
-        raise _missing("model")
-    _check(body, "model", (str,), "a string")
-    if not body["model"]:
+    if not _required(body, "model", (str,), "a string"):
         raise InvalidRequest("'model' must not be empty.", param="model", code=ErrorCode.INVALID_VALUE)
     if "stream" in body:
         _check(body, "stream", (bool, _NONE), "a boolean")
@@ -138,11 +143,7 @@ def _check_common(body: dict[str, Any]) -> None:
 
 
 def _messages(body: dict[str, Any]) -> list[Any]:
-    if "messages" not in body:
-        raise _missing("messages")
-    messages = body["messages"]
-    if not isinstance(messages, list):
-        raise _wrong_type("messages", "an array", messages)
+    messages: list[Any] = _required(body, "messages", (list,), "an array")
     if not messages:
         raise InvalidRequest(
             "Invalid 'messages': empty array. "
@@ -177,11 +178,7 @@ def validate_chat(body: dict[str, Any]) -> None:
 
 def validate_completion(body: dict[str, Any]) -> None:
     _check_common(body)
-    if "prompt" not in body:
-        raise _missing("prompt")
-    prompt = body["prompt"]
-    if not isinstance(prompt, str | list):
-        raise _wrong_type("prompt", "a string or an array", prompt)
+    _required(body, "prompt", (str, list), "a string or an array")
 
 
 def validate_messages(body: dict[str, Any]) -> None:
@@ -241,11 +238,7 @@ def validate_responses(body: dict[str, Any]) -> None:
     """The Responses request: what the router reads and the translation to chat reads; items of kinds
     the gateway does not read (reasoning, built-in tools) are the backend's to judge."""
     _check_common(body)
-    if "input" not in body:
-        raise _missing("input")
-    given = body["input"]
-    if not isinstance(given, str | list):
-        raise _wrong_type("input", "a string or an array of input items", given)
+    given = _required(body, "input", (str, list), "a string or an array of input items")
     for i, item in enumerate(given if isinstance(given, list) else ()):
         _input_item(item, f"input[{i}]")
     for name in ("instructions", "previous_response_id"):
