@@ -19,6 +19,7 @@ import uvloop
 
 from classifier import extract_features
 from gateway.config import LimitsPolicy, Price, Redis
+from gateway.limit_lease import Leases
 from gateway.limit_store import RedisStore
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
@@ -45,10 +46,10 @@ def cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(url: str, requests: int, redis_cpu: Callable[[], float]) -> None:
+async def measure(url: str, requests: int, redis_cpu: Callable[[], float], leases: bool) -> None:
     recorder = Recorder(Metrics())
     link = RedisLink(Redis(url, "bench", 1.0, 1.0), recorder)
-    limiter = Limiter(RedisStore(link), recorder)
+    limiter = Limiter(Leases(RedisStore(link)) if leases else RedisStore(link), recorder)
 
     async def one() -> None:
         ticket = await limiter.admit(PRINCIPAL, LimitsPolicy(), lambda: FEATURES, PRICE, "openai")
@@ -67,7 +68,7 @@ async def measure(url: str, requests: int, redis_cpu: Callable[[], float]) -> No
             cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
             redis = redis_cpu() - redis
             print(
-                f"{concurrent:>2} at once: {cpu / requests * 1e6:5.0f} us of CPU per request, "
+                f"{concurrent:>2} at once: {cpu / requests * 1e6:5.1f} us of CPU per request, "
                 f"{wall / requests * 1e6:5.0f} us wall, {redis / requests * 1e6:5.0f} us of Redis's CPU"
             )
     finally:
@@ -78,11 +79,12 @@ async def measure(url: str, requests: int, redis_cpu: Callable[[], float]) -> No
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--no-leases", action="store_true", help="a Redis call per request, as without leases")
     args = parser.parse_args()
     with redis_server() as server:
         assert server.process is not None
         pid = server.process.pid
-        uvloop.run(measure(server.url, args.requests, lambda: cpu_of(pid)))
+        uvloop.run(measure(server.url, args.requests, lambda: cpu_of(pid), not args.no_leases))
 
 
 if __name__ == "__main__":

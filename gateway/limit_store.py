@@ -56,6 +56,9 @@ class Verdict(NamedTuple):
     wait_ms: tuple[int, ...]  # per window: until its oldest counted entry leaves the window
     over_at: int = -1  # the window (rate) or budget (budget) that refused
     counted_at: int = 0  # when the store counted it (ms on its clock): where its correction goes
+    # A lease's amounts, per window then per budget, counted instead of the request's own (when its
+    # check asked for one and there was room: see gateway/limit_lease.py); () without one.
+    granted: tuple[float, ...] = ()
 
 
 class Correction(NamedTuple):
@@ -64,10 +67,13 @@ class Correction(NamedTuple):
     rid: str
     windows: tuple[tuple[str, int, int], ...]  # (window, amount counted, real amount)
     budgets: tuple[tuple[str, float], ...]  # (budget, real cost - reserved)
-    counted_at: int = 0  # the check's `Verdict.counted_at`
+    counted_at: int = 0  # the check's `Verdict.counted_at`: where the entry stays in its window
 
 
 class LimitStore(Protocol):
+    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
+        """`check`'s verdict if the store can give it without waiting; None: ask `check`."""
+
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
         """Admit and count the request, or say which limit it is over; None: the store is unreachable."""
 
@@ -103,6 +109,9 @@ class LocalStore:
         self._spent: dict[str, tuple[float, float]] = {}  # budget -> (USD, kept until)
 
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict:
+        return self.take(rid, windows, budgets)
+
+    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict:
         now = self._clock() * 1000
         logs = [self._logs.setdefault(w.name, _Log()) for w in windows]
         for log in logs:
@@ -157,22 +166,26 @@ class LocalStore:
 # request, as few commands as the counting allows (Redis's CPU per call is mostly its commands').
 # KEYS: per window its log (a sorted set of "rid:amount" by time) and its total; per budget its sum;
 #   then the corrections' keys.
-# ARGV: rid, window ms, windows, budgets, [limit, amount] per window, [limit, reserve, ttl] per budget;
-#   then per correction: rid, when it was counted, windows, [counted, real] per window, budgets,
-#   [delta] per budget.
-# Returns {over (0, 1 rate, 2 budget), over_at (1-based), now, [remaining, wait ms] per window}.
+# ARGV: rid, window ms, windows, budgets, demand (requests a lease should cover; < 2: no lease),
+#   [limit, amount] per window, [limit, reserve, ttl] per budget; then per correction: rid, where its
+#   entries stay (ms), windows, [counted, real] per window, budgets, [delta] per budget.
+# Returns {over (0, 1 rate, 2 budget), over_at (1-based), now, leased (0 or 1), [remaining, wait ms]
+#   per window, and when leased: what was counted per window, then per budget (as strings)}.
+# A lease is granted only if every limit has room for it in the first half of its window or period,
+# each giving at most 1/16 of what it has left and at least twice the request's own amount.
 SCRIPT = """
 local rid, span, nw, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local k, a = 2 * nw + nb + 1, 5 + 2 * nw + 3 * nb
+local demand = tonumber(ARGV[5])
+local k, a = 2 * nw + nb + 1, 6 + 2 * nw + 3 * nb
 while a <= #ARGV do
   local id, at, cw = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
   a = a + 3
   for i = 1, cw do
     local counted, real = ARGV[a], ARGV[a + 1]
-    -- else it has left the window already
-    if counted ~= real and redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
-      redis.call('ZADD', KEYS[k], at, id .. ':' .. real)
-      redis.call('INCRBY', KEYS[k + 1], tonumber(real) - tonumber(counted))
+    -- else it has left the window already; a lease's entry moves to its last use
+    if redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
+      if real ~= '0' then redis.call('ZADD', KEYS[k], at, id .. ':' .. real) end
+      if counted ~= real then redis.call('INCRBY', KEYS[k + 1], tonumber(real) - tonumber(counted)) end
     end
     a, k = a + 2, k + 2
   end
@@ -183,10 +196,10 @@ while a <= #ARGV do
     a, k = a + 1, k + 1
   end
 end
-if nw + nb == 0 then return {0, 0, 0} end
+if nw + nb == 0 then return {0, 0, 0, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local used, first, spent = {}, {}, {}
+local used, first, spent, fresh = {}, {}, {}, {}
 for i = 1, nw do
   local log, total = KEYS[2 * i - 1], KEYS[2 * i]
   local oldest = redis.call('ZRANGE', log, 0, 0, 'WITHSCORES')
@@ -207,35 +220,58 @@ for i = 1, nw do
 end
 local over, at = 0, 0
 for j = 1, nb do
-  local b = 2 + 2 * nw + 3 * j  -- its limit, reserve and ttl: ARGV[b], [b + 1], [b + 2]
-  spent[j] = redis.call('GET', KEYS[2 * nw + j])
-  if tonumber(spent[j] or '0') + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then over, at = 2, j break end
+  local b = 3 + 2 * nw + 3 * j  -- its limit, reserve and ttl: ARGV[b], [b + 1], [b + 2]
+  local sum = redis.call('GET', KEYS[2 * nw + j])
+  spent[j], fresh[j] = tonumber(sum or '0'), not sum
+  if spent[j] + tonumber(ARGV[b + 1]) > tonumber(ARGV[b]) then over, at = 2, j break end
 end
 if over == 0 then
   for i = 1, nw do
-    if used[i] + tonumber(ARGV[4 + 2 * i]) > tonumber(ARGV[3 + 2 * i]) then over, at = 1, i break end
+    if used[i] + tonumber(ARGV[5 + 2 * i]) > tonumber(ARGV[4 + 2 * i]) then over, at = 1, i break end
   end
 end
+local counts, leased = {}, 0
 if over == 0 then
+  for i = 1, nw do counts[i] = tonumber(ARGV[5 + 2 * i]) end
+  for j = 1, nb do counts[nw + j] = ARGV[4 + 2 * nw + 3 * j] end  -- USD as sent: exact
+  if demand >= 2 then
+    leased = 1
+    local chunks = {}
+    for i = 1, nw + nb do
+      local limit, sum, own = 0, 0, tonumber(counts[i])
+      if i <= nw then limit, sum = tonumber(ARGV[4 + 2 * i]), used[i]
+      else limit, sum = tonumber(ARGV[3 + 2 * nw + 3 * (i - nw)]), spent[i - nw] end
+      local chunk = math.min((limit - sum) / 16, own * demand)
+      -- whole tokens; whole micro-dollars, which tostring() writes exactly
+      if i <= nw then chunk = math.floor(chunk) else chunk = tostring(math.floor(chunk * 1e6) / 1e6) end
+      if tonumber(chunk) < 2 * own or sum + tonumber(chunk) > limit / 2 then leased = 0 break end
+      chunks[i] = chunk
+    end
+    if leased == 1 then counts = chunks end
+  end
   for i = 1, nw do
-    local log, amount = KEYS[2 * i - 1], ARGV[4 + 2 * i]
-    redis.call('ZADD', log, now, rid .. ':' .. amount)
+    local log = KEYS[2 * i - 1]
+    redis.call('ZADD', log, now, rid .. ':' .. counts[i])
     redis.call('PEXPIRE', log, span)
-    used[i] = used[i] + tonumber(amount)
+    used[i] = used[i] + counts[i]
     redis.call('SET', KEYS[2 * i], used[i], 'PX', span)
     first[i] = first[i] or now
   end
   for j = 1, nb do
-    local b = 2 + 2 * nw + 3 * j
-    redis.call('INCRBYFLOAT', KEYS[2 * nw + j], ARGV[b + 1])
+    local b = 3 + 2 * nw + 3 * j
+    redis.call('INCRBYFLOAT', KEYS[2 * nw + j], counts[nw + j])
     -- Kept `ttl` from the period's first spend: past the period's end either way.
-    if not spent[j] then redis.call('EXPIRE', KEYS[2 * nw + j], ARGV[b + 2]) end
+    if fresh[j] then redis.call('EXPIRE', KEYS[2 * nw + j], ARGV[b + 2]) end
   end
 end
-local out = {over, at, now}
+local out = {over, at, now, leased}
 for i = 1, nw do
-  out[#out + 1] = tonumber(ARGV[3 + 2 * i]) - used[i]
+  out[#out + 1] = tonumber(ARGV[4 + 2 * i]) - used[i]
   out[#out + 1] = first[i] and (tonumber(first[i]) + span - now) or 0
+end
+if leased == 1 then
+  for i = 1, nw do out[#out + 1] = counts[i] end
+  for j = 1, nb do out[#out + 1] = counts[nw + j] end
 end
 return out
 """
@@ -279,9 +315,16 @@ class RedisStore:
             keys = self._names[name] = (log, log + ":total")
         return keys
 
-    async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
+    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> None:
+        return None  # every check is a round trip
+
+    async def check(
+        self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget], demand: int = 0
+    ) -> Verdict | None:
+        """`demand`: ask for a lease that covers that many requests like this one (see
+        gateway/limit_lease.py); the verdict's `granted` says whether one was counted."""
         keys: list[str] = []
-        args: list[Any] = [rid, self.window_ms, len(windows), len(budgets)]
+        args: list[Any] = [rid, self.window_ms, len(windows), len(budgets), demand]
         for w in windows:
             keys += self._keys(w.name)
             args += (w.limit, w.amount)
@@ -291,9 +334,10 @@ class RedisStore:
         reply = await self._run(keys, args)
         if reply is None:
             return None
-        code = reply[0]
+        code, n = reply[0], 4 + 2 * len(windows)
         over: Literal["rate", "budget"] | None = "rate" if code == 1 else "budget" if code == 2 else None
-        return Verdict(over, tuple(reply[3::2]), tuple(reply[4::2]), reply[1] - 1, reply[2])
+        granted = (*reply[n : n + len(windows)], *map(float, reply[n + len(windows) :])) if reply[3] else ()
+        return Verdict(over, tuple(reply[4:n:2]), tuple(reply[5:n:2]), reply[1] - 1, reply[2], granted)
 
     def correct(self, correction: Correction) -> None:
         """Waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most do): one call
@@ -336,7 +380,7 @@ class RedisStore:
     def _flush(self) -> None:
         self._later = None
         if self._pending_args:
-            task = asyncio.get_running_loop().create_task(self._run([], ["", 0, 0, 0]))
+            task = asyncio.get_running_loop().create_task(self._run([], ["", 0, 0, 0, 0]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -15,11 +15,12 @@ import asyncio
 import calendar
 import contextlib
 import functools
+import itertools
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from classifier import Features
@@ -54,13 +55,31 @@ class LimitsUnavailable(GatewayError):
     type = "service_unavailable"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class _Plan:
     """A principal's limits as names in the store, built once per principal."""
 
     requests: tuple[Window, ...]  # each request counts 1
     tokens: tuple[tuple[str, int], ...]
     budgets: tuple[tuple[str, str, float], ...]  # (scope, "day" or "month", USD)
+    shown: tuple[tuple[str, int, int], ...]  # per kind of window it has: (kind, first, how many)
+    # The budgets' names in the store for a second: (second, ((name, USD, ttl), ...)), the last one.
+    named: list[tuple[int, tuple[tuple[str, float, int], ...]]] = field(default_factory=list)
+
+    def budget_names(self, second: int) -> tuple[tuple[str, float, int], ...]:
+        """(name, USD, ttl) per budget: a new UTC day or month starts a new sum."""
+        if not self.named or self.named[0][0] != second:
+            stamps = _stamps(second)
+            self.named[:] = [
+                (
+                    second,
+                    tuple(
+                        (f"{scope}:{period}:{stamps[period]}", usd, DAY_TTL if period == "day" else MONTH_TTL)
+                        for scope, period, usd in self.budgets
+                    ),
+                )
+            ]
+        return self.named[0][1]
 
     @staticmethod
     def of(principal: Principal) -> _Plan:
@@ -77,7 +96,11 @@ class _Plan:
                 budgets.append((scope, "day", limits.usd_per_day))
             if limits.usd_per_month is not None:
                 budgets.append((scope, "month", limits.usd_per_month))
-        return _Plan(tuple(Window(name, limit, 1) for name, limit in requests), tuple(tokens), tuple(budgets))
+        n, t = len(requests), len(tokens)
+        shown = tuple(kind for kind in (("requests", 0, n), ("tokens", n, t)) if kind[2])
+        return _Plan(
+            tuple(Window(name, limit, 1) for name, limit in requests), tuple(tokens), tuple(budgets), shown
+        )
 
 
 @dataclass(slots=True)
@@ -107,6 +130,8 @@ class Limiter:
         self._recorder = recorder
         self._plans: dict[Principal, _Plan] = {}
         self._open = 0  # tickets not settled yet
+        # A request's name in the store: this limiter's, then a count (unique across processes).
+        self._rids, self._counted = os.urandom(6).hex() + "-", itertools.count()
         self._drained: asyncio.Event | None = None  # set once they are, while closing
 
     def _plan(self, principal: Principal) -> _Plan:
@@ -129,27 +154,23 @@ class Limiter:
         door measures it (called only when tokens or budgets are limited). None: admitted unchecked
         (Redis down, `open`)."""
         plan = self._plan(principal)
-        windows = list(plan.requests)
+        windows: Sequence[Window] = plan.requests
         budgets: list[Budget] = []
+        # Loops, not comprehensions: once a request, and in Python 3.11 a comprehension is a call.
         if plan.tokens or plan.budgets:
             features = measured()
             prompt = estimate_tokens(features.total_chars)
             most = features.max_tokens  # 0: no output (embeddings)
             output = most if most is not None and most >= 0 else policy.default_max_tokens
-            windows += [Window(name, limit, prompt + output) for name, limit in plan.tokens]
+            if plan.tokens:
+                windows = list(windows)
+                for name, limit in plan.tokens:
+                    windows.append(Window(name, limit, prompt + output))
             reserve = prompt * price.input + output * price.output
-            stamps = _stamps(int(time.time()))
-            budgets = [
-                Budget(
-                    f"{scope}:{period}:{stamps[period]}",
-                    usd,
-                    reserve,
-                    DAY_TTL if period == "day" else MONTH_TTL,
-                )
-                for scope, period, usd in plan.budgets
-            ]
-        rid = os.urandom(8).hex()
-        verdict = await self.store.check(rid, windows, budgets)
+            for name, usd, ttl in plan.budget_names(int(time.time())):
+                budgets.append(Budget(name, usd, reserve, ttl))
+        rid = f"{self._rids}{next(self._counted)}"
+        verdict = self.store.take(rid, windows, budgets) or await self.store.check(rid, windows, budgets)
         if verdict is None:
             self._unchecked(policy, bool(windows), bool(budgets))
             return None
@@ -167,14 +188,12 @@ class Limiter:
     def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
         """Correct `ticket`, one of this limiter's, by what its request used (see `Ticket.settle`)."""
         assert ticket.limiter is self
-        self.store.correct(
-            Correction(
-                ticket.rid,
-                tuple((w.name, w.amount, tokens) for w in ticket.tokens),
-                tuple((b.name, usd - b.reserve) for b in ticket.budgets),
-                ticket.counted_at,
-            )
-        )
+        windows, budgets = [], []
+        for w in ticket.tokens:
+            windows.append((w.name, w.amount, tokens))
+        for b in ticket.budgets:
+            budgets.append((b.name, usd - b.reserve))
+        self.store.correct(Correction(ticket.rid, tuple(windows), tuple(budgets), ticket.counted_at))
         self._open -= 1
         if self._open == 0 and self._drained is not None:
             self._drained.set()
@@ -229,10 +248,8 @@ def _duration(ms: int) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60)}s"
 
 
-def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int) -> int | None:
+def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int) -> int:
     """Of windows[first:first+count], the one with the least left."""
-    if count < 2:
-        return first if count else None
     return min(range(first, first + count), key=lambda i: verdict.remaining[i] / max(windows[i].limit, 1))
 
 
@@ -252,19 +269,16 @@ def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: 
     headers: dict[str, str] = {}
     anthropic = dialect == "anthropic"
     now = time.time() if anthropic else 0.0
-    n = len(plan.requests)
-    for kind, at in (
-        ("requests", _binding(windows, verdict, 0, n)),
-        ("tokens", _binding(windows, verdict, n, len(windows) - n)),
-    ):
-        if at is None:
-            continue
+    for kind, first, count in plan.shown:
+        at = first if count == 1 else _binding(windows, verdict, first, count)
         limit, remaining, reset = _HEADER_NAMES[kind][anthropic]
         wait = verdict.wait_ms[at]
+        left = verdict.remaining[at]
         headers[limit] = str(windows[at].limit)
-        headers[remaining] = str(max(verdict.remaining[at], 0))
+        headers[remaining] = str(left) if left > 0 else "0"
         if anthropic:
-            headers[reset] = datetime.fromtimestamp(now + wait / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            at_time = now + (wait if wait > 0 else 0) / 1000
+            headers[reset] = datetime.fromtimestamp(at_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         else:
             headers[reset] = _duration(wait)
     return headers
