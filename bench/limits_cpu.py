@@ -19,7 +19,6 @@ import uvloop
 
 from classifier import extract_features
 from gateway.config import LimitsPolicy, Price, Redis
-from gateway.limit_lease import Leases
 from gateway.limit_store import RedisStore
 from gateway.limits import Limiter
 from gateway.metrics import Metrics
@@ -49,7 +48,7 @@ def cpu_of(pid: int) -> float:
 async def measure(url: str, requests: int, redis_cpu: Callable[[], float], leases: bool) -> None:
     recorder = Recorder(Metrics())
     link = RedisLink(Redis(url, "bench", 1.0, 1.0), recorder)
-    limiter = Limiter(Leases(RedisStore(link)) if leases else RedisStore(link), recorder)
+    limiter = Limiter(RedisStore(link), recorder, lease_seconds=1.0 if leases else 0)
 
     async def one() -> None:
         ticket = await limiter.admit(PRINCIPAL, LimitsPolicy(), lambda: FEATURES, PRICE, "openai")
@@ -79,7 +78,9 @@ async def measure(url: str, requests: int, redis_cpu: Callable[[], float], lease
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--no-leases", action="store_true", help="a Redis call per request, as without leases")
+    parser.add_argument(
+        "--no-leases", action="store_true", help="a Redis call per request, as without leases"
+    )
     args = parser.parse_args()
     with redis_server() as server:
         assert server.process is not None

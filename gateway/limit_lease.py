@@ -1,5 +1,5 @@
 """Leases: a busy key's requests admitted from a slice of its limits that this process counted in
-Redis beforehand, instead of one round trip to Redis each.
+Redis beforehand, instead of one round trip to Redis each (gateway/limits.py asks for them).
 
 A request that finds no lease asks for one in its own check, sized by how many requests with the same
 limits this process saw in the last second (twice that many requests' amounts). The script counts the
@@ -28,7 +28,7 @@ import itertools
 import math
 import operator
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.limit_store import Budget, Correction, RedisStore, Verdict, Window
@@ -37,67 +37,68 @@ LEASE_SECONDS = 1.0
 
 
 @dataclass(slots=True, eq=False)
-class _Lease:
+class Lease:
+    """A slice of one set of limits: per window (the requests ones, then the tokens ones), then per
+    budget, what Redis counts for it and what is left of it here."""
+
     rid: str  # the request whose check counted it: its entries' name in Redis
     slot: _Slot
     names: tuple[str, ...]  # its windows', then its budgets'
-    granted_w: list[int]  # per window: what Redis counts for it
-    granted_b: list[float]  # per budget
+    requests: range  # the positions of its windows that count requests (1 each)
+    tokens: range  # of those that count tokens
+    budgets: range
+    granted: list[float]  # what Redis counts for it (whole tokens and requests in windows)
     remaining: tuple[int, ...]  # per window, once Redis counted it
     wait_ms: tuple[int, ...]
     counted_at: int  # Redis's ms; once it ended, where its entries are
     sent: float  # monotonic, when its check was sent: no later than Redis counted it
-    # What is left of it, per window and budget: what its requests took comes off, corrected by what
-    # they used. (Loops, not comprehensions: this runs once a request, and in Python 3.11 a
-    # comprehension is a function call.)
-    room_w: list[int] = field(init=False)
-    room_b: list[float] = field(init=False)
+    # What is left: what its requests took comes off, corrected by what they used. (Loops, not
+    # comprehensions: this runs once a request, and in Python 3.11 a comprehension is a call.)
+    room: list[float] = field(init=False)
     last: float = field(init=False)  # monotonic, its last use
     takes: int = 0  # requests it admitted
     open: bool = True
     timer: asyncio.TimerHandle | None = None
 
     def __post_init__(self) -> None:
-        self.room_w, self.room_b, self.last = list(self.granted_w), list(self.granted_b), self.sent
+        self.room, self.last = list(self.granted), self.sent
 
-    def take(self, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
-        """The request's verdict if it fits in what is left, counted; None if it does not."""
-        room_w, room_b = self.room_w, self.room_b
-        for i, w in enumerate(windows):
-            if w.amount > room_w[i]:
-                return None
-        for j, b in enumerate(budgets):
-            if b.reserve > room_b[j]:
-                return None
-        for i, w in enumerate(windows):
-            room_w[i] -= w.amount
-        for j, b in enumerate(budgets):
-            room_b[j] -= b.reserve
+    def take(self, tokens: int, reserve: float) -> bool:
+        """Admit a request of `tokens` estimated tokens and `reserve` USD, if it fits in what is left."""
+        room = self.room
+        for i in self.requests:
+            if room[i] < 1:
+                return False
+        for i in self.tokens:
+            if room[i] < tokens:
+                return False
+        for i in self.budgets:
+            if room[i] < reserve:
+                return False
+        for i in self.requests:
+            room[i] -= 1
+        for i in self.tokens:
+            room[i] -= tokens
+        for i in self.budgets:
+            room[i] -= reserve
         self.last = time.monotonic()
         self.takes += 1
-        ms = int((self.last - self.sent) * 1000)
-        # What was left when Redis counted the lease, and what of it this process has not taken.
-        return Verdict(
-            None,
-            tuple(map(operator.add, self.remaining, room_w)),
-            tuple(map(operator.sub, self.wait_ms, itertools.repeat(ms))),
-            -1,
-            self.counted_at,
-        )
+        return True
 
-    def used(self) -> tuple[list[int], list[float]]:
-        """Per window and budget, what its requests took, corrected by what they used."""
-        return (
-            list(map(operator.sub, self.granted_w, self.room_w)),
-            list(map(operator.sub, self.granted_b, self.room_b)),
-        )
+    def shown(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Per window, what is left (as Redis counted it with the lease, plus what this process has
+        not taken of it) and the wait until its oldest entry leaves."""
+        ms = int((self.last - self.sent) * 1000)
+        # map() stops at the shorter: `room` goes on with the budgets.
+        remaining = tuple(map(operator.add, self.remaining, self.room))
+        return remaining, tuple(map(operator.sub, self.wait_ms, itertools.repeat(ms)))
 
 
 @dataclass(slots=True, eq=False)
 class _Slot:
-    """The lease of one set of limits (a principal's windows and budgets), and their demand."""
+    """The lease of one set of limits, and their demand."""
 
-    lease: _Lease | None = None
+    lease: Lease | None = None
     asking: asyncio.Task[Verdict | None] | None = None  # the check asking for the next lease
     since: float = -math.inf  # when the current second began (monotonic)
     seen: int = 0  # requests checked without a lease in it
@@ -121,44 +122,42 @@ def _granted(task: asyncio.Task[Verdict | None]) -> bool:
 
 
 class Leases:
-    """A RedisStore that admits from leases where it can (a LimitStore, as RedisStore is)."""
+    """The leases of one limiter's store, one per set of limits (`key`: the same for the same set)."""
 
     def __init__(self, store: RedisStore, lifetime: float = LEASE_SECONDS) -> None:
         self.store = store
         self.lifetime = lifetime
-        self._slots: dict[tuple[str, ...], _Slot] = {}
-        self._tickets: dict[str, _Lease] = {}  # requests admitted from a lease, until corrected
+        self._slots: dict[Hashable, _Slot] = {}
 
-    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
-        """Admitted from the lease of these limits, if there is one and the request fits in it."""
-        slot = self._slots.get(tuple([w.name for w in windows] + [b.name for b in budgets]))
-        if slot is not None and slot.lease is not None:
-            verdict = slot.lease.take(windows, budgets)
-            if verdict is not None:
-                self._tickets[rid] = slot.lease
-                return verdict
+    def take(self, key: Hashable, tokens: int, reserve: float) -> Lease | None:
+        """The lease that admitted the request, if there is one for `key` and the request fits."""
+        slot = self._slots.get(key)
+        if slot is not None:
+            lease = slot.lease
+            if lease is not None and lease.take(tokens, reserve):
+                return lease
         return None
 
-    async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
-        """From a lease; else ask for one, wait for one being asked for, or check alone."""
-        verdict = self.take(rid, windows, budgets)
-        if verdict is not None:
-            return verdict
-        names = tuple([w.name for w in windows] + [b.name for b in budgets])
-        slot = self._slots.get(names)
+    async def check(
+        self, key: Hashable, rid: str, windows: Sequence[Window], budgets: Sequence[Budget], requests: int
+    ) -> Verdict | Lease | None:
+        """Admit the request from a lease (asking for one, or waiting for one being asked for), or check
+        it alone. `windows`: the `requests` that count requests first, then those that count tokens;
+        every tokens window counts the same amount, every budget reserves the same."""
+        tokens = windows[-1].amount if len(windows) > requests else 0
+        reserve = budgets[0].reserve if budgets else 0.0
+        slot = self._slots.get(key)
         if slot is None:
             if len(self._slots) > 10_000:  # a new day's budget names, or principals gone
                 self._slots = {k: s for k, s in self._slots.items() if s.lease or s.asking}
-            slot = self._slots[names] = _Slot()
+            slot = self._slots[key] = _Slot()
         now = time.monotonic()
         demand = slot.demand(now, self.lifetime)
         while True:
             lease = slot.lease
             if lease is not None:
-                verdict = lease.take(windows, budgets)
-                if verdict is not None:
-                    self._tickets[rid] = lease
-                    return verdict
+                if lease.take(tokens, reserve):
+                    return lease
                 self._end(lease)  # what it has left goes back with the next call
             asking = slot.asking
             if asking is None:
@@ -167,7 +166,9 @@ class Leases:
                 asking = slot.asking = asyncio.ensure_future(
                     self.store.check(rid, windows, budgets, math.ceil(2 * demand))
                 )
-                asking.add_done_callback(functools.partial(self._asked, slot, rid, names, len(windows), now))
+                names = tuple([w.name for w in windows] + [b.name for b in budgets])
+                sizes = (requests, len(windows), len(names))
+                asking.add_done_callback(functools.partial(self._asked, slot, rid, names, sizes, now))
                 # Shielded: a lease counted for a client that left still serves the others.
                 verdict = await asyncio.shield(asking)
                 if verdict is None or not verdict.granted:
@@ -182,7 +183,7 @@ class Leases:
         slot: _Slot,
         rid: str,
         names: tuple[str, ...],
-        nw: int,
+        sizes: tuple[int, int, int],
         sent: float,
         task: asyncio.Task[Verdict | None],
     ) -> None:
@@ -192,13 +193,15 @@ class Leases:
             return
         verdict = task.result()
         assert verdict is not None
-        granted = verdict.granted
-        lease = _Lease(
+        requests, windows, counters = sizes
+        lease = Lease(
             rid,
             slot,
             names,
-            [int(g) for g in granted[:nw]],
-            list(granted[nw:]),
+            range(requests),
+            range(requests, windows),
+            range(windows, counters),
+            list(verdict.granted),
             verdict.remaining,
             verdict.wait_ms,
             verdict.counted_at,
@@ -209,7 +212,7 @@ class Leases:
         slot.lease = lease
         lease.timer = asyncio.get_running_loop().call_later(self.lifetime, self._end, lease)
 
-    def _end(self, lease: _Lease) -> None:
+    def _end(self, lease: Lease) -> None:
         """Give back what the lease did not use, and move its entries to its last use."""
         if not lease.open:
             return
@@ -224,45 +227,37 @@ class Leases:
             slot.rate = lease.takes * self.lifetime / max(slot.ended - lease.sent, self.lifetime / 10)
         # Its last use on Redis's clock, or later: measured from before Redis counted the lease.
         lease.counted_at += math.ceil((lease.last - lease.sent) * 1000)
-        used_w, used_b = lease.used()
-        nw = len(used_w)
-        self.store.correct(
-            Correction(
-                lease.rid,
-                tuple(zip(lease.names[:nw], lease.granted_w, used_w, strict=True)),
-                tuple(zip(lease.names[nw:], map(operator.sub, used_b, lease.granted_b), strict=True)),
-                lease.counted_at,
-            )
-        )
-        lease.granted_w, lease.granted_b = used_w, used_b  # what Redis counts now
+        used = list(map(operator.sub, lease.granted, lease.room))
+        names, granted = lease.names, lease.granted
+        windows = tuple([(names[i], int(granted[i]), int(used[i])) for i in range(lease.budgets.start)])
+        budgets = tuple([(names[i], used[i] - granted[i]) for i in lease.budgets])
+        self.store.correct(Correction(lease.rid, windows, budgets, lease.counted_at))
+        lease.granted = used  # what Redis counts now
 
-    def correct(self, correction: Correction) -> None:
-        lease = self._tickets.pop(correction.rid, None)
-        if lease is None:
-            self.store.correct(correction)
-            return
-        # A request admitted from `lease`: corrected into it while it lasts, into its entries after.
+    def settle(self, lease: Lease, tokens: int, usd: float) -> None:
+        """A request admitted from `lease` used `tokens` more tokens than it was counted for and cost
+        `usd` more than it reserved: corrected into the lease while it lasts, into its entries after."""
         if lease.open:
-            for name, counted, real in correction.windows:
-                lease.room_w[lease.names.index(name)] -= real - counted
-            nw = len(lease.room_w)
-            for name, delta in correction.budgets:
-                lease.room_b[lease.names.index(name, nw) - nw] -= delta
+            room = lease.room
+            for i in lease.tokens:
+                room[i] -= tokens
+            for i in lease.budgets:
+                room[i] -= usd
             return
+        granted, names = lease.granted, lease.names
         windows = []
-        for name, counted, real in correction.windows:
-            i = lease.names.index(name)
-            before = lease.granted_w[i]
-            lease.granted_w[i] += real - counted
-            windows.append((name, before, lease.granted_w[i]))
-        self.store.correct(Correction(lease.rid, tuple(windows), correction.budgets, lease.counted_at))
+        for i in lease.tokens if tokens else ():
+            windows.append((names[i], int(granted[i]), int(granted[i]) + tokens))
+            granted[i] += tokens
+        budgets = tuple([(names[i], usd) for i in lease.budgets]) if usd else ()
+        if windows or budgets:
+            self.store.correct(Correction(lease.rid, tuple(windows), budgets, lease.counted_at))
 
     async def close(self) -> None:
-        """Give every lease back (after the leases being asked for), then close the store."""
+        """Give every lease back, after those being asked for are in place."""
         asking = [s.asking for s in self._slots.values() if s.asking is not None]
         if asking:
             await asyncio.wait(asking)
         for slot in self._slots.values():
             if slot.lease is not None:
                 self._end(slot.lease)
-        await self.store.close()

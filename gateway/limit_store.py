@@ -71,9 +71,6 @@ class Correction(NamedTuple):
 
 
 class LimitStore(Protocol):
-    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
-        """`check`'s verdict if the store can give it without waiting; None: ask `check`."""
-
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
         """Admit and count the request, or say which limit it is over; None: the store is unreachable."""
 
@@ -109,9 +106,6 @@ class LocalStore:
         self._spent: dict[str, tuple[float, float]] = {}  # budget -> (USD, kept until)
 
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict:
-        return self.take(rid, windows, budgets)
-
-    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict:
         now = self._clock() * 1000
         logs = [self._logs.setdefault(w.name, _Log()) for w in windows]
         for log in logs:
@@ -314,9 +308,6 @@ class RedisStore:
             log = self.link.key("limit", name)
             keys = self._names[name] = (log, log + ":total")
         return keys
-
-    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> None:
-        return None  # every check is a round trip
 
     async def check(
         self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget], demand: int = 0

@@ -27,11 +27,13 @@ from classifier import Features
 from classifier.features import estimate_tokens
 from gateway.config import LimitsPolicy, Price
 from gateway.errors import GatewayError
-from gateway.limit_store import Budget, Correction, LimitStore, Verdict, Window
+from gateway.limit_lease import LEASE_SECONDS, Lease, Leases
+from gateway.limit_store import Budget, Correction, LimitStore, RedisStore, Verdict, Window
 from gateway.principal import Principal
 from gateway.recorder import Recorder
 from providers.base import Dialect, ErrorCode
 
+_NONE: tuple[tuple[str, float, int], ...] = ()
 DAY_TTL = 2 * 86_400  # a day's sum outlives its day (reports, late corrections)
 MONTH_TTL = 32 * 86_400
 # How long a limiter a reload replaced waits for the requests it admitted before closing its store:
@@ -62,6 +64,9 @@ class _Plan:
     requests: tuple[Window, ...]  # each request counts 1
     tokens: tuple[tuple[str, int], ...]
     budgets: tuple[tuple[str, str, float], ...]  # (scope, "day" or "month", USD)
+    token_names: tuple[str, ...]
+    limits: tuple[int, ...]  # per window: the requests ones, then the tokens ones
+    limit_texts: tuple[str, ...]  # as the headers write them
     shown: tuple[tuple[str, int, int], ...]  # per kind of window it has: (kind, first, how many)
     # The budgets' names in the store for a second: (second, ((name, USD, ttl), ...)), the last one.
     named: list[tuple[int, tuple[tuple[str, float, int], ...]]] = field(default_factory=list)
@@ -99,7 +104,13 @@ class _Plan:
         n, t = len(requests), len(tokens)
         shown = tuple(kind for kind in (("requests", 0, n), ("tokens", n, t)) if kind[2])
         return _Plan(
-            tuple(Window(name, limit, 1) for name, limit in requests), tuple(tokens), tuple(budgets), shown
+            tuple(Window(name, limit, 1) for name, limit in requests),
+            tuple(tokens),
+            tuple(budgets),
+            tuple(name for name, _ in tokens),
+            tuple(limit for _, limit in requests + tokens),
+            tuple(str(limit) for _, limit in requests + tokens),
+            shown,
         )
 
 
@@ -109,10 +120,13 @@ class Ticket:
 
     limiter: Limiter  # the one that admitted it: a reload may have replaced it (and its store) since
     rid: str
-    tokens: Sequence[Window]  # its token windows, with what they counted
-    budgets: Sequence[Budget]  # with what they reserved
+    tokens: tuple[str, ...]  # its token windows, each counting `estimate`
+    budgets: tuple[tuple[str, float, int], ...]  # (name, USD, ttl), each reserving `reserve`
+    estimate: int
+    reserve: float
     headers: dict[str, str]
     counted_at: int  # the store's `Verdict.counted_at`
+    lease: Lease | None = None  # the lease that admitted it, instead
 
     def settle(self, tokens: int, usd: float) -> None:
         """The request ended having used `tokens` (prompt + completion) and cost `usd`: corrected in
@@ -125,8 +139,13 @@ def limited(principal: Principal | None) -> bool:
 
 
 class Limiter:
-    def __init__(self, store: LimitStore, recorder: Recorder) -> None:
+    def __init__(self, store: LimitStore, recorder: Recorder, lease_seconds: float = LEASE_SECONDS) -> None:
+        """`lease_seconds`: how long a lease lasts (gateway/limit_lease.py), with a store a round trip
+        away; 0: none, every request is checked in the store."""
         self.store = store
+        self.leases = (
+            Leases(store, lease_seconds) if isinstance(store, RedisStore) and lease_seconds else None
+        )
         self._recorder = recorder
         self._plans: dict[Principal, _Plan] = {}
         self._open = 0  # tickets not settled yet
@@ -154,46 +173,69 @@ class Limiter:
         door measures it (called only when tokens or budgets are limited). None: admitted unchecked
         (Redis down, `open`)."""
         plan = self._plan(principal)
-        windows: Sequence[Window] = plan.requests
-        budgets: list[Budget] = []
-        # Loops, not comprehensions: once a request, and in Python 3.11 a comprehension is a call.
+        tokens, reserve, named = 0, 0.0, _NONE
         if plan.tokens or plan.budgets:
             features = measured()
             prompt = estimate_tokens(features.total_chars)
             most = features.max_tokens  # 0: no output (embeddings)
             output = most if most is not None and most >= 0 else policy.default_max_tokens
-            if plan.tokens:
-                windows = list(windows)
-                for name, limit in plan.tokens:
-                    windows.append(Window(name, limit, prompt + output))
-            reserve = prompt * price.input + output * price.output
-            for name, usd, ttl in plan.budget_names(int(time.time())):
-                budgets.append(Budget(name, usd, reserve, ttl))
+            tokens, reserve = prompt + output, prompt * price.input + output * price.output
+            named = plan.budget_names(int(time.time())) if plan.budgets else _NONE
+        leases = self.leases
+        if leases is not None:
+            key = (plan, named[0][0]) if named else plan  # a new day's (or month's) budgets: a new lease
+            lease = leases.take(key, tokens, reserve)
+            if lease is not None:
+                return self._leased(plan, lease, tokens, reserve, dialect)
+        # Loops, not comprehensions: once a request, and in Python 3.11 a comprehension is a call.
+        windows = list(plan.requests)
+        for name, limit in plan.tokens:
+            windows.append(Window(name, limit, tokens))
+        budgets = []
+        for name, usd, ttl in named:
+            budgets.append(Budget(name, usd, reserve, ttl))
         rid = f"{self._rids}{next(self._counted)}"
-        verdict = self.store.take(rid, windows, budgets) or await self.store.check(rid, windows, budgets)
+        if leases is not None:
+            result = await leases.check(key, rid, windows, budgets, len(plan.requests))
+            if isinstance(result, Lease):
+                return self._leased(plan, result, tokens, reserve, dialect)
+            verdict = result
+        else:
+            verdict = await self.store.check(rid, windows, budgets)
         if verdict is None:
             self._unchecked(policy, bool(windows), bool(budgets))
             return None
         if verdict.over == "budget":
-            self._count(windows, budgets, "budget")
+            self._count(plan, "budget")
             raise _over_budget(plan.budgets[verdict.over_at])
-        headers = _headers(plan, windows, verdict, dialect)
+        headers = _headers(plan, verdict.remaining, verdict.wait_ms, dialect)
         if verdict.over == "rate":
-            self._count(windows, budgets, "rate")
+            self._count(plan, "rate")
             raise _over_rate(windows, verdict, headers)
-        self._count(windows, budgets, None)
+        self._count(plan, None)
         self._open += 1
-        return Ticket(self, rid, windows[len(plan.requests) :], budgets, headers, verdict.counted_at)
+        return Ticket(self, rid, plan.token_names, named, tokens, reserve, headers, verdict.counted_at)
+
+    def _leased(self, plan: _Plan, lease: Lease, tokens: int, reserve: float, dialect: Dialect) -> Ticket:
+        """The ticket of a request `lease` admitted."""
+        headers = _headers(plan, *lease.shown(), dialect)
+        self._count(plan, None)
+        self._open += 1
+        return Ticket(self, lease.rid, (), (), tokens, reserve, headers, lease.counted_at, lease)
 
     def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
         """Correct `ticket`, one of this limiter's, by what its request used (see `Ticket.settle`)."""
         assert ticket.limiter is self
-        windows, budgets = [], []
-        for w in ticket.tokens:
-            windows.append((w.name, w.amount, tokens))
-        for b in ticket.budgets:
-            budgets.append((b.name, usd - b.reserve))
-        self.store.correct(Correction(ticket.rid, tuple(windows), tuple(budgets), ticket.counted_at))
+        if ticket.lease is not None:
+            assert self.leases is not None
+            self.leases.settle(ticket.lease, tokens - ticket.estimate, usd - ticket.reserve)
+        elif ticket.tokens or ticket.budgets:
+            windows, budgets = [], []
+            for name in ticket.tokens:
+                windows.append((name, ticket.estimate, tokens))
+            for name, _, _ in ticket.budgets:
+                budgets.append((name, usd - ticket.reserve))
+            self.store.correct(Correction(ticket.rid, tuple(windows), tuple(budgets), ticket.counted_at))
         self._open -= 1
         if self._open == 0 and self._drained is not None:
             self._drained.set()
@@ -205,6 +247,8 @@ class Limiter:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), wait)
+        if self.leases is not None:
+            await self.leases.close()
         await self.store.close()
 
     def _unchecked(self, policy: LimitsPolicy, rates: bool, budgets: bool) -> None:
@@ -221,10 +265,10 @@ class Limiter:
                 code=ErrorCode.LIMITS_UNAVAILABLE,
             )
 
-    def _count(self, windows: Sequence[Window], budgets: Sequence[Budget], over: str | None) -> None:
-        if windows:
+    def _count(self, plan: _Plan, over: str | None) -> None:
+        if plan.limits:
             self._recorder.limit_checked("rate", "limited" if over == "rate" else "allowed")
-        if budgets:
+        if plan.budgets:
             self._recorder.limit_checked("budget", "limited" if over == "budget" else "allowed")
 
 
@@ -238,6 +282,7 @@ def _stamps(second: int) -> dict[str, str]:
 # ---- what the client is told --------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=4096)  # a window's waits repeat from request to request
 def _duration(ms: int) -> str:
     """OpenAI's form of a reset time: "20ms", "1.5s", "6m0s"."""
     if ms < 1000:
@@ -248,9 +293,9 @@ def _duration(ms: int) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60)}s"
 
 
-def _binding(windows: Sequence[Window], verdict: Verdict, first: int, count: int) -> int:
-    """Of windows[first:first+count], the one with the least left."""
-    return min(range(first, first + count), key=lambda i: verdict.remaining[i] / max(windows[i].limit, 1))
+def _binding(plan: _Plan, remaining: Sequence[int], first: int, count: int) -> int:
+    """Of the windows first..first+count, the one with the least left."""
+    return min(range(first, first + count), key=lambda i: remaining[i] / max(plan.limits[i], 1))
 
 
 # Per kind: (limit, remaining, reset) header names in OpenAI's and in Anthropic's form; named once.
@@ -263,19 +308,20 @@ _HEADER_NAMES = {
 }
 
 
-def _headers(plan: _Plan, windows: Sequence[Window], verdict: Verdict, dialect: Dialect) -> dict[str, str]:
-    """OpenAI's x-ratelimit-* (or Anthropic's anthropic-ratelimit-*) for requests and tokens; reset is
-    when the oldest request counted in the window leaves it."""
+def _headers(
+    plan: _Plan, remaining: Sequence[int], wait_ms: Sequence[int], dialect: Dialect
+) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* (or Anthropic's anthropic-ratelimit-*) for requests and tokens, from what
+    is left in each window and the wait until its oldest entry leaves it."""
     headers: dict[str, str] = {}
     anthropic = dialect == "anthropic"
     now = time.time() if anthropic else 0.0
     for kind, first, count in plan.shown:
-        at = first if count == 1 else _binding(windows, verdict, first, count)
-        limit, remaining, reset = _HEADER_NAMES[kind][anthropic]
-        wait = verdict.wait_ms[at]
-        left = verdict.remaining[at]
-        headers[limit] = str(windows[at].limit)
-        headers[remaining] = str(left) if left > 0 else "0"
+        at = first if count == 1 else _binding(plan, remaining, first, count)
+        limit, left, reset = _HEADER_NAMES[kind][anthropic]
+        wait, rest = wait_ms[at], remaining[at]
+        headers[limit] = plan.limit_texts[at]
+        headers[left] = str(rest) if rest > 0 else "0"
         if anthropic:
             at_time = now + (wait if wait > 0 else 0) / 1000
             headers[reset] = datetime.fromtimestamp(at_time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

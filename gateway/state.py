@@ -12,7 +12,6 @@ from gateway.accounting import BackendMeter
 from gateway.breaker import CircuitBreaker
 from gateway.config import Settings, Target
 from gateway.keyring import Keyring
-from gateway.limit_lease import Leases
 from gateway.limit_store import LocalStore, RedisStore
 from gateway.limits import DRAIN_SECONDS, Limiter
 from gateway.metrics import Metrics
@@ -69,7 +68,7 @@ class GatewayState:
         self.shared = Shared(self.redis) if self.redis is not None else None
         if self.shared is not None:
             self.shared.start(self._windows, self.recorder.threshold)
-        store = Leases(RedisStore(self.redis)) if self.redis is not None else LocalStore()
+        store = RedisStore(self.redis) if self.redis is not None else LocalStore()
         self.limiter = Limiter(store, self.recorder)
 
     @staticmethod

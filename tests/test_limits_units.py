@@ -73,9 +73,6 @@ def test_bad_limits_config_names_the_key(tmp_path: Path, extra: str, where: str)
 class Unreachable:
     """A store whose Redis is down: every check answers None."""
 
-    def take(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
-        return None
-
     async def check(self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget]) -> Verdict | None:
         return None
 
