@@ -1,9 +1,9 @@
-"""The gateway's own CPU time per request for a key's limits: one admit (the Lua check in Redis) and
-its settle, as the request path does them, against a redis-server of its own on loopback. Unlike
-the `crossover w1 limits` row, this does not depend on how the machine schedules Redis. Redis's CPU
-per request is shown beside it: in the bench row it runs on the gateway's cores.
+"""The gateway's own CPU time per request for a key's limits: one admit (from a lease, or the Lua
+check in Redis) and its settle, as the request path does them, against a redis-server of its own on
+loopback. Unlike the `crossover w1 limits` row, this does not depend on how the machine schedules
+Redis. Redis's CPU per request is shown beside it: in the bench row it runs on the gateway's cores.
 
-    python3 -P bench/limits_cpu.py [--requests 20000]   # -P: bench/classifier.py is not the package
+    python3 -P bench/limits_cpu.py [--requests 20000] [--no-leases]   # -P: bench/classifier.py is not the package
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, as bench/replicas.py
 
 from classifier import extract_features
 from gateway.config import LimitsPolicy, Price, Redis
