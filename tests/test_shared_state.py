@@ -19,7 +19,7 @@ import redis as redis_client
 from classifier import extract_features, load_classifier
 from gateway.online_threshold import OnlineThreshold
 from tests.conftest import SIM_KEY, sim_backend
-from tests.servers import Server, start_gateway, start_openai_sim
+from tests.servers import Server, start_gateway, start_openai_sim, until
 from tests.services import RedisServer
 from tests.test_metrics import samples, value
 from tests.test_rules import MIXED_WORDS
@@ -61,13 +61,6 @@ def fault(sim: Server, faults: list[dict[str, Any]]) -> None:
     httpx.post(sim.url + "/_sim/faults", json=faults)
 
 
-def eventually(check: Any, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.05)
-
-
 def test_a_circuit_opened_by_one_gateway_is_open_in_the_other(
     tmp_path: Path, sim: Server, redis: RedisServer
 ) -> None:
@@ -79,7 +72,7 @@ def test_a_circuit_opened_by_one_gateway_is_open_in_the_other(
         assert chat(second, "gpt-4o-mini").status_code == 200
         fault(sim, [{"status": 500}])
         assert chat(first, "gpt-4o-mini").status_code == 502
-        eventually(lambda: value(samples(second), "crossover_circuit_open", backend="local") == 1)
+        assert until(lambda: value(samples(second), "crossover_circuit_open", backend="local") == 1, 5.0)
         called = len(httpx.get(sim.url + "/_sim/requests").json())
         refused = chat(second, "gpt-4o-mini")
         assert refused.status_code == 503
@@ -110,7 +103,7 @@ def test_max_in_flight_counts_the_requests_of_every_gateway(
             held = [threading.Thread(target=chat, args=(first, "auto")) for _ in range(2)]
             for thread in held:
                 thread.start()
-            eventually(lambda: value(samples(first), "crossover_in_flight_requests") == 2)
+            assert until(lambda: value(samples(first), "crossover_in_flight_requests") == 2, 5.0)
             time.sleep(2 * SYNC_SECONDS)  # the second gateway has heard of them
             spilled = chat(second, "auto", **{"x-crossover-explain": "true"})
             assert spilled.headers["x-crossover-route"] == "api"
@@ -282,12 +275,12 @@ def test_a_redis_outage_under_load_fails_no_request_and_the_state_is_rebuilt(
         try:
             time.sleep(2)
             redis.stop()
-            eventually(lambda: all(value(samples(s), "crossover_redis_up") == 0 for s in servers))
+            assert until(lambda: all(value(samples(s), "crossover_redis_up") == 0 for s in servers), 5.0)
             time.sleep(2)
             during = len(statuses)
             redis.start()  # empty: a restart without persistence
             restarted = len(statuses)
-            eventually(lambda: all(value(samples(s), "crossover_redis_up") == 1 for s in servers))
+            assert until(lambda: all(value(samples(s), "crossover_redis_up") == 1 for s in servers), 5.0)
             time.sleep(2 * SYNC_SECONDS)
         finally:
             stop.set()
@@ -317,6 +310,6 @@ def test_a_gateway_starts_and_serves_while_redis_is_down(
         assert chat(server, "gpt-4o-mini").status_code == 200
         assert value(samples(server), "crossover_redis_up") == 0
         redis.start()
-        eventually(lambda: value(samples(server), "crossover_redis_up") == 1)
+        assert until(lambda: value(samples(server), "crossover_redis_up") == 1, 5.0)
         assert redis_client.Redis(port=redis.port).hlen("crossover:meter:local:running") == 1
         assert chat(server, "gpt-4o-mini").status_code == 200
