@@ -289,6 +289,7 @@ class RedisStore:
         self._names: dict[str, tuple[str, str]] = {}
         self._sums: dict[str, str] = {}
         self._later: asyncio.TimerHandle | None = None  # a flush of corrections alone, a little later
+        self._closed = False
 
     def _spent(self, name: str) -> str:
         """A budget's sum in Redis."""
@@ -336,6 +337,8 @@ class RedisStore:
         windows, budgets = correction.windows, correction.budgets
         if not windows and not budgets:
             return  # a key limited in requests only: nothing to replace
+        if self._closed:
+            return  # later than a reload's drain waits: sending it would reopen a connection for good
         keys, args = self._pending_keys, self._pending_args
         args += (correction.rid, correction.counted_at, len(windows))
         for name, counted, real in windows:
@@ -376,6 +379,7 @@ class RedisStore:
             task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        self._closed = True
         if self._later is not None:
             self._later.cancel()
         self._flush()

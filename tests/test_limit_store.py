@@ -195,6 +195,23 @@ def test_corrections_wait_for_a_check_and_all_go_in_one_call_on_close(redis: Red
     assert members == {f"r{i}:{10 + i}" for i in range(5)}
 
 
+def test_a_correction_after_the_store_closed_opens_no_connection(redis: RedisServer) -> None:
+    """A request that outlived a reload's drain settles after its store closed: dropped, not sent on
+    a new connection that nothing would ever close."""
+    server = redis_client.Redis.from_url(redis.url)
+
+    async def scenario(store: LimitStore) -> None:
+        verdict = await store.check("r1", [Window("key:a:tokens", 100, 60)], [])
+        assert verdict is not None
+        await store.close()
+        store.correct(Correction("r1", (("key:a:tokens", 60, 10),), (), verdict.counted_at))
+        await asyncio.sleep(0.1)
+        assert len(server.client_list()) == 1  # this test's own
+
+    _run("redis", redis.url, 60_000, scenario)
+    assert server.get("t:limit:key:a:tokens:total") == b"60"  # the estimate stands
+
+
 def test_the_wire_authenticates_selects_the_database_and_takes_a_refusal_for_an_outage() -> None:
     with redis_server(password="s3cret") as server:
 
