@@ -148,7 +148,7 @@ class Limiter:
         )
         self._recorder = recorder
         self._plans: dict[Principal, _Plan] = {}
-        self._open = 0  # tickets not settled yet
+        self._open = 0  # checks in flight and tickets not settled yet: the store stays open for them
         # A request's name in the store: this limiter's, then a count (unique across processes).
         self._rids, self._counted = os.urandom(6).hex() + "-", itertools.count()
         self._drained: asyncio.Event | None = None  # set once they are, while closing
@@ -195,13 +195,17 @@ class Limiter:
         for name, usd, ttl in named:
             budgets.append(Budget(name, usd, reserve, ttl))
         rid = f"{self._rids}{next(self._counted)}"
-        if leases is not None:
-            result = await leases.check(key, rid, windows, budgets, len(plan.requests))
-            if isinstance(result, Lease):
-                return self._leased(plan, result, tokens, reserve, dialect)
-            verdict = result
-        else:
-            verdict = await self.store.check(rid, windows, budgets)
+        self._open += 1
+        try:
+            if leases is not None:
+                result = await leases.check(key, rid, windows, budgets, len(plan.requests))
+                if isinstance(result, Lease):
+                    return self._leased(plan, result, tokens, reserve, dialect)
+                verdict = result
+            else:
+                verdict = await self.store.check(rid, windows, budgets)
+        finally:
+            self._release()
         if verdict is None:
             self._unchecked(policy, bool(windows), bool(budgets))
             return None
@@ -236,13 +240,17 @@ class Limiter:
             for name, _, _ in ticket.budgets:
                 budgets.append((name, usd - ticket.reserve))
             self.store.correct(Correction(ticket.rid, tuple(windows), tuple(budgets), ticket.counted_at))
+        self._release()
+
+    def _release(self) -> None:
         self._open -= 1
         if self._open == 0 and self._drained is not None:
             self._drained.set()
 
     async def close(self, wait: float = DRAIN_SECONDS) -> None:
-        """Close the store once every request this limiter admitted has settled (or after `wait`
-        seconds): a reload that replaced the limiter must not lose their corrections."""
+        """Close the store once every check in flight has ended and every request this limiter admitted
+        has settled (or after `wait` seconds): a reload that replaced the limiter must not fail the
+        first or lose the corrections of the others."""
         if self._open:
             self._drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):

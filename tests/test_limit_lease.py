@@ -1,6 +1,7 @@
 """Leases (gateway/limit_lease.py) through the Limiter, against a real redis-server: a busy key costs a
 round trip a lease, not a request; limits still hold exactly across processes; what a lease does not
-use comes back; its entries leave a window after its last use, not its first."""
+use comes back; its entries leave a window after its last use, not its first. And a limiter closed by
+a reload lets the checks in flight finish."""
 
 from __future__ import annotations
 
@@ -190,3 +191,22 @@ def test_a_lease_asked_for_by_a_client_that_left_still_serves_and_does_not_count
 
     _run(redis.url, scenario)
     assert server.get("t:limit:key:e:requests:total") == b"3"  # the first, the waiting one, the last
+
+
+def test_a_check_in_flight_when_a_reload_closes_the_limiter_finishes(redis: RedisServer) -> None:
+    key = Principal(
+        "f", key_limits=Limits(requests_per_minute=10), team="t", team_limits=Limits(usd_per_day=1.0)
+    )
+
+    async def scenario(make: Callable[..., Limiter]) -> None:
+        limiter = make(lease_seconds=0)
+        checking = asyncio.ensure_future(_admit(limiter, key))
+        await asyncio.sleep(0)  # its check is on its way to Redis
+        closing = asyncio.ensure_future(limiter.close())
+        ticket = await checking  # counted, not failed as an outage (that would be a 503 for a budget)
+        assert ticket is not None and _left(ticket) == 9
+        assert not closing.done()  # it waits for the ticket to settle, too
+        ticket.settle(0, 0.0)
+        await asyncio.wait_for(closing, 5)
+
+    _run(redis.url, scenario)
