@@ -8,13 +8,15 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import pytest
 import redis as redis_client
 
+from gateway.config import LimitsPolicy
 from gateway.limit_store import Window
 from gateway.limits import Limiter
 from gateway.principal import Limits, Principal
 from tests.services import RedisServer
-from tests.test_limit_lease import ESTIMATE, _admit, _run
+from tests.test_limit_lease import ESTIMATE, FEATURES, PRICE, _admit, _run
 
 
 def test_a_window_whose_only_entry_was_corrected_still_admits_only_its_limit(redis: RedisServer) -> None:
@@ -58,3 +60,55 @@ def test_a_lease_moved_to_its_last_use_is_not_expired_at_its_first(redis: RedisS
         assert len([v for v in verdicts if v is not None and v.over is None]) == 320 - 2
 
     _run(redis.url, scenario)
+
+
+def test_a_request_after_midnight_is_charged_to_the_new_day_though_its_first_budget_is_monthly(
+    redis: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease is keyed by its plan and its first budget's name; with a monthly budget first (the key's)
+    and a daily one after (the team's), the day changes and the key does not: the lease counted on
+    yesterday's team budget goes on admitting today's requests, charged to yesterday."""
+    server = redis_client.Redis.from_url(redis.url)
+    key = Principal(
+        "r3", team="r3", key_limits=Limits(usd_per_month=1000.0), team_limits=Limits(usd_per_day=1000.0)
+    )
+    evening = 1_796_169_599.5  # 2026-12-01 23:59:59.5 UTC
+    clock = [evening]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+
+    async def scenario(make: Callable[..., Limiter]) -> None:
+        limiter = make()
+        for _ in range(3):  # alone, then a lease, then from it
+            assert await _admit(limiter, key) is not None
+        clock[0] = evening + 0.7  # 2026-12-02 00:00:00.2
+        assert await _admit(limiter, key) is not None
+
+    _run(redis.url, scenario)
+    assert time.strftime("%Y-%m-%d", time.gmtime(evening + 0.7)) == "2026-12-02"
+    assert float(server.get("t:spent:team:r3:day:2026-12-02") or 0) >= 0.01  # its reserve
+
+
+def test_what_a_budget_lease_did_not_use_is_not_spent_for_the_day_after_a_redis_blip(
+    redis: RedisServer,
+) -> None:
+    """The correction that gives a lease's unused part back is sent once: if Redis does not answer it
+    (a second's pause), it is dropped, and the whole lease stays spent in the day's budget until the day
+    ends (a request's correction lost costs its estimate's error; a lease's, up to 1/16 of the budget)."""
+    server = redis_client.Redis.from_url(redis.url)
+    key = Principal("r4", key_limits=Limits(usd_per_day=1000.0))
+    other = Principal("r4-other", key_limits=Limits(requests_per_minute=1000))
+    day = time.strftime("%Y-%m-%d", time.gmtime())
+
+    async def scenario(make: Callable[..., Limiter]) -> None:
+        limiter = make(lease_seconds=0.5)
+        for _ in range(3):  # alone, then a lease of 0.04, then from it: 0.03 of 0.05 used
+            assert await _admit(limiter, key) is not None
+        assert float(server.get(f"t:spent:key:r4:day:{day}") or 0) > 0.03 + 1e-9  # the lease is counted
+        server.execute_command("CLIENT", "PAUSE", 1300, "ALL")  # Redis does not answer for 1.3 s
+        # Times out (1 s), admitted unchecked; the lease's end is not counted either.
+        assert await limiter.admit(other, LimitsPolicy(), lambda: FEATURES, PRICE, "openai") is None
+        await asyncio.sleep(1.5)  # Redis answers again, and the link tries again
+        assert await _admit(limiter, other) is not None
+
+    _run(redis.url, scenario)
+    assert float(server.get(f"t:spent:key:r4:day:{day}") or 0) == pytest.approx(0.03)
