@@ -112,3 +112,44 @@ def test_what_a_budget_lease_did_not_use_is_not_spent_for_the_day_after_a_redis_
 
     _run(redis.url, scenario)
     assert float(server.get(f"t:spent:key:r4:day:{day}") or 0) == pytest.approx(0.03)
+
+
+def test_an_asker_that_finds_its_lease_used_up_asks_again_under_a_name_of_its_own(redis: RedisServer) -> None:
+    """Requests that run between a lease's arrival and its asker's return can use it up; the asker then
+    asks again with the same rid, and a lease of the same size is the same member of the log ("rid:4"):
+    ZADD moves the first lease's entry instead of adding one, the total counts both, and when the entry
+    leaves the window the first lease's units stay in the total while the key is busy."""
+    server = redis_client.Redis.from_url(redis.url)
+    key = Principal("r5", key_limits=Limits(requests_per_minute=1000))
+
+    def admit_now(limiter: Limiter) -> None:
+        """A request that finds the lease in place: admitted without an await (the fast path)."""
+        coro = limiter.admit(key, LimitsPolicy(), lambda: FEATURES, PRICE, "openai")
+        with pytest.raises(StopIteration) as done:  # it returned at its first step
+            coro.send(None)
+        assert done.value.value is not None and done.value.value.lease is not None
+
+    async def scenario(make: Callable[..., Limiter]) -> None:
+        limiter = make(lease_seconds=0.3, window_ms=1500)
+        plain = make(lease_seconds=0, window_ms=1500).store
+        assert await _admit(limiter, key) is not None  # alone
+        asker = asyncio.ensure_future(_admit(limiter, key))
+        await asyncio.sleep(0)
+        assert limiter.leases is not None
+        (slot,) = limiter.leases._slots.values()
+        assert slot.asking is not None
+
+        def use_up(_: object) -> None:
+            """Runs after the lease is in place, before the asker resumes: 4 requests use it up."""
+            for _ in range(4):
+                admit_now(limiter)
+
+        slot.asking.add_done_callback(use_up)
+        assert await asker is not None
+        await asyncio.sleep(0.5)  # both leases ended
+        assert await plain.check("keep", [Window("key:r5:requests", 1000, 1)], []) is not None
+        log: list[bytes] = server.zrange("t:limit:key:r5:requests", 0, -1)  # type: ignore[assignment]
+        counted = sum(int(m.rsplit(b":", 1)[1]) for m in log)
+        assert int(server.get("t:limit:key:r5:requests:total") or 0) == counted == 1 + 4 + 1 + 1
+
+    _run(redis.url, scenario)
