@@ -173,6 +173,7 @@ class Leases:
                 verdict = await asyncio.shield(asking)
                 if verdict is None or not verdict.granted:
                     return verdict  # counted alone, refused, or unchecked (Redis down)
+                rid += "+"  # that name is the lease's entries' now: another check needs another
             else:
                 await asyncio.wait((asking,))
                 if not _granted(asking):  # no room for a lease: checked alone
