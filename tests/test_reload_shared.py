@@ -15,9 +15,9 @@ import redis as redis_client
 import yaml
 
 from tests.conftest import SIM_KEY, sim_backend
-from tests.servers import Server, free_port, start_gateway
+from tests.servers import Server, free_port, start_gateway, until
 from tests.services import RedisServer
-from tests.test_shared_state import chat, eventually, fault, sim
+from tests.test_shared_state import chat, fault, sim
 
 __all__ = ["sim"]  # the fixture
 ENV = {"SIM_OPENAI_KEY": SIM_KEY, "GW_KEY": "sk-gw-reload-0123456789"}
@@ -28,7 +28,7 @@ def reload(gateway: Server, tmp_path: Path, config: dict[str, Any]) -> None:
     before = gateway.log_text().count("config reloaded")
     (tmp_path / "gateway.yaml").write_text(yaml.safe_dump(config))
     gateway.process.send_signal(signal.SIGHUP)
-    eventually(lambda: gateway.log_text().count("config reloaded") > before, 20)
+    assert until(lambda: gateway.log_text().count("config reloaded") > before, 20)
 
 
 def test_a_backend_added_under_load_answers_from_its_first_request(tmp_path: Path, sim: Server) -> None:
@@ -49,12 +49,12 @@ def test_a_backend_added_under_load_answers_from_its_first_request(tmp_path: Pat
     try:
         for thread in threads:
             thread.start()
-        eventually(lambda: len(statuses) > 20)
+        assert until(lambda: len(statuses) > 20, 5.0)
         added = sim_backend(sim, {"name": "gpt-4o"}, gpu_usd_per_hour=2.0, circuit_breaker={"failures": 3})
         # A keys store too: opening it is the await during which requests met the new runtime.
         server["keys_store"] = str(tmp_path / "keys.sqlite")
         reload(gateway, tmp_path, {"server": server, "backends": {"local": local, "b2": added}})
-        eventually(lambda: statuses.count(200) > 20, 20)
+        assert until(lambda: statuses.count(200) > 20, 20)
     finally:
         stop.set()
         for thread in threads:
@@ -99,7 +99,7 @@ def test_with_redis_a_removed_circuit_leaves_the_meter_of_that_name_shared(
     store = redis_client.Redis.from_url(redis.url)
     try:
         seen = "rl:meter:local:seen"
-        eventually(lambda: bool(store.hgetall(seen)))
+        assert until(lambda: bool(store.hgetall(seen)), 5.0)
         del local["circuit_breaker"]
         reload(gateway, tmp_path, config)
         before = {k: float(v) for k, v in store.hgetall(seen).items()}
