@@ -14,7 +14,8 @@ What holds, and what it costs:
 - *A limit is still reached exactly.* Past half a window (or budget) every request is checked alone.
 - *Units a lease holds and does not use come back when it ends*: when a request no longer fits in it,
   or LEASE_SECONDS after it was taken. Until then another gateway may be refused what this one holds:
-  at most 1/16 of what was left, for at most a second, and only in a window's first half.
+  each lease at most 1/16 of what was left, for at most a second, and all of them (the leases of a
+  team's several keys, of several gateways) only within the first half of a window or budget.
 - Tokens and cost are corrected into the lease while it lasts, and into its entries after.
 - The headers of a request admitted from a lease say what was left when the lease was counted, less
   what this process admitted from it since; other gateways' requests since then are not in them.

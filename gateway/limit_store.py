@@ -27,10 +27,11 @@ import hiredis
 from redis.exceptions import ResponseError
 
 from gateway.redis_link import RedisLink
-from gateway.redis_wire import RedisWire
+from gateway.redis_wire import RedisWire, Unsent
 
 WINDOW_MS = 60_000
 CORRECT_AFTER_SECONDS = 0.02
+MAX_PENDING_ARGS = 1_000_000  # corrections kept while Redis is down (~10 arguments each)
 
 
 # Named tuples, not frozen dataclasses: a request makes several, and a frozen dataclass's __init__
@@ -180,6 +181,10 @@ while a <= #ARGV do
     if redis.call('ZREM', KEYS[k], id .. ':' .. counted) == 1 then
       if real ~= '0' then redis.call('ZADD', KEYS[k], at, id .. ':' .. real) end
       if counted ~= real then redis.call('INCRBY', KEYS[k + 1], tonumber(real) - tonumber(counted)) end
+      -- The log and its total live a window past their newest entry (a log the ZREM emptied was
+      -- deleted, and the ZADD made it again without an expiry).
+      redis.call('PEXPIRE', KEYS[k], span)
+      redis.call('PEXPIRE', KEYS[k + 1], span)
     end
     a, k = a + 2, k + 2
   end
@@ -339,6 +344,8 @@ class RedisStore:
             return  # a key limited in requests only: nothing to replace
         if self._closed:
             return  # later than a reload's drain waits: sending it would reopen a connection for good
+        if len(self._pending_args) > MAX_PENDING_ARGS:
+            return  # Redis has been down a while: the estimate stands
         keys, args = self._pending_keys, self._pending_args
         args += (correction.rid, correction.counted_at, len(windows))
         for name, counted, real in windows:
@@ -348,33 +355,53 @@ class RedisStore:
         for name, delta in budgets:
             keys.append(self._spent(name))
             args.append(delta)
-        if self._later is None:
-            self._later = asyncio.get_running_loop().call_later(CORRECT_AFTER_SECONDS, self._flush)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        """Send the corrections waiting a little later, or once Redis is tried again."""
+        if self._later is None and not self._closed:
+            wait = max(CORRECT_AFTER_SECONDS, self.link.retry_in())
+            self._later = asyncio.get_running_loop().call_later(wait, self._flush)
 
     async def _run(self, keys: list[str], args: list[Any]) -> Any:
         """The script's reply, for `keys` and `args` and the corrections waiting, written at once by
         the calling task (a hop through the event loop per call cost a loaded worker a millisecond);
-        None while Redis is unreachable (the corrections are lost: the estimates stand)."""
+        None while Redis is unreachable. Corrections that surely did not reach Redis wait for the next
+        call (a lease's unused part goes back after an outage); those in a call that failed after it
+        was written are lost, as it may have run: their estimates stand."""
+        if self._pending_args and self.link.retry_in():
+            self._schedule()
+            return None
+        pending = None
         if self._pending_args:
+            pending = self._pending_keys, self._pending_args
             keys += self._pending_keys
             args += self._pending_args
             self._pending_keys, self._pending_args = [], []
-        return await self.link.run(lambda _: self._eval(len(keys), *keys, *args), None)
+        return await self.link.run(lambda _: self._eval(keys, args, pending), None)
 
-    async def _eval(self, *keys_and_args: Any) -> Any:
-        reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
-        if type(reply) is hiredis.ReplyError:
-            if str(reply).startswith("NOSCRIPT"):  # a new or restarted Redis: nothing ran; load, resend
+    async def _eval(
+        self, keys: list[str], args: list[Any], pending: tuple[list[str], list[Any]] | None
+    ) -> Any:
+        try:
+            reply = await self._wire.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+            if type(reply) is hiredis.ReplyError and str(reply).startswith("NOSCRIPT"):
+                # A new or restarted Redis: nothing ran; load, resend.
                 await self._wire.call("SCRIPT", "LOAD", SCRIPT)
-                reply = await self._wire.call("EVALSHA", SCRIPT_SHA, *keys_and_args)
-            if type(reply) is hiredis.ReplyError:
-                raise ResponseError(str(reply))
+                reply = await self._wire.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+        except Unsent:
+            if pending is not None and len(self._pending_args) + len(pending[1]) <= MAX_PENDING_ARGS:
+                self._pending_keys[:0], self._pending_args[:0] = pending  # before any that came since
+                self._schedule()
+            raise
+        if type(reply) is hiredis.ReplyError:
+            raise ResponseError(str(reply))
         return reply
 
     def _flush(self) -> None:
         self._later = None
         if self._pending_args:
-            task = asyncio.get_running_loop().create_task(self._run([], ["", 0, 0, 0, 0]))
+            task = asyncio.get_running_loop().create_task(self._run([], ["", self.window_ms, 0, 0, 0]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

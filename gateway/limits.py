@@ -173,17 +173,20 @@ class Limiter:
         door measures it (called only when tokens or budgets are limited). None: admitted unchecked
         (Redis down, `open`)."""
         plan = self._plan(principal)
-        tokens, reserve, named = 0, 0.0, _NONE
+        tokens, reserve, named, day = 0, 0.0, _NONE, ""
         if plan.tokens or plan.budgets:
             features = measured()
             prompt = estimate_tokens(features.total_chars)
             most = features.max_tokens  # 0: no output (embeddings)
             output = most if most is not None and most >= 0 else policy.default_max_tokens
             tokens, reserve = prompt + output, prompt * price.input + output * price.output
-            named = plan.budget_names(int(time.time())) if plan.budgets else _NONE
+            if plan.budgets:
+                second = int(time.time())
+                named, day = plan.budget_names(second), _stamps(second)["day"]
         leases = self.leases
         if leases is not None:
-            key = (plan, named[0][0]) if named else plan  # a new day's (or month's) budgets: a new lease
+            # A new UTC day starts new budget sums (a new month is a new day): a new lease.
+            key = (plan, day) if named else plan
             lease = leases.take(key, tokens, reserve)
             if lease is not None:
                 return self._leased(plan, lease, tokens, reserve, dialect)

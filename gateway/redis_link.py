@@ -47,6 +47,10 @@ class RedisLink:
         """A Lua script run atomically on the server (loaded once, then called by its hash)."""
         return self.client.register_script(lua)
 
+    def retry_in(self) -> float:
+        """Seconds until Redis is tried again (until then `run` sends nothing); 0 when up or due."""
+        return max(self._retry_at - time.monotonic(), 0.0) if not self.up else 0.0
+
     async def run(self, call: Callable[[Client], Awaitable[T]], local: T) -> T:
         """`call`'s result, or `local` while Redis is unreachable."""
         if not self.up and time.monotonic() < self._retry_at:

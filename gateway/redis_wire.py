@@ -4,7 +4,8 @@ redis-py's pipeline costs tens of microseconds of Python per call (a pipeline ob
 connection, per-command bookkeeping): a fifth of a worker's CPU at full load. Here hiredis packs
 a command and parses the replies, a command is one write on one connection, and replies are
 matched to commands in order. Failures are raised as `ConnectionError` or `TimeoutError`, which
-`RedisLink.run` takes for an outage; error replies are returned, as `hiredis.ReplyError`.
+`RedisLink.run` takes for an outage, and as `Unsent` when the command surely never reached Redis;
+error replies are returned, as `hiredis.ReplyError`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from typing import Any, cast
 
 import hiredis
 from redis.connection import parse_url
+
+
+class Unsent(ConnectionError):
+    """The command was not written to Redis (no connection, or held behind one that failed): it did
+    not run, and sending it again cannot run it twice."""
 
 
 class RedisWire(asyncio.Protocol):
@@ -48,7 +54,7 @@ class RedisWire(asyncio.Protocol):
     def _send(self, payload: bytes) -> asyncio.Future[Any]:
         transport = self._transport
         if transport is None or transport.is_closing():
-            raise ConnectionError("the connection to Redis is closed")
+            raise Unsent("the connection to Redis is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self._timeout
@@ -81,7 +87,7 @@ class RedisWire(asyncio.Protocol):
             await asyncio.wait_for(self._open(), self._timeout)
         except BaseException as exc:  # refused, timed out, or cancelled by close()
             self._drop()
-            raise ConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from None
+            raise Unsent(f"cannot connect to Redis: {type(exc).__name__}") from None
 
     async def _open(self) -> None:
         loop, o = asyncio.get_running_loop(), self._options
@@ -139,11 +145,13 @@ class RedisWire(asyncio.Protocol):
         self._drop()  # later replies would answer the wrong commands
 
     def _fail(self, exc: Exception) -> None:
+        written = len(self._waiting) - len(self._held)  # the held ones are the newest
         self._held.clear()
         while self._waiting:
             future = self._waiting.popleft()[0]
             if not future.done():
-                future.set_exception(exc)
+                future.set_exception(exc if written > 0 else Unsent(str(exc)))
+            written -= 1
 
     def _drop(self) -> None:
         if self._transport is not None:
