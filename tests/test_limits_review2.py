@@ -1,0 +1,53 @@
+"""Second review of the limits in Redis (gateway/limit_store.py, gateway/redis_wire.py,
+gateway/limit_lease.py, gateway/limits.py): each test shows a count lost, doubled or exceeded, against
+a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis as redis_client
+
+from gateway.config import Redis
+from gateway.limit_store import Correction, RedisStore, Window
+from gateway.metrics import Metrics
+from gateway.recorder import Recorder
+from gateway.redis_link import RedisLink
+from tests.services import RedisServer
+from tests.test_lease_review import _Cuttable
+
+
+def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: RedisServer) -> None:
+    """A lease's end moves its entry "rid:granted" to "rid:used", and a request it admitted that settles
+    later moves "rid:used" on to "rid:used+tokens": the second correction only applies after the first.
+    Two checks carrying them in turn fail together without reaching Redis (the connection cannot be
+    made): each puts its corrections back at the head of the queue as its failure reaches it, oldest
+    first, so the newer ends up first. Sent in that order, the second finds no "rid:used" and is
+    skipped: its tokens are never counted (nor any later settle of that lease's)."""
+    server = redis_client.Redis.from_url(redis.url)
+    proxy = _Cuttable(redis.port)
+    window = Window("key:q1:tokens", 1000, 10)
+
+    async def main() -> None:
+        await proxy.open()
+        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 1.0, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("lease", [window], [])  # "lease:10" in the log
+        assert verdict is not None and verdict.over is None
+        await proxy.cut()
+        await asyncio.sleep(0.1)
+        store.correct(Correction("lease", (("key:q1:tokens", 10, 5),), (), verdict.counted_at))  # its end
+        first = asyncio.ensure_future(store.check("a", [window], []))
+        await asyncio.sleep(0)  # it took the first correction and waits for the connection
+        store.correct(Correction("lease", (("key:q1:tokens", 5, 8),), (), verdict.counted_at))  # a settle
+        second = asyncio.ensure_future(store.check("b", [window], []))
+        assert await first is None and await second is None  # Redis unreachable: neither ran
+        await proxy.open()
+        await asyncio.sleep(0.6)  # Redis is tried again: the corrections go
+        await store.close()
+        await link.close()
+        await proxy.cut()
+
+    asyncio.run(main())
+    assert server.zrange("t:limit:key:q1:tokens", 0, -1) == [b"lease:8"]
+    assert int(server.get("t:limit:key:q1:tokens:total") or 0) == 8
