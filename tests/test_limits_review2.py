@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis as redis_client
 
 from gateway.config import Redis
-from gateway.limit_store import Correction, RedisStore, Window
+from gateway.limit_store import Budget, Correction, RedisStore, Window
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
@@ -51,3 +52,38 @@ def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: R
     asyncio.run(main())
     assert server.zrange("t:limit:key:q1:tokens", 0, -1) == [b"lease:8"]
     assert int(server.get("t:limit:key:q1:tokens:total") or 0) == 8
+
+
+def test_a_check_cancelled_while_the_connection_is_made_does_not_lose_the_corrections_it_carries(
+    redis: RedisServer,
+) -> None:
+    """A check takes the corrections waiting and then waits for the connection to Redis to be made (after
+    a dropped connection, or at start). Its client leaves and its task is cancelled there: nothing was
+    written, yet the corrections are neither sent nor put back (only `Unsent` puts them back), so the
+    request's (or a lease's) unused reserve stays spent for the day."""
+    server = redis_client.Redis.from_url(redis.url)
+    proxy = _Cuttable(redis.port)
+    budget = Budget("key:q2:day:2026-12-01", 100.0, 0.5, 3600)
+
+    async def main() -> None:
+        await proxy.open()
+        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 1.0, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("r", [], [budget])  # 0.5 reserved
+        assert verdict is not None and verdict.over is None
+        await proxy.cut()  # the connection drops; Redis is reachable again at once
+        await proxy.open()
+        await asyncio.sleep(0.05)
+        store.correct(Correction("r", (), (("key:q2:day:2026-12-01", -0.4),), verdict.counted_at))
+        check = asyncio.ensure_future(store.check("s", [], [Budget(budget.name, 100.0, 0.0, 3600)]))
+        await asyncio.sleep(0)  # it took the correction and waits for the connection
+        check.cancel()  # its client left
+        await asyncio.sleep(0.2)
+        assert await store.check("t", [], [Budget(budget.name, 100.0, 0.0, 3600)]) is not None
+        await asyncio.sleep(0.1)
+        await store.close()
+        await link.close()
+        await proxy.cut()
+
+    asyncio.run(main())
+    assert float(server.get("t:spent:key:q2:day:2026-12-01") or 0) == pytest.approx(0.1)
