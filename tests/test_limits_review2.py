@@ -87,3 +87,38 @@ def test_a_check_cancelled_while_the_connection_is_made_does_not_lose_the_correc
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:q2:day:2026-12-01") or 0) == pytest.approx(0.1)
+
+
+def test_corrections_in_a_call_redis_refused_unrun_are_not_lost(redis: RedisServer) -> None:
+    """Redis answers some calls with an error before running anything: BUSY (another client's script
+    runs long), LOADING (restarting from its dump: just after an outage, when the corrections that
+    waited for it go), NOSCRIPT twice. The corrections the call carried surely did not run, yet they
+    are dropped (only `Unsent` puts them back): a request's unused reserve stays spent for the day."""
+    server = redis_client.Redis.from_url(redis.url)
+    server.config_set("busy-reply-threshold", 10)
+    budget = Budget("key:q3:day:2026-12-01", 100.0, 0.5, 3600)
+    none = Budget(budget.name, 100.0, 0.0, 3600)
+
+    async def main() -> None:
+        link = RedisLink(Redis(redis.url, "t", 2.0, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("r", [], [budget])  # 0.5 reserved
+        assert verdict is not None and verdict.over is None
+        busy = asyncio.get_running_loop().run_in_executor(
+            None,
+            lambda: redis_client.Redis.from_url(redis.url).eval(
+                "local x = 0 for i = 1, 80000000 do x = x + i end return 1", 0
+            ),
+        )
+        await asyncio.sleep(0.1)  # the other client's script runs: Redis answers BUSY
+        store.correct(Correction("r", (), ((budget.name, -0.4),), verdict.counted_at))
+        assert await store.check("s", [], [none]) is None  # BUSY: nothing ran
+        await busy
+        await asyncio.sleep(0.4)  # Redis is tried again
+        assert await store.check("t", [], [none]) is not None
+        await asyncio.sleep(0.1)
+        await store.close()
+        await link.close()
+
+    asyncio.run(main())
+    assert float(server.get("t:spent:key:q3:day:2026-12-01") or 0) == pytest.approx(0.1)
