@@ -11,11 +11,14 @@ import redis as redis_client
 
 from gateway.config import Redis
 from gateway.limit_store import Budget, Correction, RedisStore, Window
+from gateway.limits import Limiter
 from gateway.metrics import Metrics
+from gateway.principal import Limits, Principal
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
 from tests.services import RedisServer
 from tests.test_lease_review import _Cuttable
+from tests.test_limit_lease import _admit
 
 
 def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: RedisServer) -> None:
@@ -122,3 +125,31 @@ def test_corrections_in_a_call_redis_refused_unrun_are_not_lost(redis: RedisServ
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:q3:day:2026-12-01") or 0) == pytest.approx(0.1)
+
+
+def test_a_limiter_closed_while_a_check_is_in_flight_waits_for_the_request_it_admits(
+    redis: RedisServer,
+) -> None:
+    """A reload closes the old limiter while one of its checks is in flight. The check ends and releases
+    its hold (none left: the drain is set) before its ticket takes one: close() goes on, closes the store
+    while the admitted request runs, and the request's correction, when it ends, is dropped."""
+    server = redis_client.Redis.from_url(redis.url)
+    key = Principal("q4", key_limits=Limits(tokens_per_minute=10_000))
+
+    async def main() -> None:
+        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
+        limiter = Limiter(RedisStore(link), Recorder(Metrics()), lease_seconds=0)
+        admitting = asyncio.ensure_future(_admit(limiter, key))
+        await asyncio.sleep(0)  # its check is in flight
+        closing = asyncio.ensure_future(limiter.close(wait=5.0))
+        ticket = await admitting
+        assert ticket is not None
+        await asyncio.sleep(0.3)  # the request runs
+        assert not closing.done()  # its store stays open for its correction
+        ticket.settle(20, 0.0)
+        await closing
+        await link.close()
+
+    asyncio.run(main())
+    log: list[bytes] = server.zrange("t:limit:key:q4:tokens", 0, -1)  # type: ignore[assignment]
+    assert [m.rsplit(b":", 1)[1] for m in log] == [b"20"]
