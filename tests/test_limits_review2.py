@@ -153,3 +153,39 @@ def test_a_limiter_closed_while_a_check_is_in_flight_waits_for_the_request_it_ad
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:q4:tokens", 0, -1)  # type: ignore[assignment]
     assert [m.rsplit(b":", 1)[1] for m in log] == [b"20"]
+
+
+def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis: RedisServer) -> None:
+    """Redis lost its scripts (restarted, failed over, SCRIPT FLUSH): a call carrying a lease's end gets
+    NOSCRIPT, loads the script and sends itself again a round trip later. A check carrying a later
+    correction of the same lease, sent in between, finds the script loaded and runs first: the later
+    correction finds no entry to move and is skipped, its tokens never counted."""
+    server = redis_client.Redis.from_url(redis.url)
+    window = Window("key:q5:tokens", 1000, 10)
+
+    async def main() -> None:
+        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("lease", [window], [])  # "lease:10" in the log
+        assert verdict is not None
+        server.script_flush()
+        wire, later = store._wire, []
+        call = wire.call
+
+        def watched(*command: object) -> object:
+            """Redis's own connection, watched: once the script is being loaded, a newer check goes."""
+            if command[0] == "SCRIPT":
+                store.correct(Correction("lease", (("key:q5:tokens", 5, 8),), (), verdict.counted_at))
+                later.append(asyncio.ensure_future(store.check("b", [window], [])))
+            return call(*command)
+
+        wire.call = watched  # type: ignore[method-assign]
+        store.correct(Correction("lease", (("key:q5:tokens", 10, 5),), (), verdict.counted_at))  # its end
+        assert await store.check("a", [window], []) is not None
+        assert len(later) == 1 and await later[0] is not None  # it found the script loaded
+        await store.close()
+        await link.close()
+
+    asyncio.run(main())
+    log: list[bytes] = server.zrange("t:limit:key:q5:tokens", 0, -1)  # type: ignore[assignment]
+    assert b"lease:8" in log
