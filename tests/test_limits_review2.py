@@ -5,6 +5,8 @@ a real redis-server."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import Any
 
 import pytest
 import redis as redis_client
@@ -172,7 +174,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis:
         wire, later = store._wire, []
         call = wire.call
 
-        def watched(*command: object) -> object:
+        def watched(*command: Any) -> Awaitable[Any]:
             """Redis's own connection, watched: once the script is being loaded, a newer check goes."""
             if command[0] == "SCRIPT":
                 store.correct(Correction("lease", (("key:q5:tokens", 5, 8),), (), verdict.counted_at))
