@@ -191,3 +191,39 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis:
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:q5:tokens", 0, -1)  # type: ignore[assignment]
     assert b"lease:8" in log
+
+
+def test_the_corrections_an_outage_held_back_do_not_make_the_first_check_after_it_time_out(
+    redis: RedisServer,
+) -> None:
+    """Corrections due while Redis is down wait (up to MAX_PENDING_ARGS, ~100,000 of them), and the first
+    call once it is back carries them all in one script run. A minute of a busy gateway's corrections
+    keeps Redis busy longer than the timeout: that check times out, Redis is taken for down again (keys
+    with budgets refused, 503, for another retry period), and every other gateway's checks wait behind
+    the run too."""
+    server = redis_client.Redis.from_url(redis.url)
+    proxy = _Cuttable(redis.port)
+    window = Window("key:q6:tokens", 1_000_000_000, 10)
+    budget = Budget("key:q6:day:2026-12-01", 1e9, 0.01, 3600)
+
+    async def main() -> None:
+        await proxy.open()
+        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 0.25, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("r", [window], [budget])
+        assert verdict is not None
+        # The minute's requests, as their checks counted them.
+        server.zadd("t:limit:key:q6:tokens", {f"r{i}:10": verdict.counted_at for i in range(60_000)})
+        await proxy.cut()
+        assert await store.check("s", [window], [budget]) is None  # Redis is down
+        for i in range(60_000):  # a minute of requests ending at 1,000 a second
+            correction = Correction(f"r{i}", (("key:q6:tokens", 10, 12),), ((budget.name, 0.001),), 0)
+            store.correct(correction._replace(counted_at=verdict.counted_at))
+        await proxy.open()
+        await asyncio.sleep(0.4)  # Redis is tried again
+        assert await store.check("t", [window], [budget]) is not None
+        await store.close()
+        await link.close()
+        await proxy.cut()
+
+    asyncio.run(main())
