@@ -16,6 +16,8 @@ clock; a request's check carries the corrections of requests that ended before i
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,7 +33,8 @@ from gateway.redis_wire import RedisWire, Unsent
 
 WINDOW_MS = 60_000
 CORRECT_AFTER_SECONDS = 0.02
-MAX_PENDING_ARGS = 1_000_000  # corrections kept while Redis is down (~10 arguments each)
+MAX_PENDING_ARGS = 200_000  # corrections kept while Redis is down (~10 arguments each)
+CHUNK_ARGS = 4096  # of corrections one call carries at most: a backlog goes in short script runs
 
 
 # Named tuples, not frozen dataclasses: a request makes several, and a frozen dataclass's __init__
@@ -277,6 +280,12 @@ return out
 SCRIPT_SHA = sha1(SCRIPT.encode()).hexdigest()
 
 
+# A call's corrections: (its order, keys, arguments).
+_Batch = tuple[int, list[str], list[Any]]
+# Error replies by which Redis refuses a command before running any of it.
+_REFUSED = ("BUSY", "LOADING", "MASTERDOWN", "MISCONF", "OOM", "READONLY", "NOREPLICAS")
+
+
 class RedisStore:
     """Counts shared by every process that uses the same Redis.
 
@@ -294,6 +303,9 @@ class RedisStore:
         self._names: dict[str, tuple[str, str]] = {}
         self._sums: dict[str, str] = {}
         self._later: asyncio.TimerHandle | None = None  # a flush of corrections alone, a little later
+        # Corrections whose call failed before anything ran, by age: they go first with the next call.
+        self._retry: list[_Batch] = []
+        self._batch = itertools.count()
         self._closed = False
 
     def _spent(self, name: str) -> str:
@@ -344,7 +356,7 @@ class RedisStore:
             return  # a key limited in requests only: nothing to replace
         if self._closed:
             return  # later than a reload's drain waits: sending it would reopen a connection for good
-        if len(self._pending_args) > MAX_PENDING_ARGS:
+        if len(self._pending_args) + sum(len(b[2]) for b in self._retry) > MAX_PENDING_ARGS:
             return  # Redis has been down a while: the estimate stands
         keys, args = self._pending_keys, self._pending_args
         args += (correction.rid, correction.counted_at, len(windows))
@@ -355,6 +367,9 @@ class RedisStore:
         for name, delta in budgets:
             keys.append(self._spent(name))
             args.append(delta)
+        if len(args) > CHUNK_ARGS:  # a backlog (Redis down): sealed, to go in a call of its own
+            self._retry.append((next(self._batch), keys, args))
+            self._pending_keys, self._pending_args = [], []
         self._schedule()
 
     def _schedule(self) -> None:
@@ -368,30 +383,40 @@ class RedisStore:
         the calling task (a hop through the event loop per call cost a loaded worker a millisecond);
         None while Redis is unreachable. Corrections that surely did not reach Redis wait for the next
         call (a lease's unused part goes back after an outage); those in a call that failed after it
-        was written are lost, as it may have run: their estimates stand."""
-        if self._pending_args and self.link.retry_in():
+        was written are lost, as it may have run: their estimates stand. A check that must connect
+        first carries none (its client may leave while it connects): the flush will."""
+        if (self._pending_args or self._retry) and self.link.retry_in():
             self._schedule()
             return None
-        pending = None
-        if self._pending_args:
-            pending = self._pending_keys, self._pending_args
-            keys += self._pending_keys
-            args += self._pending_args
-            self._pending_keys, self._pending_args = [], []
-        return await self.link.run(lambda _: self._eval(keys, args, pending), None)
+        batches: list[_Batch] = []
+        if self._wire.connected or not keys:  # no keys of its own: the flush
+            room = CHUNK_ARGS
+            while self._retry and (not batches or len(self._retry[0][2]) <= room):  # the oldest first
+                batches.append(self._retry.pop(0))
+                room -= len(batches[-1][2])
+            if self._pending_args and not self._retry and (not batches or len(self._pending_args) <= room):
+                batches.append((next(self._batch), self._pending_keys, self._pending_args))
+                self._pending_keys, self._pending_args = [], []
+            for _, more_keys, more_args in batches:
+                keys += more_keys
+                args += more_args
+        if self._pending_args or self._retry:  # what this call does not carry goes in the next
+            self._schedule()
+        return await self.link.run(lambda _: self._eval(keys, args, batches), None)
 
-    async def _eval(
-        self, keys: list[str], args: list[Any], pending: tuple[list[str], list[Any]] | None
-    ) -> Any:
+    async def _eval(self, keys: list[str], args: list[Any], batches: list[_Batch]) -> Any:
         try:
             reply = await self._wire.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
             if type(reply) is hiredis.ReplyError and str(reply).startswith("NOSCRIPT"):
-                # A new or restarted Redis: nothing ran; load, resend.
-                await self._wire.call("SCRIPT", "LOAD", SCRIPT)
-                reply = await self._wire.call("EVALSHA", SCRIPT_SHA, len(keys), *keys, *args)
+                # A new or restarted Redis: nothing ran. EVAL loads it as it runs: a SCRIPT LOAD first
+                # would let a call sent meanwhile run before this one.
+                reply = await self._wire.call("EVAL", SCRIPT, len(keys), *keys, *args)
+            if type(reply) is hiredis.ReplyError and str(reply).startswith(_REFUSED):
+                raise Unsent(str(reply))  # refused before anything ran
         except Unsent:
-            if pending is not None and len(self._pending_args) + len(pending[1]) <= MAX_PENDING_ARGS:
-                self._pending_keys[:0], self._pending_args[:0] = pending  # before any that came since
+            for batch in batches:  # they did not run: they go with the next call, in their order
+                bisect.insort(self._retry, batch)
+            if batches:
                 self._schedule()
             raise
         if type(reply) is hiredis.ReplyError:
@@ -400,7 +425,7 @@ class RedisStore:
 
     def _flush(self) -> None:
         self._later = None
-        if self._pending_args:
+        if self._pending_args or self._retry:
             task = asyncio.get_running_loop().create_task(self._run([], ["", self.window_ms, 0, 0, 0]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -121,7 +121,7 @@ class Ticket:
     limiter: Limiter  # the one that admitted it: a reload may have replaced it (and its store) since
     rid: str
     tokens: tuple[str, ...]  # its token windows, each counting `estimate`
-    budgets: tuple[tuple[str, float, int], ...]  # (name, USD, ttl), each reserving `reserve`
+    budgets: tuple[str, ...]  # its budgets, each reserving `reserve`
     estimate: int
     reserve: float
     headers: dict[str, str]
@@ -183,12 +183,13 @@ class Limiter:
             if plan.budgets:
                 second = int(time.time())
                 named, day = plan.budget_names(second), _stamps(second)["day"]
+        # Its lease's key: a new UTC day starts new budget sums (a new month is a new day), a new lease.
+        key: Hashable = (plan, day) if named else plan
         leases = self.leases
         if leases is not None:
-            # A new UTC day starts new budget sums (a new month is a new day): a new lease.
-            key = (plan, day) if named else plan
             lease = leases.take(key, tokens, reserve)
             if lease is not None:
+                self._open += 1
                 return self._leased(plan, lease, tokens, reserve, dialect)
         # Loops, not comprehensions: once a request, and in Python 3.11 a comprehension is a call.
         windows = list(plan.requests)
@@ -197,18 +198,36 @@ class Limiter:
         budgets = []
         for name, usd, ttl in named:
             budgets.append(Budget(name, usd, reserve, ttl))
-        rid = f"{self._rids}{next(self._counted)}"
-        self._open += 1
+        self._open += 1  # the check holds the store open; the ticket it yields keeps the hold
         try:
-            if leases is not None:
-                result = await leases.check(key, rid, windows, budgets, len(plan.requests))
-                if isinstance(result, Lease):
-                    return self._leased(plan, result, tokens, reserve, dialect)
-                verdict = result
-            else:
-                verdict = await self.store.check(rid, windows, budgets)
-        finally:
+            ticket = await self._check(plan, key, windows, budgets, policy, dialect)
+        except BaseException:
             self._release()
+            raise
+        if ticket is None:
+            self._release()
+        return ticket
+
+    async def _check(
+        self,
+        plan: _Plan,
+        key: Hashable,
+        windows: list[Window],
+        budgets: list[Budget],
+        policy: LimitsPolicy,
+        dialect: Dialect,
+    ) -> Ticket | None:
+        """Without a lease at hand: from one asked for, or checked alone."""
+        tokens = windows[-1].amount if plan.tokens else 0
+        reserve = budgets[0].reserve if budgets else 0.0
+        rid = f"{self._rids}{next(self._counted)}"
+        if self.leases is not None:
+            result = await self.leases.check(key, rid, windows, budgets, len(plan.requests))
+            if isinstance(result, Lease):
+                return self._leased(plan, result, tokens, reserve, dialect)
+            verdict = result
+        else:
+            verdict = await self.store.check(rid, windows, budgets)
         if verdict is None:
             self._unchecked(policy, bool(windows), bool(budgets))
             return None
@@ -220,14 +239,13 @@ class Limiter:
             self._count(plan, "rate")
             raise _over_rate(windows, verdict, headers)
         self._count(plan, None)
-        self._open += 1
-        return Ticket(self, rid, plan.token_names, named, tokens, reserve, headers, verdict.counted_at)
+        names = tuple(b.name for b in budgets)
+        return Ticket(self, rid, plan.token_names, names, tokens, reserve, headers, verdict.counted_at)
 
     def _leased(self, plan: _Plan, lease: Lease, tokens: int, reserve: float, dialect: Dialect) -> Ticket:
         """The ticket of a request `lease` admitted."""
         headers = _headers(plan, *lease.shown(), dialect)
         self._count(plan, None)
-        self._open += 1
         return Ticket(self, lease.rid, (), (), tokens, reserve, headers, lease.counted_at, lease)
 
     def settle(self, ticket: Ticket, tokens: int, usd: float) -> None:
@@ -240,7 +258,7 @@ class Limiter:
             windows, budgets = [], []
             for name in ticket.tokens:
                 windows.append((name, ticket.estimate, tokens))
-            for name, _, _ in ticket.budgets:
+            for name in ticket.budgets:
                 budgets.append((name, usd - ticket.reserve))
             self.store.correct(Correction(ticket.rid, tuple(windows), tuple(budgets), ticket.counted_at))
         self._release()

@@ -1,6 +1,8 @@
-"""Review of leases (gateway/limit_lease.py) and the script's corrections (gateway/limit_store.py):
-each test here shows a way a limit is exceeded, or under-admitted for good, against a real
-redis-server, driving the Limiter as tests/test_limit_lease.py does."""
+"""Edges of leases (gateway/limit_lease.py) and of the script's corrections (gateway/limit_store.py),
+against a real redis-server, driving the Limiter as tests/test_limit_lease.py does: a corrected log
+keeps its expiry, a lease moved to its last use is not expired at its first, a lease does not outlive
+the UTC day of its budgets, its unused part goes back after an outage, and an asker whose lease others
+used up asks again under a name of its own. (Each was found by an independent review.)"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
-"""Second review of the limits in Redis (gateway/limit_store.py, gateway/redis_wire.py,
-gateway/limit_lease.py, gateway/limits.py): each test shows a count lost, doubled or exceeded, against
-a real redis-server."""
+"""Corrections reach Redis in the order they were made, once, and none that surely never ran is lost:
+across calls that fail before reaching Redis, a check cancelled while the connection is made, replies
+by which Redis refuses to run anything (BUSY, LOADING), a script Redis lost (NOSCRIPT), a backlog after
+an outage (sent in short runs), and a limiter closed while a check is in flight (it waits for the
+request that check admits). Against a real redis-server; each was found by an independent review."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from gateway.principal import Limits, Principal
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
 from tests.services import RedisServer
-from tests.test_lease_review import _Cuttable
+from tests.test_limit_edges import _Cuttable
 from tests.test_limit_lease import _admit
 
 
@@ -176,7 +178,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis:
 
         def watched(*command: Any) -> Awaitable[Any]:
             """Redis's own connection, watched: once the script is being loaded, a newer check goes."""
-            if command[0] == "SCRIPT":
+            if command[0] in ("SCRIPT", "EVAL"):  # the script is being loaded
                 store.correct(Correction("lease", (("key:q5:tokens", 5, 8),), (), verdict.counted_at))
                 later.append(asyncio.ensure_future(store.check("b", [window], [])))
             return call(*command)
