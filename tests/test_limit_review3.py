@@ -4,6 +4,7 @@ redis-server."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 import redis as redis_client
 
 from gateway.config import Redis
-from gateway.limit_store import Budget, Correction, RedisStore, Window
+from gateway.limit_store import SCRIPT, Budget, Correction, RedisStore, Window
 from gateway.metrics import Metrics
 from gateway.recorder import Recorder
 from gateway.redis_link import RedisLink
@@ -121,3 +122,36 @@ def test_a_check_cancelled_between_noscript_and_its_eval_does_not_lose_its_corre
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:v4:day:2026-12-01") or 0) == pytest.approx(0.1)
+
+
+def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one_another_worker_loaded(
+    redis: RedisServer,
+) -> None:
+    """Redis lost its scripts (restarted, failed over): every worker's next call gets NOSCRIPT. This
+    worker's call carrying a lease's end gets it and will resend itself as EVAL; the check behind it on
+    the same connection, carrying the lease's later settle, is written when that reply arrives. Another
+    worker's EVAL loaded the script in between: the newer call runs at once, before the EVAL, finds no
+    entry to move and is skipped (the NOSCRIPT fix of 987ad6e covers only this worker's own load)."""
+    server = redis_client.Redis.from_url(redis.url)
+    window = Window("key:v5:tokens", 1000, 10)
+
+    async def main() -> None:
+        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
+        store = RedisStore(link)
+        verdict = await store.check("lease", [window], [])  # "lease:10" in the log
+        assert verdict is not None
+        server.script_flush()
+        store.correct(Correction("lease", (("key:v5:tokens", 10, 5),), (), verdict.counted_at))  # its end
+        first = asyncio.ensure_future(store.check("a", [window], []))
+        await asyncio.sleep(0)  # written: Redis answers NOSCRIPT
+        time.sleep(0.1)  # noqa: ASYNC251 - the loop must not read that NOSCRIPT yet: Redis has sent it
+        server.script_load(SCRIPT)  # another worker's EVAL
+        store.correct(Correction("lease", (("key:v5:tokens", 5, 8),), (), verdict.counted_at))  # a settle
+        second = asyncio.ensure_future(store.check("b", [window], []))
+        assert await first is not None and await second is not None
+        await store.close()
+        await link.close()
+
+    asyncio.run(main())
+    log: list[bytes] = server.zrange("t:limit:key:v5:tokens", 0, -1)  # type: ignore[assignment]
+    assert b"lease:8" in log
