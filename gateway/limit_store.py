@@ -10,7 +10,8 @@ entry is corrected once its real token count is known. A budget is a running sum
 an estimate is reserved when a request is admitted and corrected with the real cost when it ends.
 
 In Redis one Lua script checks and records a request's windows and budgets atomically, on Redis's
-clock; a request's check carries the corrections of requests that ended before it: one round trip.
+clock: one round trip. Corrections go together in calls of the same script every 20 ms (or with a
+lease's ask), one such call at a time, so they reach Redis in the order they were made.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ WINDOW_MS = 60_000
 CORRECT_AFTER_SECONDS = 0.02
 MAX_PENDING_ARGS = 200_000  # corrections kept while Redis is down (~10 arguments each)
 CHUNK_ARGS = 4096  # of corrections one call carries at most: a backlog goes in short script runs
+CLOSE_SECONDS = 5.0  # how long closing may spend sending the corrections waiting
 
 
 # Named tuples, not frozen dataclasses: a request makes several, and a frozen dataclass's __init__
@@ -160,8 +162,8 @@ class LocalStore:
 
 # ---- in Redis -----------------------------------------------------------------------------------
 
-# One script does a request's check and the corrections waiting to be sent, first: one call per
-# request, as few commands as the counting allows (Redis's CPU per call is mostly its commands').
+# One script does a check (or a lease's ask) and the corrections it carries, those first; as few
+# commands as the counting allows (Redis's CPU per call is mostly its commands').
 # KEYS: per window its log (a sorted set of "rid:amount" by time) and its total; per budget its sum;
 #   then the corrections' keys.
 # ARGV: rid, window ms, windows, budgets, demand (requests a lease should cover; < 2: no lease),
@@ -306,6 +308,7 @@ class RedisStore:
         # Corrections whose call failed before anything ran, by age: they go first with the next call.
         self._retry: list[_Batch] = []
         self._batch = itertools.count()
+        self._carrying = False  # a call carrying corrections is on its way
         self._closed = False
 
     def _spent(self, name: str) -> str:
@@ -331,7 +334,9 @@ class RedisStore:
         self, rid: str, windows: Sequence[Window], budgets: Sequence[Budget], demand: int = 0
     ) -> Verdict | None:
         """`demand`: ask for a lease that covers that many requests like this one (see
-        gateway/limit_lease.py); the verdict's `granted` says whether one was counted."""
+        gateway/limit_lease.py); the verdict's `granted` says whether one was counted. An ask runs in
+        a task of its own, which its client leaving cannot cancel: it carries the corrections waiting
+        (a lease's end among them, applied before the next lease is counted)."""
         keys: list[str] = []
         args: list[Any] = [rid, self.window_ms, len(windows), len(budgets), demand]
         for w in windows:
@@ -340,7 +345,7 @@ class RedisStore:
         for b in budgets:
             keys.append(self._spent(b.name))
             args += (b.limit, b.reserve, b.ttl)  # hiredis writes a float as repr() does, faster
-        reply = await self._run(keys, args)
+        reply = await self._run(keys, args, carry=demand > 0)
         if reply is None:
             return None
         code, n = reply[0], 4 + 2 * len(windows)
@@ -349,8 +354,8 @@ class RedisStore:
         return Verdict(over, tuple(reply[4:n:2]), tuple(reply[5:n:2]), reply[1] - 1, reply[2], granted)
 
     def correct(self, correction: Correction) -> None:
-        """Waits up to CORRECT_AFTER_SECONDS for a check to ride with (under load most do): one call
-        per request, not two."""
+        """Corrections wait up to CORRECT_AFTER_SECONDS and go together in one call (or with a lease's
+        ask): a few calls a second, not one per request."""
         windows, budgets = correction.windows, correction.budgets
         if not windows and not budgets:
             return  # a key limited in requests only: nothing to replace
@@ -378,18 +383,16 @@ class RedisStore:
             wait = max(CORRECT_AFTER_SECONDS, self.link.retry_in())
             self._later = asyncio.get_running_loop().call_later(wait, self._flush)
 
-    async def _run(self, keys: list[str], args: list[Any]) -> Any:
-        """The script's reply, for `keys` and `args` and the corrections waiting, written at once by
-        the calling task (a hop through the event loop per call cost a loaded worker a millisecond);
-        None while Redis is unreachable. Corrections that surely did not reach Redis wait for the next
-        call (a lease's unused part goes back after an outage); those in a call that failed after it
-        was written are lost, as it may have run: their estimates stand. A check that must connect
-        first carries none (its client may leave while it connects): the flush will."""
-        if (self._pending_args or self._retry) and self.link.retry_in():
-            self._schedule()
-            return None
+    async def _run(self, keys: list[str], args: list[Any], carry: bool = False) -> Any:
+        """The script's reply, for `keys` and `args`, written at once by the calling task (a hop
+        through the event loop per call cost a loaded worker a millisecond); None while Redis is
+        unreachable. `carry`: a call in a task of its own (a flush, a lease's ask) also takes the
+        corrections waiting, one such call at a time, so they reach Redis in the order they were made
+        whatever happens to a call. Those that surely did not reach Redis wait for the next (a lease's
+        unused part goes back after an outage); those in a call that failed after it was written may
+        have run, so they are dropped: their estimates stand."""
         batches: list[_Batch] = []
-        if self._wire.connected or not keys:  # no keys of its own: the flush
+        if carry and not self._carrying and not self.link.retry_in():
             room = CHUNK_ARGS
             while self._retry and (not batches or len(self._retry[0][2]) <= room):  # the oldest first
                 batches.append(self._retry.pop(0))
@@ -400,9 +403,14 @@ class RedisStore:
             for _, more_keys, more_args in batches:
                 keys += more_keys
                 args += more_args
-        if self._pending_args or self._retry:  # what this call does not carry goes in the next
-            self._schedule()
-        return await self.link.run(lambda _: self._eval(keys, args, batches), None)
+        self._carrying = self._carrying or bool(batches)
+        try:
+            return await self.link.run(lambda _: self._eval(keys, args, batches), None)
+        finally:
+            if batches:
+                self._carrying = False
+            if self._pending_args or self._retry:  # what this call did not carry goes in the next
+                self._schedule()
 
     async def _eval(self, keys: list[str], args: list[Any], batches: list[_Batch]) -> Any:
         try:
@@ -416,8 +424,6 @@ class RedisStore:
         except Unsent:
             for batch in batches:  # they did not run: they go with the next call, in their order
                 bisect.insort(self._retry, batch)
-            if batches:
-                self._schedule()
             raise
         if type(reply) is hiredis.ReplyError:
             raise ResponseError(str(reply))
@@ -425,16 +431,27 @@ class RedisStore:
 
     def _flush(self) -> None:
         self._later = None
-        if self._pending_args or self._retry:
-            task = asyncio.get_running_loop().create_task(self._run([], ["", self.window_ms, 0, 0, 0]))
+        if (self._pending_args or self._retry) and not self._carrying:
+            task = asyncio.get_running_loop().create_task(self._carry())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    async def _carry(self) -> Any:
+        """A call of corrections alone."""
+        return await self._run([], ["", self.window_ms, 0, 0, 0], carry=True)
+
     async def close(self) -> None:
+        """Send the corrections waiting (in runs, while Redis answers, for CLOSE_SECONDS at most), then
+        close the connection."""
         self._closed = True
         if self._later is not None:
             self._later.cancel()
-        self._flush()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._later = None
+        deadline = time.monotonic() + CLOSE_SECONDS
+        while True:
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if not (self._pending_args or self._retry) or self.link.retry_in() or time.monotonic() > deadline:
+                break
+            await self._carry()
         self._wire.close()

@@ -40,11 +40,6 @@ class RedisWire(asyncio.Protocol):
         # limits` bench row went from 0.58x to 0.72x of w1), and alone a command still goes at once.
         self._held: list[bytes] = []
 
-    @property
-    def connected(self) -> bool:
-        """Whether a command would be written at once (no connection to make first)."""
-        return self._transport is not None and self._connecting is None
-
     def call(self, *command: Any) -> Awaitable[Any]:
         """The reply to `command`: once connected, a future written at once (no coroutine)."""
         if self._transport is None or self._connecting is not None:  # not before AUTH and SELECT

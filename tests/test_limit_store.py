@@ -154,9 +154,10 @@ def test_a_script_redis_does_not_know_yet_is_loaded_and_nothing_runs_twice(redis
         first = await store.check("r1", [window], [])
         assert first is not None and first.remaining == (40,)
         redis_client.Redis.from_url(redis.url).script_flush()  # as a restarted Redis
-        # The correction rides with the next check: Redis does not know the script, so neither ran;
-        # both run once after it is loaded.
+        # The correction goes a little later: Redis does not know the script, so it did not run; it runs
+        # once, as the script is loaded.
         store.correct(Correction("r1", (("key:a:tokens", 60, 10),), (), first.counted_at))
+        await asyncio.sleep(0.1)
         second = await store.check("r2", [Window("key:a:tokens", 100, 5)], [])
         assert second is not None and second.remaining == (85,)
 
