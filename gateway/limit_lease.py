@@ -159,7 +159,7 @@ class Leases:
             if lease is not None:
                 if lease.take(tokens, reserve):
                     return lease
-                self._end(lease)  # what it has left goes back with the next call
+                self._end(lease)  # what it has left goes back with the next ask, or a little later
             asking = slot.asking
             if asking is None:
                 if demand < 2:

@@ -164,9 +164,9 @@ def test_a_script_redis_does_not_know_yet_is_loaded_and_nothing_runs_twice(redis
     _run("redis", redis.url, 60_000, scenario)
 
 
-def test_corrections_wait_for_a_check_and_all_go_in_one_call_on_close(redis: RedisServer) -> None:
-    """Settling does not delay a response: corrections ride with the next check, or go together a
-    little later, and closing the store sends those still waiting."""
+def test_corrections_wait_and_all_go_in_one_call_on_close(redis: RedisServer) -> None:
+    """Settling does not delay a response: corrections go together a little later, and closing the
+    store sends those still waiting."""
     server = redis_client.Redis.from_url(redis.url)
 
     def evalsha_calls() -> int:
