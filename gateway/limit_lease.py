@@ -140,13 +140,18 @@ class Leases:
         return None
 
     async def check(
-        self, key: Hashable, rid: str, windows: Sequence[Window], budgets: Sequence[Budget], requests: int
+        self,
+        key: Hashable,
+        rid: str,
+        windows: Sequence[Window],
+        budgets: Sequence[Budget],
+        requests: int,
+        tokens: int,
+        reserve: float,
     ) -> Verdict | Lease | None:
         """Admit the request from a lease (asking for one, or waiting for one being asked for), or check
-        it alone. `windows`: the `requests` that count requests first, then those that count tokens;
-        every tokens window counts the same amount, every budget reserves the same."""
-        tokens = windows[-1].amount if len(windows) > requests else 0
-        reserve = budgets[0].reserve if budgets else 0.0
+        it alone. `windows`: the `requests` that count requests first, then those that count `tokens`;
+        every budget reserves `reserve`."""
         slot = self._slots.get(key)
         if slot is None:
             if len(self._slots) > 10_000:  # a new day's budget names, or principals gone

@@ -200,7 +200,7 @@ class Limiter:
             budgets.append(Budget(name, usd, reserve, ttl))
         self._open += 1  # the check holds the store open; the ticket it yields keeps the hold
         try:
-            ticket = await self._check(plan, key, windows, budgets, policy, dialect)
+            ticket = await self._check(plan, key, windows, budgets, tokens, reserve, policy, dialect)
         except BaseException:
             self._release()
             raise
@@ -214,15 +214,16 @@ class Limiter:
         key: Hashable,
         windows: list[Window],
         budgets: list[Budget],
+        tokens: int,
+        reserve: float,
         policy: LimitsPolicy,
         dialect: Dialect,
     ) -> Ticket | None:
-        """Without a lease at hand: from one asked for, or checked alone."""
-        tokens = windows[-1].amount if plan.tokens else 0
-        reserve = budgets[0].reserve if budgets else 0.0
+        """Without a lease at hand: from one asked for, or checked alone. `tokens` and `reserve`: what
+        each tokens window counts and each budget reserves."""
         rid = f"{self._rids}{next(self._counted)}"
         if self.leases is not None:
-            result = await self.leases.check(key, rid, windows, budgets, len(plan.requests))
+            result = await self.leases.check(key, rid, windows, budgets, len(plan.requests), tokens, reserve)
             if isinstance(result, Lease):
                 return self._leased(plan, result, tokens, reserve, dialect)
             verdict = result
