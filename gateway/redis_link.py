@@ -53,7 +53,7 @@ class RedisLink:
 
     async def run(self, call: Callable[[Client], Awaitable[T]], local: T) -> T:
         """`call`'s result, or `local` while Redis is unreachable."""
-        if not self.up and time.monotonic() < self._retry_at:
+        if self.retry_in():
             return local
         try:
             result = await call(self.client)
