@@ -28,6 +28,16 @@ from tests.test_limit_edges import _Cuttable
 from tests.test_limit_lease import _admit
 
 
+def _store(url: str, timeout: float) -> RedisStore:
+    """A store with a link of its own to `url`, trying Redis again 0.3 s after a failure."""
+    return RedisStore(RedisLink(Redis(url, "t", timeout, 0.3), Recorder(Metrics())))
+
+
+async def _close(store: RedisStore) -> None:
+    await store.close()
+    await store.link.close()
+
+
 def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: RedisServer) -> None:
     """A lease's end moves its entry "rid:granted" to "rid:used", and a request it admitted that settles
     later moves "rid:used" on to "rid:used+tokens": the second correction only applies after the first.
@@ -41,8 +51,7 @@ def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: R
 
     async def main() -> None:
         await proxy.open()
-        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(f"redis://127.0.0.1:{proxy.port}/0", 1.0)
         verdict = await store.check("lease", [window], [])  # "lease:10" in the log
         assert verdict is not None and verdict.over is None
         await proxy.cut()
@@ -55,8 +64,7 @@ def test_corrections_of_two_unsent_calls_go_in_the_order_they_were_made(redis: R
         assert await first is None and await second is None  # Redis unreachable: neither ran
         await proxy.open()
         await asyncio.sleep(0.6)  # Redis is tried again: the corrections go
-        await store.close()
-        await link.close()
+        await _close(store)
         await proxy.cut()
 
     asyncio.run(main())
@@ -77,8 +85,7 @@ def test_a_check_cancelled_while_the_connection_is_made_does_not_lose_the_correc
 
     async def main() -> None:
         await proxy.open()
-        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(f"redis://127.0.0.1:{proxy.port}/0", 1.0)
         verdict = await store.check("r", [], [budget])  # 0.5 reserved
         assert verdict is not None and verdict.over is None
         await proxy.cut()  # the connection drops; Redis is reachable again at once
@@ -91,8 +98,7 @@ def test_a_check_cancelled_while_the_connection_is_made_does_not_lose_the_correc
         await asyncio.sleep(0.2)
         assert await store.check("t", [], [Budget(budget.name, 100.0, 0.0, 3600)]) is not None
         await asyncio.sleep(0.1)
-        await store.close()
-        await link.close()
+        await _close(store)
         await proxy.cut()
 
     asyncio.run(main())
@@ -110,8 +116,7 @@ def test_corrections_in_a_call_redis_refused_unrun_are_not_lost(redis: RedisServ
     none = Budget(budget.name, 100.0, 0.0, 3600)
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 2.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 2.0)
         verdict = await store.check("r", [], [budget])  # 0.5 reserved
         assert verdict is not None and verdict.over is None
         busy = asyncio.get_running_loop().run_in_executor(
@@ -127,8 +132,7 @@ def test_corrections_in_a_call_redis_refused_unrun_are_not_lost(redis: RedisServ
         await asyncio.sleep(0.4)  # Redis is tried again
         assert await store.check("t", [], [none]) is not None
         await asyncio.sleep(0.1)
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:q3:day:2026-12-01") or 0) == pytest.approx(0.1)
@@ -144,8 +148,8 @@ def test_a_limiter_closed_while_a_check_is_in_flight_waits_for_the_request_it_ad
     key = Principal("q4", key_limits=Limits(tokens_per_minute=10_000))
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
-        limiter = Limiter(RedisStore(link), Recorder(Metrics()), lease_seconds=0)
+        store = _store(redis.url, 1.0)
+        limiter = Limiter(store, Recorder(Metrics()), lease_seconds=0)
         admitting = asyncio.ensure_future(_admit(limiter, key))
         await asyncio.sleep(0)  # its check is in flight
         closing = asyncio.ensure_future(limiter.close(wait=5.0))
@@ -155,7 +159,7 @@ def test_a_limiter_closed_while_a_check_is_in_flight_waits_for_the_request_it_ad
         assert not closing.done()  # its store stays open for its correction
         ticket.settle(20, 0.0)
         await closing
-        await link.close()
+        await store.link.close()
 
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:q4:tokens", 0, -1)  # type: ignore[assignment]
@@ -171,8 +175,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis:
     window = Window("key:q5:tokens", 1000, 10)
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 1.0)
         verdict = await store.check("lease", [window], [])  # "lease:10" in the log
         assert verdict is not None
         server.script_flush()
@@ -190,8 +193,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one(redis:
         store.correct(Correction("lease", (("key:q5:tokens", 10, 5),), (), verdict.counted_at))  # its end
         assert await store.check("a", [window], []) is not None
         assert len(later) == 1 and await later[0] is not None  # it found the script loaded
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:q5:tokens", 0, -1)  # type: ignore[assignment]
@@ -213,8 +215,7 @@ def test_the_corrections_an_outage_held_back_do_not_make_the_first_check_after_i
 
     async def main() -> None:
         await proxy.open()
-        link = RedisLink(Redis(f"redis://127.0.0.1:{proxy.port}/0", "t", 0.25, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(f"redis://127.0.0.1:{proxy.port}/0", 0.25)
         verdict = await store.check("r", [window], [budget])
         assert verdict is not None
         # The minute's requests, as their checks counted them.
@@ -227,8 +228,7 @@ def test_the_corrections_an_outage_held_back_do_not_make_the_first_check_after_i
         await proxy.open()
         await asyncio.sleep(0.4)  # Redis is tried again
         assert await store.check("t", [window], [budget]) is not None
-        await store.close()
-        await link.close()
+        await _close(store)
         await proxy.cut()
 
     asyncio.run(main())
@@ -244,15 +244,13 @@ def test_close_sends_every_run_of_a_backlog_not_only_the_first(redis: RedisServe
     count = 1200  # 6 arguments each: ~7,200, two runs
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 1.0)
         verdict = await store.check("r", [window], [])
         assert verdict is not None
         server.zadd("t:limit:key:v1:tokens", {f"r{i}:10": verdict.counted_at for i in range(count)})
         for i in range(count):  # the requests end: each used 12 tokens
             store.correct(Correction(f"r{i}", (("key:v1:tokens", 10, 12),), (), verdict.counted_at))
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:v1:tokens", 0, -1)  # type: ignore[assignment]
@@ -271,8 +269,7 @@ def test_a_check_cancelled_while_its_call_is_held_unwritten_does_not_lose_its_co
     none = Budget(budget.name, 100.0, 0.0, 3600)
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 0.3, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 0.3)
         verdict = await store.check("r", [], [budget])  # 0.5 reserved
         assert verdict is not None and verdict.over is None
         server.client_pause(700)  # Redis holds its answers
@@ -286,8 +283,7 @@ def test_a_check_cancelled_while_its_call_is_held_unwritten_does_not_lose_its_co
         await asyncio.sleep(1.0)  # the pause ends; Redis is tried again
         assert await store.check("c", [], [none]) is not None
         await asyncio.sleep(0.1)
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:v3:day:2026-12-01") or 0) == pytest.approx(0.1)
@@ -304,8 +300,7 @@ def test_a_check_cancelled_between_noscript_and_its_eval_does_not_lose_its_corre
     none = Budget(budget.name, 100.0, 0.0, 3600)
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 1.0)
         verdict = await store.check("r", [], [budget])  # 0.5 reserved
         assert verdict is not None and verdict.over is None
         server.script_flush()
@@ -331,8 +326,7 @@ def test_a_check_cancelled_between_noscript_and_its_eval_does_not_lose_its_corre
         wire.call = call  # type: ignore[method-assign]
         assert await store.check("t", [], [none]) is not None
         await asyncio.sleep(0.1)
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     assert float(server.get("t:spent:key:v4:day:2026-12-01") or 0) == pytest.approx(0.1)
@@ -350,8 +344,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one_anothe
     window = Window("key:v5:tokens", 1000, 10)
 
     async def main() -> None:
-        link = RedisLink(Redis(redis.url, "t", 1.0, 0.3), Recorder(Metrics()))
-        store = RedisStore(link)
+        store = _store(redis.url, 1.0)
         verdict = await store.check("lease", [window], [])  # "lease:10" in the log
         assert verdict is not None
         server.script_flush()
@@ -363,8 +356,7 @@ def test_a_correction_resent_after_noscript_does_not_go_after_a_newer_one_anothe
         store.correct(Correction("lease", (("key:v5:tokens", 5, 8),), (), verdict.counted_at))  # a settle
         second = asyncio.ensure_future(store.check("b", [window], []))
         assert await first is not None and await second is not None
-        await store.close()
-        await link.close()
+        await _close(store)
 
     asyncio.run(main())
     log: list[bytes] = server.zrange("t:limit:key:v5:tokens", 0, -1)  # type: ignore[assignment]
